@@ -1,0 +1,116 @@
+"""``loops-runner``: model preparation and the local servers.
+
+The training runner itself is ``python -m loops_runner`` (a Hydra app); this
+console script holds the operational commands around it. Heavy imports (torch,
+the engines) happen inside each command, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from loops_runner.home import loops_home
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", default=None,
+                        help="data home (default: $LOOPS_HOME or the user data directory)")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", required=True,
+                        help="registry name (e.g. tiny), local model directory or HF id")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    _add_home(parser)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loops-runner", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list or prepare base models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    prepare = model_commands.add_parser("prepare", help="build or locate a model; print its dir")
+    prepare.add_argument("name", help="registry name, directory or HF id")
+    _add_home(prepare)
+    listing = model_commands.add_parser("list", help="show known models")
+    _add_home(listing)
+
+    serve = commands.add_parser("serve", help="run a local Loops server")
+    servers = serve.add_subparsers(dest="server", required=True)
+    trainer = servers.add_parser("trainer", help="LoRA trainer (PyTorch + PEFT)")
+    _add_engine_options(trainer)
+    sampler = servers.add_parser("sampler", help="batched sampler with adapter hot-swap")
+    _add_engine_options(sampler)
+    sampler.add_argument("--run-id", default=None,
+                         help="follow this run's published weights (paired sampler)")
+    control = servers.add_parser("control-plane", help="sessions, runs, samplers, checkpoints")
+    control.add_argument("--host", default=None,
+                         help="bind address (default 127.0.0.1; setting it explicitly "
+                              "allows non-loopback clients)")
+    control.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    _add_home(control)
+    control.add_argument("--api-key", default=None, help="require this key on every route")
+    control.add_argument("--idle-timeout", type=float, default=1800.0,
+                         help="stop servers idle this many seconds (default 1800)")
+    return parser
+
+
+def _models_prepare(name: str, home: str | None) -> int:
+    from loops_runner.models.registry import resolve_model
+
+    resolved = resolve_model(name, loops_home(home))
+    print(resolved.load_path)
+    return 0
+
+
+def _models_list(home: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from loops_runner.models import tiny
+    from loops_runner.models.registry import REGISTRY
+
+    data_home = loops_home(home)
+    table = Table(title=f"Known models (data home {data_home})")
+    for column in ("name", "source", "max context", "location", "notes"):
+        table.add_column(column)
+    for entry in REGISTRY.values():
+        if entry.source == "builtin":
+            directory = tiny.model_dir(data_home)
+            location = str(directory) if tiny.is_built(directory) else "(not built yet)"
+        else:
+            location = entry.hf_id or ""
+        table.add_row(entry.name, entry.source, str(entry.max_context_length), location,
+                      entry.description)
+    Console().print(table)
+    print("Any Hugging Face id or local model directory is accepted as a base model too.")
+    return 0
+
+
+_SERVER_MODULES = {
+    "trainer": "loops_runner.servers.trainer.server",
+    "sampler": "loops_runner.servers.sampler.server",
+    "control-plane": "loops_runner.servers.control_plane.server",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        if args.models_command == "prepare":
+            return _models_prepare(args.name, args.home)
+        return _models_list(args.home)
+    module = importlib.import_module(_SERVER_MODULES[args.server])
+    module.serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

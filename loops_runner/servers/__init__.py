@@ -1,0 +1,1 @@
+"""The local Loops stack: trainer, sampler and control-plane servers."""

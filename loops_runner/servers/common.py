@@ -1,0 +1,90 @@
+"""Pieces every server shares: error bodies, the listening socket, the URL line."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from loops_runner.wire.errors import ErrorBody, ErrorDetails, VllmError, VllmErrorBody
+
+# A server prints this line (and flushes) once it accepts connections; launchers
+# and tests read the URL from it, which is how ``--port 0`` reports its port.
+URL_LINE_PREFIX = "LOOPS_SERVER_URL="
+GATEWAY_SOURCE_HEADER = "X-Baseten-Error-Source"
+GATEWAY_CODE_HEADER = "X-Baseten-Error-Code"
+
+
+def error_response(
+    status: int,
+    detail: str,
+    reason: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The trainer/control-plane error shape of spec 2.2."""
+    body = ErrorBody(detail=detail, details=ErrorDetails(reason=reason) if reason else None)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def gateway_rejection(status: int, detail: str, code: str) -> JSONResponse:
+    """A 4xx the SDK treats as final at once (``X-Baseten-Error-Source: 06``)."""
+    return error_response(
+        status, detail, reason=code.upper(),
+        headers={GATEWAY_SOURCE_HEADER: "06", GATEWAY_CODE_HEADER: code},
+    )
+
+
+def vllm_bad_request(message: str, param: str | None = None) -> JSONResponse:
+    """The sampler's invalid-request answer: 400 with a vLLM-style body (never retried)."""
+    body = VllmErrorBody(error=VllmError(message=message, param=param))
+    return JSONResponse(body.model_dump(), status_code=400)
+
+
+def format_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors as one line each: ``data.0.loss_fn_inputs.weights: message``."""
+    lines = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        lines.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(lines)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn so ``port=0`` yields a known, free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def serve_app(app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn on ``host:port`` and announce the URL on stdout."""
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    url = server_url(sock)
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=75, access_log=False)
+    server = uvicorn.Server(config)
+    app.state.public_url = url
+
+    original_startup = server.startup
+
+    async def startup_then_announce(sockets: Any = None) -> None:
+        await original_startup(sockets=sockets)
+        print(f"{URL_LINE_PREFIX}{url}", flush=True)
+        sys.stdout.flush()
+
+    server.startup = startup_then_announce  # type: ignore[method-assign]
+    server.run(sockets=[sock])

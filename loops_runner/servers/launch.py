@@ -1,0 +1,88 @@
+"""Start a server in a child process and wait for the URL it announces.
+
+Used by the control plane's supervisor and by the tests, so both start
+servers the same way a user does (``loops-runner serve ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loops_runner.servers.common import URL_LINE_PREFIX
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def spawn_server(
+    args: list[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 180.0,
+) -> ServerProcess:
+    """Run ``loops-runner serve <args>`` with output to ``log_path``; wait for its URL."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "loops_runner.cli", "serve", *args]
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        offset = log.tell()
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            for line in log.read().decode(errors="replace").splitlines():
+                if line.startswith(URL_LINE_PREFIX):
+                    return ServerProcess(process, line[len(URL_LINE_PREFIX):].strip(), log_path)
+        if process.poll() is not None:
+            raise ServerStartError(
+                f"server exited with code {process.returncode} before listening; "
+                f"last log lines:\n{tail(log_path)}"
+            )
+        time.sleep(0.1)
+    process.kill()
+    raise ServerStartError(f"server did not announce its URL within {start_timeout:.0f}s:\n"
+                           f"{tail(log_path)}")

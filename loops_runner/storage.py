@@ -1,0 +1,201 @@
+"""Where runs keep their files under the data home, and how ``bt://`` paths map there.
+
+The ``bt://loops:<run_id>/<kind>/<name>`` forms are logical names: each server
+resolves them against its own data home, so a client can never point a server
+at an arbitrary location through them.
+
+Weight sync between a trainer and its paired sampler (documented in
+docs/weight-sync.md) also lives here because both sides need it:
+
+* the trainer writes ``runs/<run>/sampler_weights/<name>/`` atomically, then
+  replaces ``runs/<run>/LIVE.json`` = ``{"version", "name"}`` atomically
+  (version 0 / name null = serve the base model);
+* a paired sampler registers its URL in ``runs/<run>/paired_sampler.json``; the
+  trainer then notifies it (``POST /internal/live``) and completes the publish
+  only after the sampler acknowledged the swap. Without a registered sampler,
+  or if the notify fails, the sampler still picks ``LIVE.json`` up by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from loops_runner.wire.names import check_storage_name
+
+CheckpointKind = Literal["weights", "sampler_weights"]
+CHECKPOINT_KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
+_BT_PATH = re.compile(r"^bt://loops:([^/]+)/(weights|sampler_weights|sequences)/([^/]+)/?$")
+
+LIVE_FILE = "LIVE.json"
+PAIRED_SAMPLER_FILE = "paired_sampler.json"
+LOCAL_RUN_ID = "local"
+
+
+@dataclass(frozen=True)
+class BtPath:
+    run_id: str
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"bt://loops:{self.run_id}/{self.kind}/{self.name}"
+
+
+def parse_bt_path(path: str) -> BtPath:
+    """Parse ``bt://loops:<run>/<kind>/<name>``; a trailing ``/`` is allowed."""
+    match = _BT_PATH.fullmatch(path.strip())
+    if match is None:
+        raise ValueError(
+            f"checkpoint path {path!r} is not of the form "
+            "bt://loops:<run_id>/weights/<name> or bt://loops:<run_id>/sampler_weights/<name>"
+        )
+    run_id, kind, name = match.groups()
+    check_storage_name(run_id)
+    check_storage_name(name)
+    return BtPath(run_id, kind, name)
+
+
+def bt_path(run_id: str, kind: CheckpointKind, name: str) -> str:
+    return str(BtPath(check_storage_name(run_id), kind, check_storage_name(name)))
+
+
+def runs_root(home: Path) -> Path:
+    return home / "runs"
+
+
+def run_dir(home: Path, run_id: str) -> Path:
+    return runs_root(home) / check_storage_name(run_id)
+
+
+def checkpoint_dir(home: Path, run_id: str, kind: CheckpointKind, name: str) -> Path:
+    return run_dir(home, run_id) / kind / check_storage_name(name)
+
+
+def resolve_checkpoint_path(home: Path, path: str) -> Path:
+    """A ``bt://`` path, ``file://`` URL or local directory -> an existing directory."""
+    if path.startswith("bt://"):
+        parsed = parse_bt_path(path)
+        if parsed.kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"{path!r} does not name a weights checkpoint")
+        directory = checkpoint_dir(home, parsed.run_id, parsed.kind, parsed.name)  # type: ignore[arg-type]
+    elif path.startswith("file://"):
+        directory = Path(path.removeprefix("file://"))
+    elif "://" in path:
+        raise ValueError(f"checkpoint path {path!r} uses a scheme this server cannot read")
+    else:
+        directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    return directory
+
+
+# -- atomic writes -------------------------------------------------------------
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write JSON so readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a staging directory; on success it replaces ``final`` in one step.
+
+    An exception (or a kill) before the end leaves ``final`` untouched: the
+    previous checkpoint of that name stays loadable.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)
+        if final.exists():
+            # Two renames: the old folder moves aside, the new one takes its
+            # name. Readers see old or new; a crash between the two leaves the
+            # old one under the aside name, which cleanup_stale restores.
+            aside = final.parent / f".{final.name}.old-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
+            os.replace(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def cleanup_stale(parent: Path) -> None:
+    """Remove staging leftovers of interrupted saves; restore a moved-aside folder."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if ".staging-" in entry.name:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif ".old-" in entry.name:
+            original = parent / entry.name[1:].split(".old-")[0]
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, original)
+
+
+# -- weight sync ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LivePointer:
+    version: int
+    name: str | None  # None: serve the base model
+
+    def adapter_dir(self, home: Path, run_id: str) -> Path | None:
+        if self.name is None:
+            return None
+        return checkpoint_dir(home, run_id, "sampler_weights", self.name)
+
+
+def write_live(home: Path, run_id: str, version: int, name: str | None) -> None:
+    atomic_write_json(run_dir(home, run_id) / LIVE_FILE, {"version": version, "name": name})
+
+
+def read_live(home: Path, run_id: str) -> LivePointer:
+    payload = read_json(run_dir(home, run_id) / LIVE_FILE)
+    if not isinstance(payload, dict):
+        return LivePointer(0, None)
+    return LivePointer(int(payload.get("version", 0)), payload.get("name"))
+
+
+def register_paired_sampler(home: Path, run_id: str, url: str) -> None:
+    atomic_write_json(run_dir(home, run_id) / PAIRED_SAMPLER_FILE, {"url": url})
+
+
+def paired_sampler_url(home: Path, run_id: str) -> str | None:
+    payload = read_json(run_dir(home, run_id) / PAIRED_SAMPLER_FILE)
+    return payload.get("url") if isinstance(payload, dict) else None

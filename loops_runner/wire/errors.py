@@ -1,0 +1,31 @@
+"""Error bodies: the control-plane/trainer shape and the vLLM shape of the sampler."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ErrorDetails(BaseModel):
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """``{"detail": "...", "details": {"reason": "CODE"}}`` (spec 2.2)."""
+
+    detail: str
+    details: ErrorDetails | None = None
+
+
+class VllmError(BaseModel):
+    type: Literal["BadRequestError"] = "BadRequestError"
+    message: str
+    param: str | None = None
+    code: int = 400
+
+
+class VllmErrorBody(BaseModel):
+    """The sampler's invalid-request body; clients never retry it (spec 2.2)."""
+
+    error: VllmError

@@ -1,0 +1,47 @@
+"""Shared fixtures: one data home, one tiny model and shared servers per test session.
+
+Starting a server costs ~10 s (torch, transformers, peft imports), so servers
+are session-scoped; tests keep their own state apart with fresh run ids.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Offline everything: no hub, W&B offline. Set before any test imports them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def loops_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private data home for the whole session (also exported as LOOPS_HOME)."""
+    home = tmp_path_factory.mktemp("loops_home")
+    previous = os.environ.get("LOOPS_HOME")
+    os.environ["LOOPS_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("LOOPS_HOME", None)
+    else:
+        os.environ["LOOPS_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(loops_home: Path) -> Path:
+    from loops_runner.models import tiny
+
+    return tiny.prepare(loops_home)
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A fresh run id per test, so tests sharing a server never share state."""
+    return f"test-{uuid.uuid4().hex[:12]}"
