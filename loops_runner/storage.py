@@ -199,3 +199,31 @@ def register_paired_sampler(home: Path, run_id: str, url: str) -> None:
 def paired_sampler_url(home: Path, run_id: str) -> str | None:
     payload = read_json(run_dir(home, run_id) / PAIRED_SAMPLER_FILE)
     return payload.get("url") if isinstance(payload, dict) else None
+
+
+# -- checkpoint manifests (the registry's source of truth) ---------------------
+
+MANIFEST_FILE = "checkpoint.json"
+TARGET_BY_KIND: dict[str, str] = {"weights": "trainer", "sampler_weights": "sampler"}
+
+
+def checkpoint_api_id(run_id: str, kind: CheckpointKind, name: str) -> str:
+    """A globally unique, stable API id for (run, kind, name).
+
+    Stable so that saving a name again overwrites one registry entry.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{run_id}\0{kind}\0{name}".encode()).hexdigest()[:20]
+    return f"ckpt-{digest}"
+
+
+def iter_checkpoint_manifests(home: Path, run_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every readable ``checkpoint.json`` under the data home (or one run)."""
+    roots = [run_dir(home, run_id)] if run_id else sorted(runs_root(home).glob("*"))
+    for root in roots:
+        for kind in CHECKPOINT_KINDS:
+            for manifest_path in sorted((root / kind).glob(f"*/{MANIFEST_FILE}")):
+                payload = read_json(manifest_path)
+                if isinstance(payload, dict):
+                    yield payload

@@ -45,3 +45,24 @@ def tiny_model_dir(loops_home: Path) -> Path:
 def run_id() -> str:
     """A fresh run id per test, so tests sharing a server never share state."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def trainer_server(loops_home: Path, tiny_model_dir: Path):  # -> ServerProcess
+    """One real trainer (``loops-runner serve trainer --base-model tiny``) per session."""
+    from tests.servers import start_server
+
+    server = start_server(["trainer", "--base-model", "tiny"], loops_home, "trainer-test.log",
+                          health_path="/health?base_model=tiny")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sampler_server(loops_home: Path, tiny_model_dir: Path):  # -> ServerProcess
+    """One real sampler (base model; follows runs named by X-Run-Id) per session."""
+    from tests.servers import start_server
+
+    server = start_server(["sampler", "--base-model", "tiny"], loops_home, "sampler-test.log")
+    yield server
+    server.stop()
