@@ -112,7 +112,7 @@ def tokenizer_corpus(seed: int = 1234) -> list[str]:
         "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat["messages"])
         for chat in conversations(6000, seed=seed)
     ]
-    lines.extend(f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    lines.extend("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                  for _ in range(200))
     lines.extend(_sentences(rng, 6000))
     lines.extend(str(n) for n in range(1000))

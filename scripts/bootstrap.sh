@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create .venv at the repo root with loops-runner, its local stack and the test tools.
+# Idempotent: when nothing changed since the last run it returns at once.
+#
+# torch: the CPU build (torch==2.13.0) is installed unless .venv already has a
+# torch. GPU users install their CUDA build into .venv first (see README);
+# LOOPS_TORCH_SPEC overrides the spec used here.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+python="${PYTHON:-python3}"
+torch_spec="${LOOPS_TORCH_SPEC:-torch==2.13.0}"
+stamp=".venv/.loops-bootstrap"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) ${torch_spec}"
+
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$python" - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"loops-runner needs Python 3.11 or newer; found {sys.version.split()[0]}")
+PY
+    echo "Creating .venv ..." >&2
+    "$python" -m venv .venv
+fi
+
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    echo "Installing ${torch_spec} ..." >&2
+    "${pip[@]}" install "$torch_spec"
+fi
+echo "Installing loops-runner (editable, with the local stack and test tools) ..." >&2
+"${pip[@]}" install -e ".[local,dev]"
+echo "$want" > "$stamp"
