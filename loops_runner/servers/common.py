@@ -69,13 +69,28 @@ def server_url(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def serve_app(app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
-    """Run ``app`` with uvicorn on ``host:port`` and announce the URL on stdout."""
+def serve_app(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    graceful_timeout: float | None = None,
+) -> None:
+    """Run ``app`` with uvicorn on ``host:port`` and announce the URL on stdout.
+
+    The app is wrapped in ``ActivityTracker`` (``GET /internal/activity``) so
+    the control plane can tell an idle server from a busy one.
+    ``graceful_timeout`` bounds how long shutdown waits for open requests.
+    """
     import uvicorn
+
+    from loops_runner.servers.activity import ActivityTracker
 
     sock = bind_socket(host, port)
     url = server_url(sock)
-    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=75, access_log=False)
+    config = uvicorn.Config(ActivityTracker(app), log_level=log_level, timeout_keep_alive=75,
+                            access_log=False, timeout_graceful_shutdown=graceful_timeout)
     server = uvicorn.Server(config)
     app.state.public_url = url
 

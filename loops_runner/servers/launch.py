@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,13 @@ def spawn_server(
     *,
     env: dict[str, str] | None = None,
     start_timeout: float = 180.0,
+    on_spawn: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> ServerProcess:
-    """Run ``loops-runner serve <args>`` with output to ``log_path``; wait for its URL."""
+    """Run ``loops-runner serve <args>`` with output to ``log_path``; wait for its URL.
+
+    ``on_spawn`` gets the process as soon as it exists, so a supervisor can
+    watch or stop it while this call still waits for the URL.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "loops_runner.cli", "serve", *args]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -70,6 +76,8 @@ def spawn_server(
             command, stdout=log, stderr=subprocess.STDOUT, env=child_env,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
+    if on_spawn is not None:
+        on_spawn(process)
     deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         with open(log_path, "rb") as log:
