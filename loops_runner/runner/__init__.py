@@ -1,0 +1,1 @@
+"""The runner: config schema, backends, recipe loading, run context, metrics, resume."""

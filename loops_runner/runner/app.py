@@ -1,0 +1,192 @@
+"""One runner job: validate, resolve, (resume,) provision, run the recipe, record.
+
+Called by the Hydra app in ``loops_runner.__main__`` once per job (once for a
+single run, once per sweep point for ``-m``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from loops_runner.runner.backends import build_service_client, remember_session
+from loops_runner.runner.config import ConfigError, RunnerConfig, validate_config, validate_section
+from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
+from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
+from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
+from loops_runner.runner.run_record import (
+    RunRecord,
+    config_hash,
+    git_sha,
+    package_versions,
+)
+
+RESOLVED_CONFIG_FILE = "config.resolved.yaml"
+
+
+def _no_recipe_message() -> str:
+    names = ", ".join(builtin_recipe_names())
+    return (f"no recipe chosen. Pick one with +recipe=<name>; built-in recipes: {names}. "
+            "Example: python -m loops_runner +recipe=sft")
+
+
+def prepare(cfg: DictConfig) -> tuple[RunnerConfig, Recipe, Any, dict[str, Any]]:
+    """Validate the composed config, load the recipe, validate its section."""
+    raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    if "recipe" not in raw or not raw["recipe"]:
+        raise ConfigError(_no_recipe_message())
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError("missing required config values: " + ", ".join(missing))
+    config = validate_config(raw)
+    recipe_section = dict(config.recipe)
+    target = str(recipe_section.pop("_target_", ""))
+    recipe = load_recipe(target)
+    schema = recipe.config_schema
+    recipe_cfg: Any = validate_section(schema, recipe_section, "recipe.") if schema else \
+        OmegaConf.create(recipe_section)
+    return config, recipe, recipe_cfg, raw
+
+
+def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: Console) -> None:
+    from loops_runner.models.registry import resolve_model
+
+    resolved = resolve_model(config.model.base_model, _home(config))
+    table = Table(title="dry run: plan", show_header=False)
+    table.add_row("recipe", recipe.target)
+    table.add_row("backend", config.backend.kind)
+    table.add_row("base model", f"{config.model.base_model} -> {resolved.load_path}")
+    table.add_row("LoRA rank", str(config.model.rank))
+    table.add_row("seed", str(config.seed))
+    if recipe.plan is not None:
+        tokenizer = None
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(resolved.load_path)
+        except Exception as error:
+            table.add_row("tokenizer", f"unavailable offline ({type(error).__name__})")
+        plan = recipe.plan(recipe_cfg, tokenizer, Budget(config.max_steps, config.time_budget_s))
+        for key, value in plan.items():
+            table.add_row(key, str(value))
+    console.print(table)
+
+
+def _home(config: RunnerConfig) -> Path | None:
+    from loops_runner.home import loops_home
+
+    home = getattr(config.backend, "home", None)
+    return loops_home(home)
+
+
+def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord | None:
+    """The earlier record of this run dir, if it can and should be resumed."""
+    record = RunRecord.load(run_dir)
+    if record is None:
+        return None
+    if record.config_hash != digest and not config.resume.fork:
+        raise ConfigError(
+            f"the config changed since the run in {run_dir} was started, so it cannot be "
+            "resumed as is. Pass resume.fork=true to continue it with the new config, or "
+            "choose another run dir (e.g. a different override or hydra.run.dir=...)."
+        )
+    return record
+
+
+def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    config, recipe, recipe_cfg, raw = prepare(cfg)
+    if config.dry_run:
+        _print_plan(config, recipe, recipe_cfg, console)
+        return {}
+    if config.resume.from_dir:
+        run_dir = Path(config.resume.from_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESOLVED_CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
+
+    digest = config_hash(raw)
+    previous = _resume_point(run_dir, config, digest)
+    if previous is not None and previous.status == "completed" and not config.resume.fork:
+        console.print(f"[green]Run in {run_dir} already completed[/green]; final metrics: "
+                      f"{previous.final_metrics}")
+        return previous.final_metrics
+    checkpoint = previous.latest_checkpoint() if previous else None
+    run_name = config.run_name or run_dir.name or "run"
+    record = previous or RunRecord(
+        config_hash=digest, seed=config.seed, run_name=run_name, recipe=recipe.target,
+        backend=config.backend.kind, base_model=config.model.base_model,
+    )
+    record.config_hash = digest
+    record.status = "running"
+    record.attempts += 1
+    record.error = None
+    record.package_versions = package_versions()
+    record.git_sha = git_sha(Path.cwd())
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.exists():
+        # Never lose what an earlier attempt logged: keep a copy, then start
+        # fresh (no checkpoint) or from the checkpoint's step.
+        shutil.copyfile(metrics_path, run_dir / f"{METRICS_FILE}.attempt-{record.attempts - 1}")
+    if checkpoint is None:
+        record.checkpoints = []
+        metrics_path.unlink(missing_ok=True)
+    else:
+        truncate_after(metrics_path, checkpoint.step)
+
+    service = build_service_client(config)
+    record.session_id = service.session_id
+    timeouts = config.timeouts
+    if checkpoint is None:
+        training = service.create_lora_training_client(
+            config.model.base_model, rank=config.model.rank, seed=config.seed,
+            timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
+    else:
+        console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
+        training = service.create_training_client_from_state_with_optimizer(checkpoint.path)
+    remember_session(config, service.session_id)
+    if training.run_id:
+        record.run_ids.append(training.run_id)
+    record.save(run_dir)
+
+    rng = random.Random(config.seed)
+    if checkpoint is not None and checkpoint.rng_state is not None:
+        rng.setstate(rng_state_from_json(checkpoint.rng_state))
+    metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
+                            wandb_id=record.wandb_id, console=console)
+    record.wandb_id = metrics.wandb_id
+    ctx = RunContext(
+        config=config, service_client=service, training_client=training, run_dir=run_dir,
+        metrics=metrics, record=record, rng=rng,
+        budget=Budget(config.max_steps, config.time_budget_s),
+        start_step=checkpoint.step if checkpoint else 0,
+        cursor=dict(checkpoint.cursor) if checkpoint else {},
+    )
+    try:
+        final = recipe.run(ctx, recipe_cfg) or {}
+    except BaseException as error:
+        record.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
+        record.error = "".join(traceback.format_exception_only(error)).strip()
+        record.finished_at = time.time()
+        record.save(run_dir)
+        raise
+    finally:
+        metrics.close()
+        close = getattr(training, "close", None)
+        if close is not None:
+            close()
+    record.status = "completed"
+    record.final_metrics = final
+    record.finished_at = time.time()
+    record.save(run_dir)
+    console.print(f"[green]Done.[/green] Run dir: {run_dir}")
+    return final

@@ -1,0 +1,146 @@
+"""The runner's config schema and readable validation errors.
+
+The composed Hydra config becomes these pydantic models before anything starts.
+Unknown keys are errors (a typo must not silently do nothing), and every error
+names the key, the value given and what is allowed, with the nearest valid key
+when a name looks misspelt.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalBackend(Section):
+    kind: Literal["local"] = "local"
+    home: str | None = None
+    control_plane_url: str | None = None
+    idle_timeout_s: float = Field(default=1800.0, gt=0)
+
+
+class BasetenBackend(Section):
+    kind: Literal["baseten"]
+    base_url: str | None = "https://api.baseten.co"
+    api_key_env: str = "BASETEN_API_KEY"
+    training_project_id: str | None = None
+
+
+class ExternalBackend(Section):
+    kind: Literal["external"]
+    trainer_url: str = Field(min_length=1)
+    sampler_url: str = Field(min_length=1)
+
+
+Backend = Annotated[LocalBackend | BasetenBackend | ExternalBackend, Field(discriminator="kind")]
+
+
+class ModelSection(Section):
+    base_model: str = Field(min_length=1)
+    rank: int = Field(default=16, ge=1, le=1024)
+
+
+class WandbSection(Section):
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "loops-runner"
+    entity: str | None = None
+    name: str | None = None
+
+
+class Timeouts(Section):
+    call_s: float = Field(default=600.0, gt=0)
+    sample_s: float = Field(default=300.0, gt=0)
+    ready_s: float = Field(default=3600.0, gt=0)
+
+
+class SessionSection(Section):
+    reuse_from_session_id: str | None = "auto"
+
+
+class ResumeSection(Section):
+    from_dir: str | None = None
+    fork: bool = False
+
+
+class RunnerConfig(Section):
+    backend: Backend = Field(default_factory=LocalBackend)
+    model: ModelSection
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    recipe: dict[str, Any]
+    run_name: str | None = None
+    seed: int = 0
+    dry_run: bool = False
+    max_steps: int | None = Field(default=None, ge=1)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    session: SessionSection = Field(default_factory=SessionSection)
+    resume: ResumeSection = Field(default_factory=ResumeSection)
+
+
+_UNION_TAGS = frozenset({"local", "baseten", "external"})
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for the user."""
+
+
+def _valid_keys(model: type[BaseModel] | None, location: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at ``location`` (the parent of a bad key)."""
+    current: Any = model
+    for part in location:
+        if current is None or not hasattr(current, "model_fields"):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else None
+    if current is None or not hasattr(current, "model_fields"):
+        return []
+    return list(current.model_fields)
+
+
+def describe_errors(error: ValidationError, root: type[BaseModel] | None,
+                    prefix: str = "") -> str:
+    """Turn pydantic errors into lines naming key, value and what is allowed."""
+    lines = []
+    for item in error.errors():
+        location = tuple(item["loc"])
+        # Discriminated unions add the tag as a location part; drop it for display.
+        shown = [str(part) for part in location if part not in _UNION_TAGS]
+        key = prefix + ".".join(shown)
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            parent = tuple(p for p in location[:-1] if p not in _UNION_TAGS)
+            allowed = _valid_keys(root, parent)
+            suggestion = difflib.get_close_matches(str(location[-1]), allowed, n=1)
+            hint = f"; did you mean '{prefix}{'.'.join([*map(str, parent), suggestion[0]])}'?" \
+                if suggestion else ""
+            allowed_text = f" Allowed keys here: {', '.join(sorted(allowed))}." if allowed else ""
+            lines.append(f"unknown key '{key}' (value {value!r}){hint}{allowed_text}")
+        elif item["type"] == "missing":
+            lines.append(f"missing required key '{key}'")
+        else:
+            lines.append(f"'{key}' = {value!r}: {item['msg']}")
+    return "\n".join(f"  - {line}" for line in lines)
+
+
+def validate_config(raw: dict[str, Any]) -> RunnerConfig:
+    try:
+        return RunnerConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError("invalid config:\n" + describe_errors(error, RunnerConfig)) from None
+
+
+def validate_section(schema: type[BaseModel], raw: dict[str, Any], prefix: str) -> BaseModel:
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError("invalid config:\n" + describe_errors(error, schema, prefix)) from None

@@ -1,0 +1,67 @@
+"""Sweep bookkeeping: a ``sweep.jsonl`` line per finished job and a summary table.
+
+Registered as a Hydra callback in conf/config.yaml; it only acts in multirun
+mode. Hydra's basic launcher runs the jobs one after another in this process,
+records a failing job and goes on with the next, so one failure never stops
+the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+SWEEP_FILE = "sweep.jsonl"
+
+
+def _is_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+class SweepLogCallback(Callback):
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not _is_multirun():
+            return
+        hydra_cfg = HydraConfig.get()
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        ok = job_return.status == JobStatus.COMPLETED
+        line = {
+            "job": hydra_cfg.job.num,
+            "overrides": list(job_return.overrides or []),
+            "status": "completed" if ok else "failed",
+            "run_dir": hydra_cfg.runtime.output_dir,
+            "final_metrics": job_return._return_value if ok else None,
+            "error": None if ok else repr(job_return._return_value),
+            "finished_at": time.time(),
+        }
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with (sweep_dir / SWEEP_FILE).open("a") as handle:
+            handle.write(json.dumps(line, default=str) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_file = Path(config.hydra.sweep.dir) / SWEEP_FILE
+        if not sweep_file.is_file():
+            return
+        rows = [json.loads(line) for line in sweep_file.read_text().splitlines() if line.strip()]
+        metric_names = sorted({key for row in rows for key in (row["final_metrics"] or {})
+                               if isinstance((row["final_metrics"] or {}).get(key), int | float)})
+        table = Table(title=f"sweep summary ({sweep_file})")
+        for column in ("job", "overrides", "status", *metric_names):
+            table.add_column(column)
+        for row in rows:
+            values = row["final_metrics"] or {}
+            table.add_row(str(row["job"]), " ".join(row["overrides"]), row["status"],
+                          *(f"{values[m]:.4g}" if isinstance(values.get(m), int | float) else "-"
+                            for m in metric_names))
+        Console().print(table)

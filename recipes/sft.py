@@ -1,0 +1,265 @@
+"""Supervised fine-tuning (SFT) on chat data, with an assistant-only loss.
+
+Reads top to bottom:
+
+1. load conversations (built-in synthetic data, JSONL, or a Hugging Face dataset),
+   hold out an eval split, render everything with the tokenizer's chat template;
+2. train: length-grouped batches, a warmup + decay learning-rate schedule, and
+   futures submitted ahead so the trainer never waits for the client;
+3. evaluate NLL on the held-out split every ``eval_every`` steps, checkpoint
+   every ``save_every`` steps (resumable: the data cursor is the step);
+4. publish the adapter to the sampler and log a few sample completions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loops_runner.data.batching import length_grouped_batches
+from loops_runner.data.chat import RenderedExample, TrainOn, prompt_tokens, render
+from loops_runner.data.sources import DataFormat, load_conversations
+from loops_runner.runner.context import Budget, RunContext
+from loops_runner.sdk import AdamParams, ModelInput, SamplingParams
+
+# -- configuration (validated before anything starts) --------------------------
+
+
+class DatasetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "synthetic"
+    format: DataFormat = "auto"
+    split: str = "train"
+    num_examples: int = Field(default=2000, ge=2)
+    eval_examples: int = Field(default=64, ge=1)
+    max_length: int = Field(default=256, ge=2)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    train_on: TrainOn = "assistant"
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=150, ge=1)
+    length_grouping: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=5e-3, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(default=10, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip_norm: float = Field(default=1.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eval_every: int = Field(default=25, ge=0)
+    save_every: int = Field(default=50, ge=0)
+    pipeline_depth: int = Field(default=2, ge=1)
+    num_final_samples: int = Field(default=4, ge=0)
+    sample_max_tokens: int = Field(default=24, ge=1)
+    sample_temperature: float = Field(default=0.0, ge=0)
+
+
+# -- data ------------------------------------------------------------------------
+
+
+@dataclass
+class SftData:
+    train: list[RenderedExample]
+    eval: list[RenderedExample]
+    eval_conversations: list[dict[str, Any]]
+
+
+def load_data(cfg: Config, tokenizer: Any, seed: int) -> SftData:
+    conversations = load_conversations(cfg.dataset.source, cfg.dataset.format,
+                                       split=cfg.dataset.split,
+                                       num_examples=cfg.dataset.num_examples, seed=seed)
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    held_out = min(cfg.dataset.eval_examples, len(order) // 2)
+    eval_ids, train_ids = order[:held_out], order[held_out:]
+
+    def rendered(ids: list[int]) -> list[RenderedExample]:
+        examples = [render(tokenizer, conversations[i]["messages"], cfg.train_on,
+                           cfg.dataset.max_length) for i in ids]
+        return [e for e in examples if e.trained_tokens > 0]
+
+    return SftData(rendered(train_ids), rendered(eval_ids),
+                   [conversations[i] for i in eval_ids])
+
+
+def steps_per_epoch(cfg: Config, data_size: int) -> int:
+    return max(1, data_size // cfg.batch_size)
+
+
+def total_steps(cfg: Config, data_size: int, budget: Budget) -> int:
+    natural = cfg.epochs * steps_per_epoch(cfg, data_size)
+    return budget.steps(min(cfg.max_steps, natural) if cfg.max_steps else natural)
+
+
+def batch_for_step(step: int, data: SftData, cfg: Config, seed: int) -> list[RenderedExample]:
+    """The batch of a 0-based step. A pure function of the step: resuming needs no state."""
+    per_epoch = steps_per_epoch(cfg, len(data.train))
+    epoch, index = divmod(step, per_epoch)
+    batches = length_grouped_batches([len(e.tokens) for e in data.train], cfg.batch_size,
+                                     cfg.length_grouping, random.Random(f"{seed}-epoch-{epoch}"))
+    return [data.train[i] for i in batches[index % len(batches)]]
+
+
+def learning_rate(step: int, cfg: Config, steps: int) -> float:
+    """Linear warmup to the peak, then constant / linear / cosine decay to the floor."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        shape = 1 - progress
+    else:
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
+    """What ``dry_run=true`` prints."""
+    result: dict[str, Any] = {"dataset": cfg.dataset.source, "batch size": cfg.batch_size}
+    if tokenizer is None:
+        return result
+    data = load_data(cfg, tokenizer, seed=0)
+    steps = total_steps(cfg, len(data.train), budget)
+    mean_tokens = sum(len(e.tokens) for e in data.train) / max(1, len(data.train))
+    saves = [s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0]
+    result.update({
+        "train / eval examples": f"{len(data.train)} / {len(data.eval)}",
+        "steps": steps,
+        "checkpoints at steps": saves + ([steps] if steps not in saves else []),
+        "estimated tokens": int(steps * cfg.batch_size * mean_tokens),
+        "learning rate": f"{cfg.learning_rate} ({cfg.lr_schedule}, warmup {cfg.warmup_steps})",
+    })
+    return result
+
+
+# -- training --------------------------------------------------------------------
+
+
+def eval_nll(ctx: RunContext, examples: list[RenderedExample], batch_size: int) -> float:
+    """Mean negative log-likelihood per trained token on ``examples``."""
+    futures = [ctx.training_client.forward([e.to_datum() for e in examples[i:i + batch_size]],
+                                           "cross_entropy")
+               for i in range(0, len(examples), batch_size)]
+    total, count = 0.0, 0.0
+    for start, future in zip(range(0, len(examples), batch_size), futures, strict=True):
+        for example, output in zip(examples[start:start + batch_size],
+                                   future.result().loss_fn_outputs, strict=True):
+            for logprob, weight in zip(output["logprobs"].tolist(), example.weights[1:],
+                                       strict=True):
+                if weight and not math.isnan(logprob):
+                    total -= weight * logprob
+                    count += weight
+    return total / max(count, 1.0)
+
+
+@dataclass
+class InFlight:
+    step: int  # 1-based number of the optimizer step
+    forward_backward: Any
+    optim: Any
+    tokens: int
+    learning_rate: float
+    submitted_at: float
+
+
+def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+    data = load_data(cfg, ctx.tokenizer, ctx.seed)
+    steps = total_steps(cfg, len(data.train), ctx.budget)
+    ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
+                      f"{steps} steps of {cfg.batch_size}")
+    last: dict[str, Any] = {}
+    if ctx.start_step == 0:
+        last["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
+        ctx.log(0, {"eval/nll": last["eval/nll"]})
+    ctx.metrics.start_progress(steps, completed=ctx.start_step)
+    in_flight: deque[InFlight] = deque()
+    previous_done = time.monotonic()
+
+    def finish(item: InFlight) -> None:
+        nonlocal previous_done
+        output = item.forward_backward.result()
+        optim = item.optim.result()
+        now = time.monotonic()
+        metrics = {"train/loss": output.loss, "train/tokens": item.tokens,
+                   "optim/lr": item.learning_rate,
+                   "time/step_s": now - previous_done,
+                   "time/tokens_per_s": item.tokens / max(now - previous_done, 1e-9)}
+        for key, value in (optim.metrics or {}).items():
+            if key in ("grad_norm", "grad_norm_clipped", "update_norm"):
+                metrics[f"optim/{key}"] = value
+        previous_done = now
+        step = item.step
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
+            metrics["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
+        last.update(metrics)
+        ctx.log(step, metrics)
+        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
+            ctx.checkpointer.save(step, {"step": step})
+
+    def boundary(step: int) -> bool:
+        return bool(step == steps or (cfg.eval_every and step % cfg.eval_every == 0)
+                    or (cfg.save_every and step % cfg.save_every == 0))
+
+    step = ctx.start_step
+    while step < steps:
+        batch = batch_for_step(step, data, cfg, ctx.seed)
+        lr = learning_rate(step, cfg, steps)
+        adam = AdamParams(learning_rate=lr, beta1=cfg.beta1, beta2=cfg.beta2,
+                          weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
+        in_flight.append(InFlight(
+            step + 1,
+            ctx.training_client.forward_backward([e.to_datum() for e in batch], "cross_entropy"),
+            ctx.training_client.optim_step(adam),
+            sum(e.trained_tokens for e in batch), lr, time.monotonic()))
+        step += 1
+        # Eval and checkpoints must see exactly this step's weights: drain first.
+        drain = boundary(step) or ctx.budget.time_exhausted()
+        while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
+            finish(in_flight.popleft())
+        if ctx.budget.time_exhausted() and step < steps:
+            ctx.checkpointer.save(step, {"step": step})
+            ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+            break
+
+    final = {k: v for k, v in last.items() if not k.startswith("time/")}
+    final["steps"] = step
+    if step == steps and cfg.num_final_samples:
+        final_samples(ctx, cfg, data)
+    return final
+
+
+def final_samples(ctx: RunContext, cfg: Config, data: SftData) -> None:
+    """Publish the adapter and log greedy samples for a few eval prompts."""
+    sampler = ctx.publish("final")
+    params = SamplingParams(max_tokens=cfg.sample_max_tokens, temperature=cfg.sample_temperature,
+                            seed=ctx.seed)
+    rows = []
+    for conversation in data.eval_conversations[:cfg.num_final_samples]:
+        messages = conversation["messages"]
+        prompt = ModelInput.from_ints(prompt_tokens(ctx.tokenizer, messages))
+        sequence = sampler.sample(prompt, 1, params).sequences[0]
+        completion = ctx.tokenizer.decode(sequence.tokens, skip_special_tokens=True)
+        rows.append([messages[-2]["content"], messages[-1]["content"], completion])
+    with (ctx.run_dir / "samples.jsonl").open("w") as handle:
+        for prompt_text, reference, completion in rows:
+            handle.write(json.dumps({"prompt": prompt_text, "reference": reference,
+                                     "completion": completion}) + "\n")
+    ctx.metrics.log_table("samples", ["prompt", "reference", "completion"], rows)
+    for prompt_text, reference, completion in rows:
+        ctx.metrics.print(f"[bold]{prompt_text}[/bold] -> {completion!r} (reference "
+                          f"{reference!r})")
