@@ -28,5 +28,12 @@ def main(cfg: DictConfig) -> Any:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    from loops_runner.runner import overrides
+
+    overrides.install()
     main()
+
+
+if __name__ == "__main__":
+    run()

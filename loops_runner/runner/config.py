@@ -139,8 +139,20 @@ def validate_config(raw: dict[str, Any]) -> RunnerConfig:
         raise ConfigError("invalid config:\n" + describe_errors(error, RunnerConfig)) from None
 
 
+def _strict(schema: type[BaseModel]) -> type[BaseModel]:
+    """The schema with unknown keys forbidden, unless it explicitly allows extras.
+
+    Pydantic ignores unknown keys by default; for a config that would let a
+    typo silently do nothing.
+    """
+    if schema.model_config.get("extra") in ("forbid", "allow"):
+        return schema
+    return type(schema.__name__, (schema,),
+                {"model_config": ConfigDict(**{**schema.model_config, "extra": "forbid"})})
+
+
 def validate_section(schema: type[BaseModel], raw: dict[str, Any], prefix: str) -> BaseModel:
     try:
-        return schema.model_validate(raw)
+        return _strict(schema).model_validate(raw)
     except ValidationError as error:
         raise ConfigError("invalid config:\n" + describe_errors(error, schema, prefix)) from None

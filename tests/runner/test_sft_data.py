@@ -1,0 +1,123 @@
+"""SFT data: rendering with assistant-only masks, sources, batching, LR schedule."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from loops_runner.data.batching import length_grouped_batches
+from loops_runner.data.chat import render
+from loops_runner.data.sources import DataError, load_conversations
+from recipes.sft import Config, learning_rate
+
+CHAT = [{"role": "user", "content": "Reverse the word: apple"},
+        {"role": "assistant", "content": "elppa"},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_render_matches_apply_chat_template(tokenizer) -> None:
+    example = render(tokenizer, CHAT)
+    reference = tokenizer.apply_chat_template(CHAT, tokenize=True, return_dict=True)
+    assert example.tokens == list(reference["input_ids"])
+    trained = [t for t, w in zip(example.tokens, example.weights, strict=True) if w]
+    assert tokenizer.decode(trained) == "elppa<|im_end|>4<|im_end|>"
+    everything = render(tokenizer, CHAT, train_on="all")
+    assert all(everything.weights) and everything.tokens == example.tokens
+
+
+def test_prefix_masks_agree_with_generation_markers(tokenizer) -> None:
+    """Templates without {% generation %} get the same mask by prefix rendering."""
+    marked = render(tokenizer, CHAT)
+    plain = tokenizer.chat_template.replace("{%- generation -%}", "").replace(
+        "{%- endgeneration -%}", "")
+    original = tokenizer.chat_template
+    tokenizer.chat_template = plain
+    try:
+        derived = render(tokenizer, CHAT)
+    finally:
+        tokenizer.chat_template = original
+    assert derived.tokens == marked.tokens
+    # Prefix rendering attributes each turn's trailing newline to the assistant
+    # turn (the template emits it as part of that turn); the rest is identical.
+    trained = [t for t, w in zip(derived.tokens, derived.weights, strict=True) if w]
+    assert tokenizer.decode(trained).replace("\n", "") == "elppa<|im_end|>4<|im_end|>"
+
+
+def test_datum_layout_is_next_token(tokenizer) -> None:
+    example = render(tokenizer, CHAT[:2])
+    datum = example.to_datum()
+    assert datum.model_input.to_ints() == example.tokens[:-1]
+    assert datum.loss_fn_inputs["target_tokens"].tolist() == example.tokens[1:]
+    assert datum.loss_fn_inputs["weights"].tolist() == example.weights[1:]
+
+
+def test_truncation(tokenizer) -> None:
+    assert len(render(tokenizer, CHAT, max_length=8).tokens) == 8
+
+
+def test_sources_jsonl_formats_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"messages": CHAT[:2]}) + "\n\n"
+                    + json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
+    rows = load_conversations(str(path))
+    assert rows[0]["messages"] == CHAT[:2]
+    assert rows[1]["messages"][1] == {"role": "assistant", "content": "Hello"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no chat here"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: expected"):
+        load_conversations(str(bad))
+    with pytest.raises(DataError, match="does not exist"):
+        load_conversations(str(tmp_path / "missing.jsonl"))
+
+
+def test_sources_hf_dataset_on_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}] * 3).save_to_disk(
+        str(tmp_path / "ds"))
+    rows = load_conversations(str(tmp_path / "ds"))
+    assert len(rows) == 3 and rows[0]["messages"][0]["content"] == "a"
+
+
+def test_synthetic_source_is_deterministic() -> None:
+    assert load_conversations("synthetic", num_examples=50, seed=3) == \
+        load_conversations("synthetic", num_examples=50, seed=3)
+    assert load_conversations("synthetic", num_examples=50, seed=3) != \
+        load_conversations("synthetic", num_examples=50, seed=4)
+
+
+def test_length_grouping_reduces_padding_and_is_deterministic() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 200) for _ in range(512)]
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    grouped = length_grouped_batches(lengths, 16, 8, random.Random(1))
+    plain = length_grouped_batches(lengths, 16, 1, random.Random(1))
+    assert grouped == length_grouped_batches(lengths, 16, 8, random.Random(1))
+    assert sorted(i for b in grouped for i in b) == list(range(512))
+    assert padding(grouped) < padding(plain) / 2
+
+
+def test_learning_rate_schedules() -> None:
+    cfg = Config(learning_rate=1.0, warmup_steps=4, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert learning_rate(0, cfg, 100) == pytest.approx(0.25)
+    assert learning_rate(3, cfg, 100) == pytest.approx(1.0)
+    assert learning_rate(4, cfg, 100) == pytest.approx(1.0)
+    assert learning_rate(99, cfg, 100) == pytest.approx(0.1, abs=1e-3)
+    linear = cfg.model_copy(update={"lr_schedule": "linear"})
+    assert learning_rate(52, linear, 100) == pytest.approx(0.1 + 0.9 * 0.5)
+    constant = cfg.model_copy(update={"lr_schedule": "constant"})
+    assert learning_rate(80, constant, 100) == 1.0
