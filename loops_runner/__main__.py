@@ -29,9 +29,10 @@ def main(cfg: DictConfig) -> Any:
 
 
 def run() -> None:
-    from loops_runner.runner import overrides
+    from loops_runner.runner import overrides, run_dirs
 
     overrides.install()
+    run_dirs.register()
     main()
 
 

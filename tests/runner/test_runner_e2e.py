@@ -1,0 +1,158 @@
+"""The real CLI in a subprocess against the real local stack (daemon, trainer, sampler)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loops_runner.runner.local_daemon import find_control_plane
+from tests.runner.conftest import run_runner, runner_command, runner_env
+
+# Small but real: enough steps for a falling loss, few enough for CI.
+QUICK = ["recipe.dataset.num_examples=600", "recipe.batch_size=16", "recipe.eval_every=5",
+         "recipe.dataset.eval_examples=32", "recipe.num_final_samples=2"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_single_run_trains_and_leaves_outputs(tmp_path: Path, runner_home: Path) -> None:
+    result = run_runner("+recipe=sft", "recipe.max_steps=20", "recipe.save_every=10", *QUICK,
+                        cwd=tmp_path, home=runner_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "sft").iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["session_id"] and record["run_id"] and record["config_hash"]
+    assert record["package_versions"]["torch"]
+    assert [c["step"] for c in record["checkpoints"]] == [10, 20]
+    assert all(c["path"].startswith("bt://loops:") for c in record["checkpoints"])
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics if "train/loss" in m] == list(range(1, 21))
+    evals = [m["eval/nll"] for m in metrics if "eval/nll" in m]
+    assert evals[-1] < evals[0]
+    assert record["final_metrics"]["eval/nll"] == pytest.approx(evals[-1])
+    assert (run_dir / "config.resolved.yaml").is_file()
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all("completion" in s for s in samples)
+
+
+def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
+    result = run_runner("-m", "+recipe=sft", "recipe.learning_rate=1e-3,3e-3", "model.rank=4,8",
+                        "recipe.max_steps=4", "recipe.save_every=0", *QUICK,
+                        "hydra.sweep.dir=sweep", cwd=tmp_path, home=runner_home, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text()
+             .splitlines()]
+    assert len(lines) == 4 and all(line["status"] == "completed" for line in lines)
+    run_dirs = {Path(line["run_dir"]) for line in lines}
+    assert len(run_dirs) == 4 and all((d / "run.json").is_file() for d in run_dirs)
+    assert "sweep summary" in result.stdout
+    # One trainer process served every job: all runs report the same trainer URL.
+    daemon = find_control_plane(runner_home)
+    assert daemon is not None
+    headers = {"Authorization": f"Api-Key {daemon.api_key}"}
+    trainer_urls = set()
+    for run_dir in run_dirs:
+        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        response = httpx.get(f"{daemon.url}/v1/loops/runs/{run_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        trainer_urls.add(response.json()["run"]["base_url"])
+    assert len(trainer_urls) == 1
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path) -> None:
+    args = ["+recipe=sft", "recipe.max_steps=24", "recipe.save_every=6", "seed=7", *QUICK]
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = run_runner(*args, cwd=reference_dir, home=runner_home)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads(next((reference_dir / "outputs" / "sft").iterdir())
+                          .joinpath("run.json").read_text())["final_metrics"]
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    process = subprocess.Popen(runner_command(*args), cwd=work, env=runner_env(runner_home),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_json = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list((work / "outputs" / "sft").glob("*/run.json"))
+        if found:
+            run_json = found[0]
+            checkpoints = json.loads(run_json.read_text()).get("checkpoints", [])
+            if any(c["step"] >= 12 for c in checkpoints):
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert run_json is not None
+    assert json.loads(run_json.read_text())["status"] == "running"
+
+    resumed = run_runner(*args, cwd=work, home=runner_home)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming from step" in resumed.stdout
+    record = json.loads(run_json.read_text())
+    assert record["status"] == "completed" and record["attempts"] == 2
+    for key, value in expected.items():
+        assert record["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    steps = [m["step"] for m in read_metrics(run_json.parent) if "train/loss" in m]
+    assert steps == list(range(1, 25))  # one line per step, none lost or doubled
+
+    changed = run_runner(*args[:-1], "recipe.learning_rate=0.02", cwd=work, home=runner_home)
+    assert changed.returncode == 0  # a new config maps to a new run dir: no clash
+
+
+def test_changed_config_refuses_to_resume(tmp_path: Path, runner_home: Path) -> None:
+    run_dir = tmp_path / "pinned"
+    args = ["+recipe=sft", "recipe.max_steps=2", "recipe.save_every=1", *QUICK,
+            f"hydra.run.dir={run_dir}"]
+    first = run_runner(*args, cwd=tmp_path, home=runner_home)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    record["status"] = "failed"  # pretend it died, so a re-run would resume
+    (run_dir / "run.json").write_text(json.dumps(record))
+    refused = run_runner(*args, "recipe.learning_rate=0.02", cwd=tmp_path, home=runner_home)
+    assert refused.returncode == 2
+    assert "resume.fork=true" in refused.stderr
+
+
+def test_user_recipe_from_another_directory_runs(tmp_path: Path, runner_home: Path) -> None:
+    package = tmp_path / "team_recipes"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "two_steps.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from loops_runner.sdk import AdamParams, Datum, ModelInput, TensorData\n\n"
+        "class Config(BaseModel):\n    learning_rate: float = 1e-2\n\n"
+        "def run(ctx, cfg):\n"
+        "    tokens = ctx.tokenizer.encode('Reverse the word: apple')\n"
+        "    datum = Datum(model_input=ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={\n"
+        "        'target_tokens': TensorData(data=tokens[1:], dtype='int64',"
+        " shape=[len(tokens) - 1])})\n"
+        "    losses = []\n"
+        "    for step in range(1, 3):\n"
+        "        out = ctx.training_client.forward_backward([datum]).result()\n"
+        "        ctx.training_client.optim_step(AdamParams(learning_rate=cfg.learning_rate))"
+        ".result()\n"
+        "        ctx.log(step, {'train/loss': out.loss})\n"
+        "        losses.append(out.loss)\n"
+        "    return {'train/loss': losses[-1], 'improved': float(losses[-1] < losses[0])}\n")
+    (tmp_path / "configs" / "recipe").mkdir(parents=True)
+    (tmp_path / "configs" / "recipe" / "two_steps.yaml").write_text(
+        "# Run: python -m loops_runner --config-dir configs +recipe=two_steps\n"
+        "_target_: team_recipes.two_steps.run\nlearning_rate: 0.05\n")
+    result = run_runner("--config-dir", "configs", "+recipe=two_steps", cwd=tmp_path,
+                        home=runner_home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads(next((tmp_path / "outputs" / "two_steps").iterdir())
+                        .joinpath("run.json").read_text())
+    assert record["status"] == "completed" and record["final_metrics"]["improved"] == 1.0
