@@ -37,6 +37,7 @@ class Checkpoint(BaseModel):
     target: CheckpointTarget | None = None
     path: str | None = None
     expires_at: datetime | None = None
+    step: int | None = None
 
 
 class CheckpointListResponse(BaseModel):

@@ -58,6 +58,8 @@ class SamplerInfo(BaseModel):
     run_id: str | None = None
     session_id: str | None = None
     status: str | None = None
+    reason: str | None = None
+    model_path: str | None = None
     created_at: datetime | None = None
 
 
@@ -71,6 +73,11 @@ class RunInfo(BaseModel):
     lora_rank: int | None = None
     name: str | None = None
     status: str | None = None
+    # Why the run is FAILED/STOPPED (its trainer died, went idle, ...).
+    reason: str | None = None
+    # True when the run was attached to an earlier run's warm trainer.
+    reused: bool | None = None
+    replicas: int | None = None
     created_at: datetime | None = None
     sampler: SamplerInfo | None = None
 
@@ -103,11 +110,23 @@ class DeploymentStatus(BaseModel):
 
 
 class TrainerDeployment(BaseModel):
+    """A trainer or sampler server process as the control plane presents it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
     id: str
     status: DeploymentStatus
     base_model: str | None = None
     base_url: str | None = None
     sampler: SamplerInfo | None = None
+    kind: Literal["trainer", "sampler"] | None = None
+    role: str | None = None
+    model_id: str | None = None
+    pid: int | None = None
+    restarts: int | None = None
+    created_at: datetime | None = None
+    run_ids: list[str] = Field(default_factory=list)
+    status_history: list[DeploymentStatus] = Field(default_factory=list)
 
 
 class TrainerDeploymentResponse(BaseModel):
@@ -132,3 +151,24 @@ class SupportedModel(BaseModel):
 class ServerCapabilities(BaseModel):
     supported_models: list[SupportedModel]
     device_classes: list[str] = Field(default_factory=list)
+
+
+class DeploymentListResponse(BaseModel):
+    deployments: list[TrainerDeployment]
+
+
+class RunListResponse(BaseModel):
+    runs: list[RunInfo]
+
+
+class SamplerListResponse(BaseModel):
+    samplers: list[SamplerInfo]
+
+
+class Team(BaseModel):
+    id: str
+    name: str
+
+
+class TeamsResponse(BaseModel):
+    teams: list[Team]

@@ -1,0 +1,238 @@
+"""HTTP routes of the control plane (spec section 3): parse, validate, hand over.
+
+Create routes exist twice, under ``/v1/loops`` and under the team-scoped
+``/v1/teams/{team_id}/loops`` the SDK uses when a team is named. Bodies are
+parsed here by hand so that every refusal has the spec's error shape
+(``{"detail", "details": {"reason"}}``) and status 422, never the 400/404 a
+client might take for "still starting".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from loops_runner.servers.common import error_response, format_validation_errors
+from loops_runner.servers.control_plane.files import FileTokenError, resolve_file
+from loops_runner.servers.control_plane.service import (
+    LOCAL_TEAM,
+    MAX_FILE_PAGE_SIZE,
+    ApiError,
+    ControlPlane,
+    invalid,
+)
+from loops_runner.wire.checkpoints import (
+    CheckpointListResponse,
+    CheckpointSourceResponse,
+    ValidateCheckpointRequest,
+)
+from loops_runner.wire.control_plane import (
+    CreateSamplerRequest,
+    CreateSessionRequest,
+    CreateTrainerRequest,
+    DeploymentListResponse,
+    RunListResponse,
+    RunResponse,
+    SamplerListResponse,
+    SamplerResponse,
+    SamplerStatusResponse,
+    SessionResponse,
+    TeamsResponse,
+    TrainerDeploymentResponse,
+)
+
+Body = TypeVar("Body", bound=BaseModel)
+LOOPS_ROOTS = ("/v1/loops", "/v1/teams/{team_id}/loops")
+
+
+async def parse_body(request: Request, model: type[Body], *, allow_empty: bool = False) -> Body:
+    raw = await request.body()
+    if not raw.strip():
+        if allow_empty:
+            return model()
+        raise invalid("the request body must be a JSON object")
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}", "INVALID_JSON") from None
+    if not isinstance(payload, dict):
+        raise invalid("the request body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise invalid(format_validation_errors(exc.errors()), "VALIDATION_ERROR") from None
+
+
+def int_query(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise invalid(f"query parameter {name} = {value!r} is not an integer") from None
+
+
+def dump(model: BaseModel) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"))
+
+
+def build_router(cp: ControlPlane) -> APIRouter:
+    router = APIRouter()
+
+    def team(request: Request) -> str | None:
+        return request.path_params.get("team_id")
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/v1/teams")
+    async def teams() -> JSONResponse:
+        return dump(TeamsResponse(teams=[LOCAL_TEAM]))
+
+    # -- creates (also team-scoped) ------------------------------------------------------
+
+    async def create_session(request: Request) -> JSONResponse:
+        body = await parse_body(request, CreateSessionRequest, allow_empty=True)
+        return dump(SessionResponse(session=cp.create_session(body, team(request))))
+
+    async def create_trainer(request: Request) -> JSONResponse:
+        body = await parse_body(request, CreateTrainerRequest)
+        return dump(RunResponse(run=await cp.create_run(body, team(request))))
+
+    async def create_run_with_sampler(request: Request) -> JSONResponse:
+        # The older documented name of trainer creation; it embeds the paired
+        # sampler, created eagerly.
+        body = await parse_body(request, CreateTrainerRequest)
+        return dump(RunResponse(run=await cp.create_run(body, team(request),
+                                                        with_sampler=True)))
+
+    async def create_sampler(request: Request) -> JSONResponse:
+        body = await parse_body(request, CreateSamplerRequest)
+        return dump(SamplerResponse(sampler=await cp.create_sampler(body, team(request))))
+
+    creates: dict[str, Callable[[Request], Awaitable[JSONResponse]]] = {
+        "/sessions": create_session,
+        "/trainers": create_trainer,
+        "/debug/trainers": create_trainer,
+        "/runs": create_run_with_sampler,
+        "/samplers": create_sampler,
+        "/debug/samplers": create_sampler,
+    }
+    for root in LOOPS_ROOTS:
+        for suffix, handler in creates.items():
+            router.add_api_route(root + suffix, handler, methods=["POST"])
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @router.get("/v1/loops/sessions/{session_id}")
+    async def get_session(session_id: str) -> JSONResponse:
+        return JSONResponse(cp.get_session(session_id))
+
+    @router.get("/v1/loops/runs")
+    async def list_runs(request: Request) -> JSONResponse:
+        query = request.query_params
+        runs = cp.list_runs(query.get("run_id"), query.get("base_model"),
+                            query.get("session_id"))
+        return dump(RunListResponse(runs=runs))
+
+    @router.get("/v1/loops/runs/{run_id}")
+    async def get_run(run_id: str) -> JSONResponse:
+        return dump(RunResponse(run=cp.get_run(run_id)))
+
+    @router.get("/v1/loops/samplers")
+    async def list_samplers(request: Request) -> JSONResponse:
+        return dump(SamplerListResponse(
+            samplers=cp.list_samplers(request.query_params.get("session_id"))))
+
+    @router.get("/v1/loops/samplers/{sampler_id}")
+    async def get_sampler(sampler_id: str) -> JSONResponse:
+        return dump(SamplerResponse(sampler=cp.get_sampler(sampler_id)))
+
+    @router.get("/v1/loops/deployments")
+    async def list_deployments() -> JSONResponse:
+        return dump(DeploymentListResponse(deployments=cp.list_deployments()))
+
+    @router.get("/v1/loops/deployments/{deployment_id}")
+    async def get_deployment(deployment_id: str) -> JSONResponse:
+        return dump(TrainerDeploymentResponse(deployment=cp.get_deployment(deployment_id)))
+
+    @router.post("/v1/loops/deployments/{deployment_id}/deactivate")
+    async def deactivate(deployment_id: str) -> JSONResponse:
+        return dump(TrainerDeploymentResponse(deployment=await cp.deactivate(deployment_id)))
+
+    @router.get("/v1/models/{model_id}/deployments/{deployment_id}")
+    async def sampler_status(model_id: str, deployment_id: str) -> JSONResponse:
+        return dump(SamplerStatusResponse(status=cp.sampler_model_status(model_id,
+                                                                         deployment_id)))
+
+    @router.get("/v1/loops/capabilities")
+    async def capabilities() -> JSONResponse:
+        return dump(await cp.capabilities())
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    @router.get("/v1/loops/checkpoints")
+    async def list_checkpoints(request: Request) -> JSONResponse:
+        query = request.query_params
+        checkpoints = cp.list_checkpoints(query.get("run_id"), query.get("checkpoint_path"),
+                                          query.get("base_model"))
+        return dump(CheckpointListResponse(checkpoints=checkpoints))
+
+    @router.post("/v1/loops/checkpoints/validate")
+    async def validate_checkpoint(request: Request) -> JSONResponse:
+        cp.validate_checkpoint(await parse_body(request, ValidateCheckpointRequest))
+        return JSONResponse({})
+
+    @router.get("/v1/loops/checkpoints/{checkpoint_id}/files")
+    async def checkpoint_files(checkpoint_id: str, request: Request) -> JSONResponse:
+        page_size = int_query(request, "page_size", MAX_FILE_PAGE_SIZE)
+        page_token = int_query(request, "page_token", 0)
+        base_url = str(request.base_url).rstrip("/")
+        return dump(cp.checkpoint_files(checkpoint_id, page_size, page_token, base_url))
+
+    @router.get("/v1/loops/checkpoints/{checkpoint_id}/source")
+    async def checkpoint_source(checkpoint_id: str) -> JSONResponse:
+        return dump(CheckpointSourceResponse.model_validate(cp.checkpoint_source(checkpoint_id)))
+
+    @router.get("/files/{token}")
+    async def signed_file(token: str) -> Response:
+        try:
+            ref = cp.signer.verify(token)
+            path = resolve_file(cp.home, ref)
+        except FileTokenError as exc:
+            return error_response(403, f"file URL refused: {exc}", "FORBIDDEN")
+        except FileNotFoundError:
+            return error_response(404, "the file no longer exists (the checkpoint was deleted "
+                                       "or overwritten)", "NOT_FOUND")
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=path.name)
+
+    return router
+
+
+def api_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.detail, exc.reason)
+
+
+def request_validation_handler(_: Request, exc: Exception) -> Response:
+    errors: list[dict[str, Any]] = list(getattr(exc, "errors", list)())
+    return error_response(422, format_validation_errors(errors), "VALIDATION_ERROR")
+
+
+def http_error_handler(request: Request, exc: Exception) -> Response:
+    status = int(getattr(exc, "status_code", 500))
+    if status == 404:
+        return error_response(404, f"no route {request.method} {request.url.path} on this "
+                                   "control plane", "NOT_FOUND")
+    if status == 405:
+        return error_response(405, f"method {request.method} is not allowed on "
+                                   f"{request.url.path}", "METHOD_NOT_ALLOWED")
+    return error_response(status, str(getattr(exc, "detail", "error")), "HTTP_ERROR")

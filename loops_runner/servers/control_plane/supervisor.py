@@ -1,0 +1,571 @@
+"""Process supervision: trainer and sampler servers as deployments.
+
+Each deployment is one ``loops-runner serve trainer|sampler`` child on a free
+loopback port, logging to ``<home>/logs/<kind>-<deployment>.log``. Its status
+moves ``DEPLOYING`` -> ``RUNNING`` (trainer) / ``ACTIVE`` (sampler) once its
+health route answers 200, and to ``FAILED`` (with the exit status and the last
+log lines) when the process dies or never becomes healthy, or ``STOPPED`` when
+it is idle, deactivated or the control plane shuts down. Every change is kept
+as an event in the store.
+
+A watcher task checks the children every ``poll_interval`` seconds (so a death
+shows within about a second), probes deploying ones, and stops idle ones: idle
+means neither the child (``GET /internal/activity``, served for every app by
+``serve_app``) nor the control plane (creates and reuse) saw a request for the
+idle timeout.
+
+A server that crashes after it had been healthy is restarted once, on the same
+port, so clients holding its URL reach the new process (which then answers
+for runs it no longer knows, instead of leaving them retrying a dead port).
+The deployment reads ``FAILED`` until the restarted process is healthy. After
+a final failure or a stop, a small tombstone listener keeps the port and
+answers every request with a permanent error naming the reason, because the
+SDK retries refused connections for up to an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+
+from loops_runner.servers.activity import ACTIVITY_PATH, SUPERVISOR_HEADER
+from loops_runner.servers.common import GATEWAY_SOURCE_HEADER
+from loops_runner.servers.control_plane.store import (
+    DEPLOYING,
+    FAILED,
+    LIVE_STATUSES,
+    READY_STATUSES,
+    RUNNING,
+    STOPPED,
+    TRAINER,
+    DeploymentRow,
+    Store,
+)
+from loops_runner.servers.control_plane.tombstone import Tombstones
+from loops_runner.servers.launch import ServerStartError, spawn_server, tail
+
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 1
+LOG_TAIL_LINES = 15
+_PROBE_HEADERS = {SUPERVISOR_HEADER: "1"}
+
+
+class ProcessHandle(Protocol):
+    pid: int
+
+    def exit_code(self) -> int | None:
+        """None while running; the exit code (negative: signal) once it ended."""
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class PopenHandle:
+    """A child this control plane started."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+class AdoptedHandle:
+    """A child of an earlier control plane that was killed before it could stop them.
+
+    Not our child, so no exit code: only whether the pid still runs.
+    """
+
+    UNKNOWN_EXIT = 255
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def exit_code(self) -> int | None:
+        return None if pid_running(self.pid) else self.UNKNOWN_EXIT
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_process(handle: ProcessHandle, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` (blocking: run it in a thread)."""
+    handle.terminate()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.exit_code() is not None:
+            return
+        time.sleep(0.05)
+    handle.kill()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and handle.exit_code() is None:
+        time.sleep(0.05)
+
+
+def describe_exit(kind: str, pid: int, code: int | None) -> str:
+    if code is None:
+        return f"{kind} process {pid} is gone"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"{kind} process {pid} was killed by {name}"
+    if code == AdoptedHandle.UNKNOWN_EXIT:
+        return f"{kind} process {pid} exited"
+    return f"{kind} process {pid} exited with code {code}"
+
+
+def with_log_tail(message: str, log_path: str) -> str:
+    lines = tail(Path(log_path), LOG_TAIL_LINES).strip()
+    return f"{message}. Last log lines ({log_path}):\n{lines}" if lines else message
+
+
+@dataclass
+class Child:
+    deployment_id: str
+    handle: ProcessHandle
+    url: str | None = None  # None while the process has not announced its URL
+    stopping: bool = False
+    started_at: float = field(default_factory=time.time)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        *,
+        idle_timeout: float,
+        deploy_timeout: float = 1800.0,
+        start_timeout: float = 180.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.home = home
+        self.log_dir = home / "logs"
+        self.idle_timeout = idle_timeout
+        self.deploy_timeout = deploy_timeout
+        self.start_timeout = start_timeout
+        self.poll_interval = poll_interval
+        self.idle_check_interval = min(30.0, max(0.5, idle_timeout / 4))
+        self.tombstones = Tombstones()
+        self._children: dict[str, Child] = {}
+        self._restarting: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cp_activity: dict[str, float] = {}
+        self._no_activity_route: set[str] = set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=_PROBE_HEADERS)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._reconcile()
+        self._task = asyncio.create_task(self._watch(), name="deployment-watcher")
+
+    async def close(self) -> None:
+        """Stop every child (the control plane is going away)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        children = list(self._children.values())
+        for child in children:
+            child.stopping = True
+        await asyncio.gather(*(asyncio.to_thread(stop_process, child.handle)
+                               for child in children))
+        for child in children:
+            self._children.pop(child.deployment_id, None)
+            self._mark_stopped(child.deployment_id, "the control plane shut down")
+        self.tombstones.close_all()
+        await self._http.aclose()
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def note_activity(self, deployment_id: str) -> None:
+        """Control-plane-side use of a deployment (a run attached, a status read)."""
+        self._cp_activity[deployment_id] = time.time()
+
+    def pid_of(self, deployment_id: str) -> int | None:
+        child = self._children.get(deployment_id)
+        return child.handle.pid if child else None
+
+    def is_restarting(self, deployment_id: str) -> bool:
+        return deployment_id in self._restarting
+
+    # -- provisioning ----------------------------------------------------------
+
+    async def provision(
+        self,
+        *,
+        kind: str,
+        role: str,
+        base_model: str,
+        launch_model: str,
+        session_id: str | None,
+        trainer_deployment_id: str | None = None,
+    ) -> DeploymentRow:
+        """Create a deployment and start its process; returns once it listens (or failed)."""
+        row = self.store.create_deployment(
+            kind=kind, role=role, base_model=base_model, launch_model=launch_model,
+            log_dir=self.log_dir, session_id=session_id,
+            trainer_deployment_id=trainer_deployment_id,
+        )
+        self.note_activity(row.id)
+        async with self.lock(row.id):
+            await self._launch(row, port=0)
+        return self._row(row.id)
+
+    async def _launch(self, row: DeploymentRow, port: int) -> bool:
+        """Start the process of ``row`` and wait for its URL (not for health)."""
+        if port:
+            self.tombstones.release(port)
+        args = [row.kind, "--base-model", row.launch_model, "--home", str(self.home),
+                "--host", "127.0.0.1", "--port", str(port)]
+
+        def on_spawn(process: subprocess.Popen[bytes]) -> None:
+            self._children[row.id] = Child(row.id, PopenHandle(process))
+            self.store.set_process(row.id, pid=process.pid)
+
+        try:
+            server = await asyncio.to_thread(
+                spawn_server, args, Path(row.log_path), start_timeout=self.start_timeout,
+                on_spawn=on_spawn,
+            )
+        except (ServerStartError, OSError) as exc:
+            child = self._children.pop(row.id, None)
+            if child is not None:
+                await asyncio.to_thread(stop_process, child.handle, 2.0)
+            self._restarting.pop(row.id, None)
+            if self._closing:
+                self._mark_stopped(row.id, "the control plane shut down while it started")
+            else:
+                self.store.set_status(row.id, FAILED, f"{row.kind} server did not start: {exc}")
+                self._fail_runs(row, f"its trainer deployment {row.id} did not start")
+            return False
+        child = self._children.get(row.id)
+        if child is None:  # stopped by close() meanwhile
+            return False
+        child.url = server.url
+        self.store.set_process(row.id, pid=server.pid, url=server.url,
+                               port=urlsplit(server.url).port)
+        if self._closing:
+            child.stopping = True
+            await asyncio.to_thread(stop_process, child.handle)
+            self._children.pop(row.id, None)
+            self._mark_stopped(row.id, "the control plane shut down while it started")
+            return False
+        return True
+
+    async def wait_ready(self, deployment_id: str, timeout: float) -> DeploymentRow:
+        """Wait until ready, finally failed/stopped, or ``timeout``; returns the row then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self._row(deployment_id)
+            if row.status in READY_STATUSES:
+                return row
+            if row.status not in LIVE_STATUSES and deployment_id not in self._restarting:
+                if not self.lock(deployment_id).locked():
+                    return row
+            else:
+                await self._probe(row)
+                row = self._row(deployment_id)
+                if row.status in READY_STATUSES:
+                    return row
+            if time.monotonic() >= deadline:
+                return row
+            await asyncio.sleep(0.25)
+
+    async def ensure_usable(self, deployment_id: str, timeout: float) -> bool:
+        """Whether a deployment can take new work now: alive and healthy (waits for it).
+
+        A dead process found here is handled like the watcher would (failed,
+        restarted once), so reuse never hands out a dead URL.
+        """
+        await self._check_exit(deployment_id)
+        row = self._row(deployment_id)
+        if deployment_id not in self._children and deployment_id not in self._restarting:
+            return False
+        if row.status not in LIVE_STATUSES and deployment_id not in self._restarting:
+            return False
+        row = await self.wait_ready(deployment_id, timeout)
+        if row.status not in READY_STATUSES:
+            return False
+        child = self._children.get(deployment_id)
+        if child is None or child.url is None:
+            return False
+        if await self._health_status(row, child.url) != 200:
+            return False
+        self.note_activity(deployment_id)
+        return True
+
+    async def stop(self, deployment_id: str, reason: str) -> DeploymentRow:
+        async with self.lock(deployment_id):
+            child = self._children.pop(deployment_id, None)
+            self._restarting.pop(deployment_id, None)
+            if child is not None:
+                child.stopping = True
+                await asyncio.to_thread(stop_process, child.handle)
+            row = self._row(deployment_id)
+            if row.status in LIVE_STATUSES or row.status == FAILED:
+                self._mark_stopped(deployment_id, reason)
+            row = self._row(deployment_id)
+            if row.port and not self._closing:
+                await self.tombstones.install(row, f"{row.kind} deployment {row.id} is "
+                                                   f"{row.status}: {row.reason}")
+            return row
+
+    # -- status transitions ------------------------------------------------------
+
+    def _row(self, deployment_id: str) -> DeploymentRow:
+        row = self.store.get_deployment(deployment_id)
+        if row is None:  # pragma: no cover - ids come from the store
+            raise KeyError(deployment_id)
+        return row
+
+    def _mark_stopped(self, deployment_id: str, reason: str) -> None:
+        row = self._row(deployment_id)
+        if row.status == STOPPED:
+            return
+        self.store.set_status(deployment_id, STOPPED, reason)
+        if row.kind == TRAINER:
+            self.store.set_runs_status_of(
+                deployment_id, STOPPED, f"its trainer deployment {deployment_id} stopped: "
+                                        f"{reason}", only_from=(DEPLOYING, RUNNING))
+
+    def _fail_runs(self, row: DeploymentRow, why: str) -> None:
+        if row.kind != TRAINER:
+            return
+        self.store.set_runs_status_of(
+            row.id, FAILED,
+            f"{why}; the run's in-memory adapter and optimizer state are lost. Start a new "
+            "run (create_training_client_from_state to resume from a checkpoint).",
+            only_from=(DEPLOYING, RUNNING))
+
+    def _mark_ready(self, row: DeploymentRow) -> None:
+        allowed: Iterable[str] = (DEPLOYING, FAILED) if row.id in self._restarting else (
+            DEPLOYING,)
+        reason = "restarted after a crash" if row.id in self._restarting else None
+        if self.store.set_status(row.id, row.ready_status, reason, only_from=allowed):
+            self._restarting.pop(row.id, None)
+            self.note_activity(row.id)
+            if row.kind == TRAINER:
+                self.store.set_runs_status_of(row.id, RUNNING, None, only_from=(DEPLOYING,))
+
+    async def _health_status(self, row: DeploymentRow, url: str) -> int | None:
+        path = "/health"
+        if row.kind == TRAINER:
+            path += "?" + urlencode({"base_model": row.launch_model})
+        try:
+            response = await self._http.get(url + path)
+        except httpx.HTTPError:
+            return None
+        if response.status_code == 404 and response.headers.get(GATEWAY_SOURCE_HEADER) == "06":
+            return -404  # the server says it does not serve this model: final
+        return response.status_code
+
+    async def _probe(self, row: DeploymentRow) -> None:
+        """One readiness probe of a deploying (or restarting) deployment."""
+        child = self._children.get(row.id)
+        if child is None or child.url is None or child.stopping:
+            return
+        status = await self._health_status(row, child.url)
+        if status == 200:
+            self._mark_ready(row)
+        elif status == -404:
+            await self._fail(row.id, f"{row.kind} server at {child.url} does not serve "
+                                     f"{row.launch_model!r}")
+
+    async def _fail(self, deployment_id: str, message: str) -> None:
+        async with self.lock(deployment_id):
+            child = self._children.pop(deployment_id, None)
+            self._restarting.pop(deployment_id, None)
+            if child is not None:
+                child.stopping = True
+                await asyncio.to_thread(stop_process, child.handle)
+            row = self._row(deployment_id)
+            reason = with_log_tail(message, row.log_path)
+            self.store.set_status(deployment_id, FAILED, reason)
+            self._fail_runs(row, f"its trainer deployment {deployment_id} failed")
+            if row.port:
+                await self.tombstones.install(row, f"{row.kind} deployment {row.id} failed: "
+                                                   f"{message}")
+
+    async def _check_exit(self, deployment_id: str) -> None:
+        child = self._children.get(deployment_id)
+        if (child is not None and child.url is not None and not child.stopping
+                and child.handle.exit_code() is not None):
+            await self._on_exit(child)
+
+    async def _on_exit(self, child: Child) -> None:
+        """A supervised process died on its own: FAILED, then maybe one restart."""
+        deployment_id = child.deployment_id
+        async with self.lock(deployment_id):
+            if self._children.get(deployment_id) is not child or child.stopping:
+                return
+            del self._children[deployment_id]
+            row = self._row(deployment_id)
+            cause = describe_exit(row.kind, child.handle.pid, child.handle.exit_code())
+            restart = (not self._closing and bool(row.ready_once)
+                       and row.restarts < MAX_RESTARTS and row.port is not None)
+            if restart:
+                note = "restarting it once on the same port"
+            elif row.ready_once and row.restarts >= MAX_RESTARTS:
+                note = f"not restarting it again (already restarted {row.restarts}x)"
+            else:
+                note = "it never became healthy, so it is not restarted"
+            self.store.set_status(deployment_id, FAILED,
+                                  with_log_tail(f"{cause}; {note}", row.log_path))
+            self._fail_runs(row, f"its trainer deployment {deployment_id} failed ({cause})")
+            logger.warning("deployment %s: %s; %s", deployment_id, cause, note)
+            if not restart:
+                self._restarting.pop(deployment_id, None)
+                if row.port:
+                    await self.tombstones.install(row, f"{row.kind} deployment {row.id} "
+                                                       f"failed: {cause}")
+                return
+            self._restarting[deployment_id] = time.monotonic()
+            self.store.count_restart(deployment_id)
+            assert row.port is not None
+            await self._launch(row, port=row.port)
+
+    # -- the watcher -------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        last_idle_check = time.monotonic()
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self._watch_once()
+                if time.monotonic() - last_idle_check >= self.idle_check_interval:
+                    last_idle_check = time.monotonic()
+                    await self._idle_sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watcher must survive anything one child does
+                logger.exception("deployment watcher iteration failed")
+
+    async def _watch_once(self) -> None:
+        for child in list(self._children.values()):
+            if child.url is not None and not child.stopping \
+                    and child.handle.exit_code() is not None:
+                await self._on_exit(child)
+        probes = []
+        for deployment_id, child in list(self._children.items()):
+            row = self._row(deployment_id)
+            restarting_since = self._restarting.get(deployment_id)
+            if row.status == DEPLOYING or restarting_since is not None:
+                started = restarting_since if restarting_since is not None else None
+                age = (time.monotonic() - started) if started is not None else (
+                    time.time() - child.started_at)
+                if age > self.deploy_timeout:
+                    await self._fail(deployment_id, f"{row.kind} server did not become "
+                                                    f"healthy within {self.deploy_timeout:.0f}s")
+                    continue
+                probes.append(self._probe(row))
+        if probes:
+            await asyncio.gather(*probes)
+
+    async def _child_idle_seconds(self, deployment_id: str, child: Child) -> float | None:
+        if child.url is None:
+            return None
+        try:
+            response = await self._http.get(child.url + ACTIVITY_PATH)
+            if response.status_code == 200:
+                return float(response.json()["idle_seconds"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        if deployment_id not in self._no_activity_route:
+            self._no_activity_route.add(deployment_id)
+            logger.warning("deployment %s does not serve %s (HTTP %s): it is never stopped "
+                           "for idleness", deployment_id, ACTIVITY_PATH, response.status_code)
+        return None
+
+    async def _idle_sweep(self) -> None:
+        now = time.time()
+        for deployment_id, child in list(self._children.items()):
+            row = self._row(deployment_id)
+            if row.status not in READY_STATUSES or child.stopping:
+                continue
+            child_idle = await self._child_idle_seconds(deployment_id, child)
+            if child_idle is None:
+                continue
+            control_plane_idle = now - self._cp_activity.get(deployment_id, child.started_at)
+            idle = min(child_idle, control_plane_idle)
+            if idle >= self.idle_timeout:
+                await self.stop(deployment_id,
+                                f"idle for {idle:.0f}s (no requests or heartbeats; idle "
+                                f"timeout {self.idle_timeout:.0f}s)")
+
+    # -- restart of the control plane ----------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Adopt children an earlier, killed control plane left running; stop the rest."""
+        for row in self.store.list_deployments(statuses=LIVE_STATUSES):
+            if row.pid and row.url and await self._adoptable(row):
+                self._children[row.id] = Child(row.id, AdoptedHandle(row.pid), url=row.url)
+                self.note_activity(row.id)
+                logger.info("adopted %s deployment %s (pid %s)", row.kind, row.id, row.pid)
+                continue
+            self._mark_stopped(row.id, "the control plane restarted and the server process "
+                                       "was no longer running")
+
+    async def _adoptable(self, row: DeploymentRow) -> bool:
+        assert row.pid is not None and row.url is not None
+        if not pid_running(row.pid):
+            return False
+        try:
+            command = Path(f"/proc/{row.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        words = [part.decode(errors="replace") for part in command]
+        if "loops_runner.cli" not in words or row.kind not in words \
+                or str(self.home) not in words:
+            return False
+        return await self._health_status(row, row.url) is not None
