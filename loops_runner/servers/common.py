@@ -76,12 +76,15 @@ def serve_app(
     *,
     log_level: str = "warning",
     graceful_timeout: float | None = None,
+    on_exit: Any = None,
 ) -> None:
     """Run ``app`` with uvicorn on ``host:port`` and announce the URL on stdout.
 
     The app is wrapped in ``ActivityTracker`` (``GET /internal/activity``) so
     the control plane can tell an idle server from a busy one.
     ``graceful_timeout`` bounds how long shutdown waits for open requests.
+    ``on_exit`` (a no-argument callable) runs when the exit signal arrives,
+    before uvicorn waits for open requests (e.g. to release held long-polls).
     """
     import uvicorn
 
@@ -102,4 +105,13 @@ def serve_app(
         sys.stdout.flush()
 
     server.startup = startup_then_announce  # type: ignore[method-assign]
+
+    if on_exit is not None:
+        original_handle_exit = server.handle_exit
+
+        def handle_exit_then_hook(sig: int, frame: Any) -> None:
+            on_exit()
+            original_handle_exit(sig, frame)
+
+        server.handle_exit = handle_exit_then_hook  # type: ignore[method-assign]
     server.run(sockets=[sock])

@@ -33,6 +33,9 @@ class OperationRequest(BaseModel):
 class InitTrainerServerRequest(OperationRequest):
     lora_rank: int = Field(ge=1, le=1024)
     base_model: str
+    # Not sent by the official SDK; lets a runner make the adapter init
+    # reproducible per run (the trainer uses a fixed default otherwise).
+    seed: int | None = None
 
 
 class ForwardBackwardRequest(OperationRequest):
