@@ -1,0 +1,1 @@
+"""The LoRA trainer server (PyTorch + PEFT) behind the Loops operation protocol."""

@@ -1,0 +1,237 @@
+"""Checkpoint folders: PEFT adapter files, optimizer state, manifest (spec 7).
+
+Layout of ``<home>/runs/<run>/<kind>/<name>/``:
+
+* ``adapter_model.safetensors`` + ``adapter_config.json``: a standard PEFT
+  LoRA adapter (``PeftModel.from_pretrained`` and vLLM load it as is);
+* ``weights`` checkpoints (``save_state``) add ``optimizer.safetensors``
+  (AdamW moments keyed ``exp_avg/<param>``, ``exp_avg_sq/<param>``) and
+  ``trainer_state.json`` (step, rank, alpha, base model);
+* ``checkpoint.json``: the manifest the control plane's registry reads, with a
+  sha256 of every file, checked again on load.
+
+Every folder is written to a staging directory and renamed into place
+(``storage.atomic_directory``), so a crash or kill mid-save leaves the previous
+checkpoint of that name intact. Only safetensors and JSON are ever read: no
+pickle, whatever the folder holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from loops_runner import storage
+from loops_runner.servers.trainer.optimizer import AdamState
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass
+class AdapterPayload:
+    """What a checkpoint stores about one run's adapter."""
+
+    tensors: dict[str, torch.Tensor]  # PEFT state-dict keys (no adapter name) -> CPU tensors
+    lora_config: Any  # peft.LoraConfig of the run
+    rank: int
+    alpha: float
+    base_model: str  # canonical model id
+
+
+@dataclass
+class LoadedCheckpoint:
+    directory: Path
+    tensors: dict[str, torch.Tensor]
+    rank: int
+    base_model: str | None
+    step: int
+    optimizer: AdamState | None
+    manifest: dict[str, Any] | None
+
+
+def _write_bytes(path: Path, data: bytes) -> str:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_json(path: Path, payload: Any) -> str:
+    return _write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _adapter_config_dict(adapter: AdapterPayload) -> dict[str, Any]:
+    config = copy.deepcopy(adapter.lora_config)
+    config.base_model_name_or_path = adapter.base_model
+    config.inference_mode = True
+    payload = config.to_dict()
+    # JSON has no sets; PEFT itself writes them as lists.
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in payload.items()}
+
+
+def write_checkpoint(
+    home: Path,
+    run_id: str,
+    kind: storage.CheckpointKind,
+    name: str,
+    adapter: AdapterPayload,
+    *,
+    step: int,
+    ttl_seconds: int | None,
+    optimizer: AdamState | None = None,
+) -> Path:
+    """Write one checkpoint folder atomically; return its final path."""
+    final = storage.checkpoint_dir(home, run_id, kind, name)
+    storage.cleanup_stale(final.parent)  # leftovers of earlier interrupted saves
+    files: dict[str, str] = {}
+    with storage.atomic_directory(final) as staging:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()}
+        files[ADAPTER_WEIGHTS] = _write_bytes(
+            staging / ADAPTER_WEIGHTS, save_safetensors(tensors, metadata={"format": "pt"}))
+        files[ADAPTER_CONFIG] = _write_json(staging / ADAPTER_CONFIG,
+                                            _adapter_config_dict(adapter))
+        if kind == "weights":
+            if optimizer is None:
+                raise ValueError("a training checkpoint needs the optimizer state")
+            moments: dict[str, torch.Tensor] = {}
+            for key, value in optimizer.exp_avg.items():
+                moments[f"exp_avg/{key}"] = value.detach().to("cpu").contiguous()
+                moments[f"exp_avg_sq/{key}"] = (
+                    optimizer.exp_avg_sq[key].detach().to("cpu").contiguous())
+            files[OPTIMIZER_FILE] = _write_bytes(
+                staging / OPTIMIZER_FILE,
+                save_safetensors(moments, metadata={"adam_step": str(optimizer.step)}))
+            files[TRAINER_STATE] = _write_json(staging / TRAINER_STATE, {
+                "format_version": FORMAT_VERSION, "step": step, "adam_step": optimizer.step,
+                "lora_rank": adapter.rank, "lora_alpha": adapter.alpha,
+                "base_model": adapter.base_model,
+            })
+        size = sum((staging / rel).stat().st_size for rel in files)
+        _write_json(staging / storage.MANIFEST_FILE,
+                    _manifest(run_id, kind, name, adapter, step, ttl_seconds, files, size))
+    return final
+
+
+def _manifest(run_id: str, kind: storage.CheckpointKind, name: str, adapter: AdapterPayload,
+              step: int, ttl_seconds: int | None, files: dict[str, str],
+              size: int) -> dict[str, Any]:
+    created = datetime.now(UTC).replace(microsecond=0)
+    expires = created + timedelta(seconds=ttl_seconds) if ttl_seconds else None
+    target = storage.TARGET_BY_KIND[kind]
+    return {
+        "id": storage.checkpoint_api_id(run_id, kind, name),
+        "run_id": run_id,
+        "checkpoint_id": name,
+        "kind": kind,
+        "target": target,
+        "checkpoint_type": "training" if kind == "weights" else "sampler",
+        "path": storage.bt_path(run_id, kind, name),
+        "base_model": adapter.base_model,
+        "lora_rank": adapter.rank,
+        "lora_alpha": adapter.alpha,
+        "lora_adapter_config": {"r": adapter.rank, "lora_alpha": adapter.alpha,
+                                "target_modules": sorted(adapter.lora_config.target_modules)},
+        "step": step,
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "ttl_seconds": ttl_seconds,
+        "expires_at": expires.isoformat().replace("+00:00", "Z") if expires else None,
+        "size_bytes": size,
+        "files": files,
+    }
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def _read_verified(directory: Path, rel: str, checksums: dict[str, str] | None) -> bytes:
+    path = directory / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {rel}")
+    data = path.read_bytes()
+    if checksums is not None:
+        expected = checksums.get(rel)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(f"checkpoint file {path} does not match its manifest checksum "
+                             "(corrupted or modified)")
+    return data
+
+
+def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoint:
+    """Read (and verify) a checkpoint folder, or any PEFT LoRA adapter folder."""
+    manifest = storage.read_json(directory / storage.MANIFEST_FILE)
+    manifest = manifest if isinstance(manifest, dict) else None
+    checksums = manifest.get("files") if manifest else None
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = (f" (found {', '.join(sorted(pickles))}: pickled weights are never loaded; "
+                "convert them to safetensors)") if pickles else ""
+        raise FileNotFoundError(f"checkpoint {directory} has no {ADAPTER_WEIGHTS}{hint}")
+    tensors = load_safetensors(_read_verified(directory, ADAPTER_WEIGHTS, checksums))
+    config = json.loads(_read_verified(directory, ADAPTER_CONFIG, checksums))
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"checkpoint {directory} is a {config.get('peft_type')} adapter, "
+                         "not LoRA")
+    rank = int(config.get("r", 0))
+    state: dict[str, Any] | None = None
+    if (directory / TRAINER_STATE).is_file():
+        state = json.loads(_read_verified(directory, TRAINER_STATE, checksums))
+    base_model = (manifest or {}).get("base_model") or (state or {}).get("base_model")
+    step = int((state or {}).get("step", (manifest or {}).get("step", 0)))
+    optimizer: AdamState | None = None
+    if with_optimizer:
+        if state is None or not (directory / OPTIMIZER_FILE).is_file():
+            raise ValueError(f"checkpoint {directory} holds no optimizer state (it is not a "
+                             "save_state checkpoint); use load_state instead")
+        raw = load_safetensors(_read_verified(directory, OPTIMIZER_FILE, checksums))
+        optimizer = AdamState(step=int(state.get("adam_step", step)))
+        for key, value in raw.items():
+            slot, _, param = key.partition("/")
+            if slot == "exp_avg":
+                optimizer.exp_avg[param] = value
+            elif slot == "exp_avg_sq":
+                optimizer.exp_avg_sq[param] = value
+        if set(optimizer.exp_avg) != set(optimizer.exp_avg_sq):
+            raise ValueError(f"checkpoint {directory}: optimizer moments are incomplete")
+    return LoadedCheckpoint(directory, tensors, rank, base_model, step, optimizer, manifest)
+
+
+def sweep_expired(home: Path, run_ids: list[str], now: datetime | None = None) -> list[Path]:
+    """Delete checkpoints of ``run_ids`` whose ``expires_at`` has passed (ttl_seconds)."""
+    now = now or datetime.now(UTC)
+    removed = []
+    for run_id in run_ids:
+        live = storage.read_live(home, run_id)
+        for manifest in storage.iter_checkpoint_manifests(home, run_id):
+            expires = manifest.get("expires_at")
+            if not expires:
+                continue
+            try:
+                when = datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if when <= now:
+                kind, name = manifest.get("kind"), manifest.get("checkpoint_id")
+                if kind == "sampler_weights" and name == live.name:
+                    continue  # a paired sampler is serving it; the next publish replaces it
+                if kind in storage.CHECKPOINT_KINDS and isinstance(name, str):
+                    path = storage.checkpoint_dir(home, run_id, kind, name)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+    return removed

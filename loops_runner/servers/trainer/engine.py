@@ -1,0 +1,475 @@
+"""The training engine: one frozen base model, one LoRA adapter per run (torch + PEFT).
+
+Every run (``run_id``) owns a PEFT adapter on the shared base model, an AdamW
+state, a gradient buffer (the ``.grad`` of its own adapter parameters) and a
+normalisation counter. Runs never touch each other's tensors, so sweep jobs
+share the base weights in memory and still train independently.
+
+All methods run on the operation store's single engine thread, one at a time:
+the engine itself holds no locks.
+
+Math (spec 4.8): ``forward_backward`` adds the gradient of the *sum* of its
+per-token losses and adds its count of active tokens (pairs for DPO);
+``optim_step`` divides by ``max(1, count)`` (unless the step's gradients came
+with ``skip_token_normalization``), clips the global norm, applies AdamW and
+clears the buffer. Chunked submissions therefore give the same update as one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from loops_runner import storage
+from loops_runner.models.loading import LoadedModel
+from loops_runner.servers.trainer import checkpoints, publish
+from loops_runner.servers.trainer.batching import (
+    MicroBatch,
+    Strategy,
+    default_token_budget,
+    plan_micro_batches,
+)
+from loops_runner.servers.trainer.losses import (
+    FlatInputs,
+    LossPart,
+    compute_loss,
+    finish_stats,
+    merge_stats,
+)
+from loops_runner.servers.trainer.optimizer import AdamState, adamw_step, global_grad_norm
+from loops_runner.servers.trainer.validation import ModelLimits, PreparedBatch, PreparedDatum
+from loops_runner.wire.tensors import TensorData
+from loops_runner.wire.training import (
+    AdamParams,
+    ForwardBackwardOutput,
+    InitTrainerServerResponse,
+    LoadWeightsResponse,
+    OptimStepResponse,
+    SaveWeightsForSamplerResponse,
+    SaveWeightsResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_ALPHA = 32
+DEFAULT_LORA_SEED = 0
+# Architectures whose logits are exactly lm_head(decoder(x)) (no soft-capping or
+# scaling): for them only positions with a target go through the lm_head.
+PLAIN_LM_HEAD_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe"})
+# Leaf names of the attention and MLP projections LoRA adapts.
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+NormMode = Literal["tokens", "pairs", "sum"]
+_MODE_TEXT = {"tokens": "token-normalized", "pairs": "pair-normalized (dpo)",
+              "sum": "unnormalized (skip_token_normalization)"}
+
+
+@dataclass
+class RunState:
+    run_id: str
+    adapter: str  # PEFT adapter name (run ids may hold characters module names cannot)
+    rank: int
+    alpha: float
+    seed: int
+    lora_config: LoraConfig
+    params: dict[str, torch.nn.Parameter]  # PEFT state-dict key -> parameter
+    optimizer: AdamState = field(default_factory=AdamState)
+    step: int = 0
+    grad_count: float = 0.0
+    grad_mode: NormMode | None = None
+
+    def clear_gradients(self) -> None:
+        for param in self.params.values():
+            param.grad = None
+        self.grad_count = 0.0
+        self.grad_mode = None
+
+
+class TrainerEngine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        home: Path,
+        *,
+        base_model_id: str,
+        token_budget: int | None = None,
+        strategy: Strategy = "grouped",
+        lora_alpha: float = DEFAULT_LORA_ALPHA,
+    ) -> None:
+        self.loaded = loaded
+        self.home = home
+        self.base_model_id = base_model_id
+        self.base = loaded.model
+        self.device = loaded.device
+        self.lora_alpha = lora_alpha
+        self.token_budget = token_budget or default_token_budget(loaded.vocab_size)
+        self.strategy: Strategy = strategy
+        self.limits = ModelLimits(loaded.vocab_size, loaded.max_context_length,
+                                  loaded.resolved.requested)
+        self.target_modules = _projection_modules(self.base)
+        model_type = getattr(self.base.config, "model_type", "")
+        self.plain_lm_head = model_type in PLAIN_LM_HEAD_TYPES
+        self.peft: PeftModel | None = None
+        self.runs: dict[str, RunState] = {}
+        self._active: str | None = None
+        self._adapters_made = 0
+
+    # -- runs ------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunState:
+        state = self.runs.get(run_id)
+        if state is None:
+            raise ValueError(f"unknown run {run_id!r}: send init_trainer_server first")
+        return state
+
+    def _activate(self, run: RunState) -> None:
+        assert self.peft is not None
+        if self._active != run.adapter:
+            self.peft.set_adapter(run.adapter)
+            self._active = run.adapter
+
+    def init_run(self, run_id: str, lora_rank: int, seed: int | None = None
+                 ) -> InitTrainerServerResponse:
+        """A fresh seeded adapter for ``run_id``; drops its optimizer, gradients and step."""
+        seed = DEFAULT_LORA_SEED if seed is None else seed
+        self._adapters_made += 1
+        adapter = f"run{self._adapters_made}"
+        config = LoraConfig(r=lora_rank, lora_alpha=self.lora_alpha,
+                            target_modules=sorted(self.target_modules), lora_dropout=0.0,
+                            bias="none", task_type="CAUSAL_LM")
+        # Seeded and isolated: the same (seed, rank) always gives the same
+        # adapter, whatever other runs did to the global generator.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.peft is None:
+                self.peft = get_peft_model(self.base, config, adapter_name=adapter)
+            else:
+                self.peft.add_adapter(adapter, config)
+        self.peft.set_adapter(adapter)
+        self._active = adapter
+        previous = self.runs.get(run_id)
+        if previous is not None:
+            self.peft.delete_adapter(previous.adapter)
+        marker = f".{adapter}."
+        params = {name.replace(marker, "."): param
+                  for name, param in self.peft.named_parameters() if marker in name}
+        if not params:  # pragma: no cover - PEFT naming changed
+            raise RuntimeError(f"no LoRA parameters found for adapter {adapter!r}")
+        self.runs[run_id] = RunState(run_id, adapter, lora_rank, self.lora_alpha, seed, config,
+                                     params)
+        publish.set_live(self.home, run_id, 0, None)
+        return InitTrainerServerResponse(step=0, lora_rank=lora_rank)
+
+    def policy_version(self, run_id: str) -> int:
+        return self.run(run_id).step
+
+    # -- forward / forward_backward ----------------------------------------------
+
+    def forward_backward(self, run_id: str, batch: PreparedBatch, *, backward: bool
+                         ) -> ForwardBackwardOutput:
+        run = self.run(run_id)
+        mode: NormMode = ("sum" if batch.skip_token_normalization
+                          else "pairs" if batch.loss_fn == "dpo" else "tokens")
+        if backward and batch.data and run.grad_mode not in (None, mode):
+            raise ValueError(
+                f"this step already holds {_MODE_TEXT[run.grad_mode]} gradients; "  # type: ignore[index]
+                f"{_MODE_TEXT[mode]} gradients cannot be added to the same optim_step "
+                "(run optim_step first)")
+        self._activate(run)
+        plan = plan_micro_batches([d.length for d in batch.data], self.token_budget,
+                                  unit_size=2 if batch.loss_fn == "dpo" else 1,
+                                  strategy=self.strategy)
+        outputs: list[dict[str, TensorData]] = [{} for _ in batch.data]
+        stats: dict[str, list[float]] = {}
+        count = 0.0
+        saved = self._stash_grads(run) if backward else None
+        try:
+            for micro in plan:
+                with torch.set_grad_enabled(backward):
+                    part = self._micro_batch(micro, batch, outputs)
+                    if backward and part.loss_sum.requires_grad:
+                        part.loss_sum.backward()
+                count += part.count
+                merge_stats(stats, part.stats)
+        except BaseException:
+            if saved is not None:
+                self._restore_grads(run, saved)
+            raise
+        if saved is not None:
+            self._merge_grads(run, saved)
+            if batch.data:
+                run.grad_count += count
+                run.grad_mode = mode
+        metrics = finish_stats(stats)
+        metrics.setdefault("loss", 0.0)
+        metrics.update({
+            "num_sequences": float(len(batch.data)),
+            "num_tokens": float(batch.num_tokens),
+            "num_loss_tokens" if batch.loss_fn != "dpo" else "num_pairs": count,
+        })
+        if batch.skip_token_normalization:
+            metrics["skip_token_normalization"] = 1.0
+        metrics = {k: v if math.isfinite(v) else 0.0 for k, v in metrics.items()}
+        return ForwardBackwardOutput(loss=metrics["loss"], loss_fn_output_type="ArrayRecord",
+                                     loss_fn_outputs=outputs, metrics=metrics)
+
+    def _stash_grads(self, run: RunState) -> dict[str, torch.Tensor | None]:
+        """Set the buffer aside so a failure midway can put it back untouched."""
+        saved = {key: param.grad for key, param in run.params.items()}
+        for param in run.params.values():
+            param.grad = None
+        return saved
+
+    @staticmethod
+    def _restore_grads(run: RunState, saved: dict[str, torch.Tensor | None]) -> None:
+        for key, param in run.params.items():
+            param.grad = saved[key]
+
+    @staticmethod
+    def _merge_grads(run: RunState, saved: dict[str, torch.Tensor | None]) -> None:
+        for key, param in run.params.items():
+            old, new = saved[key], param.grad
+            if old is not None and new is not None:
+                param.grad = old.add_(new)
+            elif old is not None:
+                param.grad = old
+
+    def _micro_batch(self, micro: MicroBatch, batch: PreparedBatch,
+                     outputs: list[dict[str, TensorData]]) -> LossPart:
+        rows: list[PreparedDatum] = [batch.data[i] for i in micro.indices]
+        width = micro.max_len
+        ids = torch.zeros(len(rows), width, dtype=torch.int64)
+        flat_index, seg = [], []
+        for r, datum in enumerate(rows):
+            ids[r, : datum.length] = datum.tokens
+            positions = datum.valid_any.nonzero().squeeze(1)
+            flat_index.append(positions + r * width)
+            seg.append(torch.full((positions.numel(),), r, dtype=torch.int64))
+        index = torch.cat(flat_index).to(self.device)
+        logits = self._logits(ids.to(self.device), index)  # (P, V) float32
+
+        def gather(attr: str) -> torch.Tensor | None:
+            parts = [getattr(d, attr) for d in rows]
+            if parts[0] is None:
+                return None
+            return torch.cat([p[d.valid_any] for p, d in zip(parts, rows, strict=True)]
+                             ).to(self.device)
+
+        targets = gather("target")
+        assert targets is not None
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        lp = logits.gather(1, targets.clamp(min=0)) - lse  # (P, K)
+        flat = FlatInputs(
+            seg=torch.cat(seg).to(self.device), num_datums=len(rows), valid=targets >= 0,
+            weights=gather("weights"), mask=gather("mask"),  # type: ignore[arg-type]
+            logprobs=gather("logprobs"), advantages=gather("advantages"),
+            ref_logprobs=gather("ref_logprobs"))
+        part = compute_loss(batch.loss_fn, lp, flat, batch.config)
+
+        # Per-datum outputs: real logprobs wherever a target exists, NaN (null) elsewhere.
+        lp_cpu = lp.detach().float().cpu()
+        top_values = top_ids = None
+        if batch.top_k:
+            top = logits.detach().topk(batch.top_k, dim=-1)
+            top_values = (top.values - lse.detach()).float().cpu()
+            top_ids = top.indices.cpu()
+        offset = 0
+        for r, datum in enumerate(rows):
+            count = int(datum.valid_any.sum())
+            full = torch.full(datum.target.shape, math.nan)
+            full[datum.valid_any] = lp_cpu[offset: offset + count]
+            full[datum.target < 0] = math.nan
+            if datum.target_rank == 1:
+                full = full[:, 0]
+            out = {"logprobs": _tensor_data(full, "float32")}
+            if top_values is not None and top_ids is not None:
+                values = torch.full((datum.length, batch.top_k), math.nan)
+                token_ids = torch.full((datum.length, batch.top_k), -1, dtype=torch.int64)
+                values[datum.valid_any] = top_values[offset: offset + count]
+                token_ids[datum.valid_any] = top_ids[offset: offset + count]
+                out["top_k_logprobs"] = _tensor_data(values, "float32")
+                out["top_k_token_ids"] = _tensor_data(token_ids, "int64")
+            outputs[micro.indices[r]] = out
+            offset += count
+        return part
+
+    def _logits(self, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the flattened ``(row * width + position)`` ``index``.
+
+        Rows are right-padded and passed without an attention mask: under causal
+        attention a real token only sees earlier positions, which are all real,
+        so padding cannot change its output and the fast causal kernel applies.
+        """
+        assert self.peft is not None
+        if self.plain_lm_head:
+            hidden = self.base.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+            return self.base.get_output_embeddings()(picked).float()
+        logits = self.peft(input_ids=ids, use_cache=False).logits
+        return logits.reshape(-1, logits.shape[-1]).index_select(0, index).float()
+
+    # -- optim_step ------------------------------------------------------------------
+
+    def optim_step(self, run_id: str, hp: AdamParams) -> OptimStepResponse:
+        run = self.run(run_id)
+        normalize = run.grad_mode != "sum"
+        denominator = max(1.0, run.grad_count) if normalize else 1.0
+        grads: dict[str, torch.Tensor] = {}
+        for key, param in run.params.items():
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            grads[key] = grad / denominator if denominator != 1.0 else grad
+        norm = global_grad_norm(list(grads.values()))
+        if not math.isfinite(norm):
+            run.clear_gradients()
+            raise ValueError("the accumulated gradient is not finite (NaN/inf); the update was "
+                             "skipped and the gradient buffer cleared")
+        clipped_norm = norm
+        if hp.grad_clip_norm > 0 and norm > hp.grad_clip_norm:
+            scale = hp.grad_clip_norm / (norm + 1e-6)
+            for grad in grads.values():
+                grad.mul_(scale)
+            clipped_norm = norm * scale
+        adamw_step(run.params, grads, run.optimizer, hp)
+        units = run.grad_count
+        run.clear_gradients()
+        run.step += 1
+        return OptimStepResponse(metrics={
+            "grad_norm": norm, "grad_norm_clipped": clipped_norm,
+            "learning_rate": hp.learning_rate, "step": float(run.step),
+            "num_loss_tokens": units, "grad_scale": 1.0 / denominator,
+        })
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _payload(self, run: RunState) -> checkpoints.AdapterPayload:
+        tensors = {key: param.detach().to("cpu").clone() for key, param in run.params.items()}
+        return checkpoints.AdapterPayload(tensors, run.lora_config, run.rank, run.alpha,
+                                          self.base_model_id)
+
+    def save_state(self, run_id: str, name: str, ttl_seconds: int | None) -> SaveWeightsResponse:
+        run = self.run(run_id)
+        checkpoints.write_checkpoint(self.home, run_id, "weights", name, self._payload(run),
+                                     step=run.step, ttl_seconds=ttl_seconds,
+                                     optimizer=run.optimizer)
+        return SaveWeightsResponse(mode="state", path=storage.bt_path(run_id, "weights", name))
+
+    def save_weights_for_sampler(self, run_id: str, name: str, ttl_seconds: int | None,
+                                 bump_version: bool) -> SaveWeightsForSamplerResponse:
+        run = self.run(run_id)
+        checkpoints.write_checkpoint(self.home, run_id, "sampler_weights", name,
+                                     self._payload(run), step=run.step, ttl_seconds=ttl_seconds)
+        if bump_version:
+            publish.set_live(self.home, run_id, run.step, name)
+        return SaveWeightsForSamplerResponse(
+            version=run.step, path=storage.bt_path(run_id, "sampler_weights", name))
+
+    def load_state(self, run_id: str, path: str, *, with_optimizer: bool) -> LoadWeightsResponse:
+        run = self.run(run_id)
+        if path.startswith("bt://"):
+            parsed = storage.parse_bt_path(path)
+            _restore_moved_aside(storage.run_dir(self.home, parsed.run_id) / parsed.kind)
+        directory = storage.resolve_checkpoint_path(self.home, path)
+        loaded = checkpoints.read_checkpoint(directory, with_optimizer=with_optimizer)
+        if loaded.base_model is not None and not self._same_base(loaded.base_model):
+            raise ValueError(f"checkpoint {path} was trained on base model {loaded.base_model!r}, "
+                             f"but this trainer serves {self.base_model_id!r}")
+        if loaded.rank != run.rank:
+            raise ValueError(f"checkpoint {path} has LoRA rank {loaded.rank}, but run "
+                             f"{run_id!r} was created with rank {run.rank}")
+        _check_keys(path, "adapter weights", loaded.tensors, run.params)
+        if loaded.optimizer is not None:
+            _check_keys(path, "optimizer moments", loaded.optimizer.exp_avg, run.params)
+        with torch.no_grad():
+            for key, param in run.params.items():
+                param.copy_(loaded.tensors[key].to(param.device, param.dtype))
+        run.clear_gradients()
+        if loaded.optimizer is not None:
+            state = AdamState(step=loaded.optimizer.step)
+            for key, param in run.params.items():
+                state.exp_avg[key] = loaded.optimizer.exp_avg[key].to(param.device, param.dtype)
+                state.exp_avg_sq[key] = loaded.optimizer.exp_avg_sq[key].to(param.device,
+                                                                             param.dtype)
+            run.optimizer = state
+            run.step = loaded.step
+        else:
+            run.optimizer = AdamState()
+            run.step = 0
+        publish.set_live(self.home, run_id, 0, None)
+        return LoadWeightsResponse(step=run.step)
+
+    def _same_base(self, other: str) -> bool:
+        if other == self.base_model_id:
+            return True
+        from loops_runner.models.registry import canonical_model_id
+
+        try:
+            return canonical_model_id(other, self.home) == self.base_model_id
+        except ValueError:
+            return False
+
+    # -- diagnostics ---------------------------------------------------------------------
+
+    def gradient_buffer(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The summed, not yet normalised gradients and their counter."""
+        run = self.run(run_id)
+        tensors = {key: (param.grad if param.grad is not None else torch.zeros_like(param))
+                   .detach().to("cpu").clone() for key, param in run.params.items()}
+        meta = {"count": repr(run.grad_count), "mode": run.grad_mode or "", "step": str(run.step)}
+        return tensors, meta
+
+    def adapter_weights(self, run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        run = self.run(run_id)
+        tensors = {key: param.detach().to("cpu").clone() for key, param in run.params.items()}
+        return tensors, {"step": str(run.step), "rank": str(run.rank), "alpha": repr(run.alpha)}
+
+
+def _tensor_data(tensor: torch.Tensor, dtype: str) -> TensorData:
+    # model_construct: the values come from a tensor, re-validating them one by
+    # one would only cost time. NaN becomes null when serialised.
+    return TensorData.model_construct(data=tensor.flatten().tolist(), dtype=dtype,
+                                      shape=list(tensor.shape))
+
+
+def _check_keys(path: str, what: str, found: dict[str, torch.Tensor],
+                params: dict[str, torch.nn.Parameter]) -> None:
+    missing = sorted(set(params) - set(found))
+    extra = sorted(set(found) - set(params))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path}: {what} do not match this model's LoRA layout "
+                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, "
+                         f"e.g. {extra[:1]})")
+    for key, param in params.items():
+        if tuple(found[key].shape) != tuple(param.shape):
+            raise ValueError(f"checkpoint {path}: {what} {key} has shape "
+                             f"{tuple(found[key].shape)}, expected {tuple(param.shape)}")
+
+
+def _restore_moved_aside(parent: Path) -> None:
+    """Undo a save killed between its two renames (old folder aside, new not yet in place).
+
+    Staging folders are left alone: another save may be writing them right now.
+    """
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if entry.name.startswith(".") and ".old-" in entry.name:
+            original = parent / entry.name[1:].split(".old-")[0]
+            if not original.exists():
+                entry.replace(original)
+
+
+def _projection_modules(model: torch.nn.Module) -> set[str]:
+    """The attention/MLP projection leaf names present in ``model``."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear)}
+    found = {name for name in PROJECTION_NAMES if name in names}
+    if not found:
+        raise ValueError("the base model has none of the projection layers LoRA targets "
+                         f"({', '.join(PROJECTION_NAMES)})")
+    return found
