@@ -1,0 +1,145 @@
+"""Calls to the Loops control plane (spec 3): sessions, runs, samplers, statuses.
+
+Control-plane calls are never retried (spec 2.4): one attempt, 300 s for
+creates and 60 s otherwise; any error status raises ``RequestRejectedError``
+with the server's message. Requests carry only ``Authorization``,
+``User-Agent`` and ``X-Baseten-Accept-Error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from loops_runner.sdk.errors import LoopsError
+from loops_runner.sdk.http import base_headers, make_client, raise_for_status
+from loops_runner.wire import (
+    Checkpoint,
+    CheckpointFilesResponse,
+    CheckpointListResponse,
+    CheckpointSourceResponse,
+    RunInfo,
+    RunResponse,
+    SamplerInfo,
+    SamplerResponse,
+    SamplerStatusResponse,
+    ServerCapabilities,
+    SessionResponse,
+    TrainerDeploymentResponse,
+)
+
+CREATE_TIMEOUT = 300.0
+READ_TIMEOUT = 60.0
+DEFAULT_BASE_URL = "https://api.baseten.co"
+
+
+def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
+    try:
+        return model.model_validate(response.json())
+    except (ValueError, ValidationError) as exc:
+        raise LoopsError(f"unexpected answer from {response.request.url}: {exc}",
+                         operation=what) from exc
+
+
+class ControlPlane:
+    """A thin, typed wrapper of the control plane's routes."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+
+    @property
+    def loops_root(self) -> str:
+        return f"{self.base_url}/v1/loops"
+
+    def _request(self, method: str, path: str, *, what: str, timeout: float = READ_TIMEOUT,
+                 json: Any = None, params: dict[str, Any] | None = None,
+                 run_id: str | None = None) -> httpx.Response:
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        with make_client(headers=base_headers(self.api_key), timeout=timeout) as client:
+            response = client.request(method, url, json=json, params=params)
+        raise_for_status(response, operation=what, run_id=run_id)
+        return response
+
+    # -- sessions, runs, samplers ------------------------------------------------------
+
+    def create_session(self, training_project_id: str | None) -> str:
+        body = None if training_project_id is None else {
+            "training_project_id": training_project_id}
+        response = self._request("POST", "/v1/loops/sessions", json=body,
+                                 what="create_session", timeout=CREATE_TIMEOUT)
+        return _parse(SessionResponse, response, "create_session").session.id
+
+    def create_trainer(self, body: dict[str, Any]) -> RunInfo:
+        response = self._request("POST", "/v1/loops/trainers", json=body,
+                                 what="create_trainer", timeout=CREATE_TIMEOUT)
+        run = _parse(RunResponse, response, "create_trainer").run
+        if run.base_url is None:
+            raise LoopsError("the run's trainer URL is not yet available",
+                             run_id=run.id, operation="create_trainer")
+        return run
+
+    def create_sampler(self, body: dict[str, Any]) -> SamplerInfo:
+        response = self._request("POST", "/v1/loops/samplers", json=body,
+                                 what="create_sampler", timeout=CREATE_TIMEOUT,
+                                 run_id=body.get("run_id"))
+        sampler = _parse(SamplerResponse, response, "create_sampler").sampler
+        if sampler.base_url is None:
+            raise LoopsError("the sampler's URL is not yet available",
+                             run_id=body.get("run_id"), operation="create_sampler")
+        return sampler
+
+    def trainer_status(self, deployment_id: str) -> str:
+        response = self._request("GET", f"/v1/loops/deployments/{deployment_id}",
+                                 what="trainer_status", timeout=30.0)
+        return _parse(TrainerDeploymentResponse, response,
+                      "trainer_status").deployment.status.name
+
+    def sampler_status(self, model_id: str, deployment_id: str) -> str:
+        response = self._request("GET", f"/v1/models/{model_id}/deployments/{deployment_id}",
+                                 what="sampler_status", timeout=30.0)
+        return _parse(SamplerStatusResponse, response, "sampler_status").status
+
+    def capabilities(self) -> ServerCapabilities:
+        response = self._request("GET", "/v1/loops/capabilities", what="get_server_capabilities")
+        return _parse(ServerCapabilities, response, "get_server_capabilities")
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        response = self._request("GET", "/v1/loops/checkpoints", params={"run_id": run_id},
+                                 what="list_checkpoints", run_id=run_id)
+        return _parse(CheckpointListResponse, response, "list_checkpoints").checkpoints
+
+    def checkpoint_by_path(self, path: str) -> Checkpoint:
+        """The checkpoint a ``bt://`` path names; ValueError when there is none."""
+        url = f"{self.base_url}/v1/loops/checkpoints"
+        with make_client(headers=base_headers(self.api_key), timeout=READ_TIMEOUT) as client:
+            response = client.get(url, params={"checkpoint_path": path})
+        if response.status_code == 404:
+            raise ValueError(f"no Loops checkpoint found for path {path!r}")
+        raise_for_status(response, operation="resolve_checkpoint")
+        checkpoints = _parse(CheckpointListResponse, response, "resolve_checkpoint").checkpoints
+        if not checkpoints:
+            raise ValueError(f"no Loops checkpoint found for path {path!r}")
+        return checkpoints[0]
+
+    def validate_checkpoint(self, path: str, run_id: str | None) -> None:
+        self._request("POST", "/v1/loops/checkpoints/validate",
+                      json={"checkpoint_path": path, "run_id": run_id},
+                      what="validate_checkpoint", run_id=run_id)
+
+    def checkpoint_files(self, checkpoint_id: str, page_size: int,
+                         page_token: int) -> CheckpointFilesResponse:
+        response = self._request(
+            "GET", f"/v1/loops/checkpoints/{checkpoint_id}/files",
+            params={"page_size": page_size, "page_token": page_token},
+            what="get_checkpoint_archive_url")
+        return _parse(CheckpointFilesResponse, response, "get_checkpoint_archive_url")
+
+    def checkpoint_source(self, checkpoint_id: str) -> CheckpointSourceResponse:
+        response = self._request("GET", f"/v1/loops/checkpoints/{checkpoint_id}/source",
+                                 what="download_checkpoint")
+        return _parse(CheckpointSourceResponse, response, "download_checkpoint")

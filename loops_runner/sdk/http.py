@@ -1,0 +1,189 @@
+"""HTTP plumbing shared by the clients: headers, error bodies, httpx clients.
+
+Headers follow spec 2.1: every request names the client (``User-Agent``) and
+opts in to the gateway's error-source headers (``X-Baseten-Accept-Error``);
+``Authorization: Api-Key`` only when a key is configured. Error bodies are
+read per spec 2.2, and the three "never retry" signals are recognised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import weakref
+from typing import Any
+
+import httpx
+
+from loops_runner import __version__
+from loops_runner.sdk.errors import RequestRejectedError
+
+USER_AGENT = f"loops-runner/{__version__}"
+ACCEPT_ERROR_HEADER = "X-Baseten-Accept-Error"
+ERROR_SOURCE_HEADER = "X-Baseten-Error-Source"
+ERROR_CODE_HEADER = "X-Baseten-Error-Code"
+RUN_ID_HEADER = "X-Run-Id"
+SAMPLER_ID_HEADER = "X-Sampler-Id"
+CHECKPOINT_PATH_HEADER = "X-Checkpoint-Path"
+MIN_POLICY_VERSION_HEADER = "X-Min-Policy-Version"
+AFFINITY_HEADER = "X-Baseten-Session-ID"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+POLICY_VERSION_RESPONSE_HEADER = "x-trainers-policy-version"
+
+GATEWAY_ERROR_SOURCE = "06"
+DEACTIVATED_MODEL_SOURCE = "01"
+DEACTIVATED_MODEL_CODE = "631"
+
+
+def base_headers(api_key: str | None) -> dict[str, str]:
+    """Identity headers of every client request, plus auth when a key is set."""
+    headers = {"User-Agent": USER_AGENT, ACCEPT_ERROR_HEADER: "1"}
+    if api_key:
+        headers["Authorization"] = f"Api-Key {api_key}"
+    return headers
+
+
+# -- error bodies (spec 2.2) ---------------------------------------------------
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def error_detail(response: httpx.Response) -> str | None:
+    """The human message of an error body: ``detail``/``error``/``message``, else the text."""
+    if not response.content:
+        return None
+    payload = _json_body(response)
+    if payload is None:
+        text = response.text.strip()
+        return text or None
+    if isinstance(payload, dict):
+        for key in ("detail", "error", "message"):
+            value = payload.get(key)
+            if isinstance(value, str) and value.strip():
+                return value
+        # A vLLM body nests its message: {"error": {"type": ..., "message": ...}}.
+        nested = payload.get("error")
+        if isinstance(nested, dict) and isinstance(nested.get("message"), str):
+            return str(nested["message"])
+    return json.dumps(payload, default=str)
+
+
+def error_reason(response: httpx.Response) -> str | None:
+    """``details.reason`` of an error body (e.g. ``NOT_PRESIGNABLE``)."""
+    if not response.is_error:
+        return None
+    payload = _json_body(response)
+    details = payload.get("details") if isinstance(payload, dict) else None
+    reason = details.get("reason") if isinstance(details, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+def is_gateway_rejection(response: httpx.Response) -> bool:
+    """A 4xx the Loops gateway marked as its own: retrying cannot change it."""
+    return (400 <= response.status_code < 500
+            and response.headers.get(ERROR_SOURCE_HEADER) == GATEWAY_ERROR_SOURCE)
+
+
+def is_deactivated_model(response: httpx.Response) -> bool:
+    return (response.headers.get(ERROR_SOURCE_HEADER) == DEACTIVATED_MODEL_SOURCE
+            and response.headers.get(ERROR_CODE_HEADER) == DEACTIVATED_MODEL_CODE)
+
+
+def is_vllm_invalid_request(response: httpx.Response) -> bool:
+    """A 400 whose body says ``BadRequestError`` (top level or under ``error``)."""
+    if response.status_code != 400:
+        return False
+    payload = _json_body(response)
+    if not isinstance(payload, dict):
+        return False
+    error = payload.get("error")
+    inner = error if isinstance(error, dict) else payload
+    return inner.get("type") == "BadRequestError"
+
+
+def is_permanent_rejection(response: httpx.Response) -> bool:
+    """Statuses that usually mean "not ready", but here say "never": fail at once."""
+    return (is_gateway_rejection(response) or is_deactivated_model(response)
+            or is_vllm_invalid_request(response))
+
+
+def rejection(
+    response: httpx.Response,
+    *,
+    note: str | None = None,
+    run_id: str | None = None,
+    operation: str | None = None,
+    operation_id: str | None = None,
+) -> RequestRejectedError:
+    """A ``RequestRejectedError`` carrying the server's own message for ``response``."""
+    request = response.request
+    message = f"HTTP {response.status_code} from {request.method} {request.url}"
+    gateway_code = None
+    if is_gateway_rejection(response):
+        gateway_code = response.headers.get(ERROR_CODE_HEADER)
+        message += f" (Loops gateway: {gateway_code})"
+    detail = error_detail(response)
+    if detail:
+        message += f": {detail}"
+    if note:
+        message += f" [{note}]"
+    return RequestRejectedError(
+        message, request=request, response=response, reason=error_reason(response),
+        gateway_code=gateway_code, run_id=run_id, operation=operation,
+        operation_id=operation_id,
+    )
+
+
+def raise_for_status(response: httpx.Response, **context: Any) -> None:
+    if response.is_error:
+        raise rejection(response, **context)
+
+
+# -- clients -------------------------------------------------------------------
+
+
+def make_client(
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: httpx.Timeout | float | None = 60.0,
+    limits: httpx.Limits | None = None,
+) -> httpx.Client:
+    return httpx.Client(headers=headers, timeout=timeout,
+                        limits=limits or httpx.Limits(), follow_redirects=False)
+
+
+class AsyncClients:
+    """One ``httpx.AsyncClient`` per event loop, made on first use in that loop.
+
+    An AsyncClient binds to the loop it first runs in, and users may drive one
+    client from several ``asyncio.run`` calls, so each loop gets its own.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._lock = threading.Lock()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        self._clients = weakref.WeakKeyDictionary()
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None or client.is_closed:
+                client = httpx.AsyncClient(follow_redirects=False, **self._kwargs)
+                self._clients[loop] = client
+            return client
+
+    async def aclose_current(self) -> None:
+        """Close this loop's client (the others are dropped with their loops)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()

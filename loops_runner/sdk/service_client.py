@@ -1,0 +1,325 @@
+"""``ServiceClient``: a Loops session, the entry point of every script.
+
+Creating one opens a session on the control plane (``POST /v1/loops/sessions``);
+it then provisions runs (a trainer, and the paired sampler that follows its
+published weights) and standalone samplers, and reads the checkpoint
+registry. ``ServiceClient.local(...)`` binds to a trainer and a sampler that
+are already running, with no control plane at all (spec 8).
+
+Configuration: ``api_key`` defaults to ``BASETEN_API_KEY``, ``base_url`` to
+``LOOPS_BASE_URL`` (else Baseten's public API), ``reuse_from_session_id`` to
+``LOOPS_REUSE_FROM_SESSION_ID`` (and ``reuse_from_run_id`` to
+``LOOPS_REUSE_FROM_RUN_ID``); an explicit keyword always wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from loops_runner.sdk import checkpoints
+from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlane
+from loops_runner.sdk.deployments import (
+    SamplerEndpoint,
+    TrainerEndpoint,
+    wait_for_sampler,
+    wait_for_trainer,
+)
+from loops_runner.sdk.errors import LoopsError, UnsupportedOperationError
+from loops_runner.sdk.sampling_client import SamplingClient
+from loops_runner.sdk.training_client import TrainingClient
+from loops_runner.sdk.types import CheckpointDownload
+from loops_runner.wire import (
+    Checkpoint,
+    CheckpointFilesResponse,
+    CheckpointTarget,
+    ServerCapabilities,
+    WandbConfig,
+)
+
+logger = logging.getLogger("loops_runner.sdk")
+
+LOCAL_SESSION_ID = "local"
+AVAILABILITY = "dedicated"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+class ServiceClient:
+    """A Loops session; makes training and sampling clients."""
+
+    def __init__(
+        self,
+        training_project_id: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        reuse_from_session_id: str | None = None,
+        reuse_from_run_id: str | None = None,
+    ) -> None:
+        self._api_key = api_key if api_key is not None else _env("BASETEN_API_KEY")
+        self._base_url = (base_url or _env("LOOPS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._reuse_from_run_id = reuse_from_run_id if reuse_from_run_id is not None \
+            else _env("LOOPS_REUSE_FROM_RUN_ID")
+        self._reuse_from_session_id = reuse_from_session_id \
+            if reuse_from_session_id is not None else _env("LOOPS_REUSE_FROM_SESSION_ID")
+        self._training_project_id = training_project_id
+        self._local: tuple[str, str] | None = None
+        self._control_plane: ControlPlane | None = ControlPlane(self._base_url, self._api_key)
+        self._session_id = self._control_plane.create_session(training_project_id)
+        logger.info("Loops session %s on %s", self._session_id, self._base_url)
+
+    @classmethod
+    def local(cls, *, trainer_url: str, sampler_url: str) -> ServiceClient:
+        """Bind to a running trainer and sampler; no control plane, no API key.
+
+        Training and sampling work; saving, loading, publishing and the
+        checkpoint registry need a run and a control plane, and are refused.
+        """
+        client = cls.__new__(cls)
+        client._api_key = None
+        client._base_url = ""
+        client._reuse_from_run_id = None
+        client._reuse_from_session_id = None
+        client._training_project_id = None
+        client._local = (trainer_url.rstrip("/"), sampler_url.rstrip("/"))
+        client._control_plane = None
+        client._session_id = LOCAL_SESSION_ID
+        return client
+
+    @property
+    def session_id(self) -> str:
+        """The control plane's id of this session (``"local"`` for local clients)."""
+        return self._session_id
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def _cp(self, what: str) -> ControlPlane:
+        if self._control_plane is None:
+            raise UnsupportedOperationError(
+                "not available on ServiceClient.local(...): it has no control plane; use "
+                "ServiceClient(base_url=...) for checkpoints, capabilities and resumes",
+                operation=what)
+        return self._control_plane
+
+    # -- training clients ------------------------------------------------------------
+
+    def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 32,
+        seed: int | None = None,
+        timeout: float = 600.0,
+        ready_timeout: float = 3600.0,
+        wandb_config: WandbConfig | None = None,
+        *,
+        max_seq_len: int | None = None,
+        name: str | None = None,
+        with_sampler: bool = False,
+        sampler_timeout: float | None = None,
+        replicas: int = 1,
+    ) -> TrainingClient:
+        """Provision a run (trainer + paired sampler) and return its connected client.
+
+        ``timeout`` bounds each HTTP call, ``ready_timeout`` the wait for the
+        trainer to come up. ``wandb_config`` streams metrics to W&B.
+        """
+        return self._provision(base_model, rank=rank, seed=seed, timeout=timeout,
+                               ready_timeout=ready_timeout, wandb_config=wandb_config,
+                               max_seq_len=max_seq_len, name=name, with_sampler=with_sampler,
+                               sampler_timeout=sampler_timeout, replicas=replicas)
+
+    async def create_lora_training_client_async(self, base_model: str, rank: int = 32,
+                                                seed: int | None = None, timeout: float = 600.0,
+                                                ready_timeout: float = 3600.0,
+                                                wandb_config: WandbConfig | None = None,
+                                                **kwargs: Any) -> TrainingClient:
+        return await asyncio.to_thread(self.create_lora_training_client, base_model, rank, seed,
+                                       timeout, ready_timeout, wandb_config, **kwargs)
+
+    def _provision(self, base_model: str, *, rank: int, seed: int | None = None,
+                   timeout: float = 600.0, ready_timeout: float = 3600.0,
+                   wandb_config: WandbConfig | None = None, max_seq_len: int | None = None,
+                   name: str | None = None, with_sampler: bool = False,
+                   sampler_timeout: float | None = None, replicas: int = 1,
+                   checkpoint_path: str | None = None) -> TrainingClient:
+        if not base_model:
+            raise ValueError("base_model must name a model")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        if self._local is not None:
+            if seed is not None:
+                logger.info("seed=%s is applied when a control plane provisions the trainer; "
+                            "a local trainer uses its own", seed)
+            trainer_url, sampler_url = self._local
+            return TrainingClient(
+                trainer_url, lora_rank=rank, base_model=base_model, timeout=timeout,
+                ready_timeout=ready_timeout, sampler_timeout=sampler_timeout,
+                paired_sampling_deployment=SamplerEndpoint(sampler_url),
+                wandb_config=wandb_config, max_seq_len=max_seq_len)
+        control_plane = self._cp("create_lora_training_client")
+        body: dict[str, Any] = {"session_id": self._session_id, "base_model": base_model,
+                                "lora_rank": rank, "replicas": replicas,
+                                "availability_model": AVAILABILITY}
+        optional = {"seed": seed, "max_seq_len": max_seq_len, "name": name,
+                    "path": checkpoint_path}
+        body.update({key: value for key, value in optional.items() if value is not None})
+        if self._reuse_from_run_id is not None:
+            body["reuse_from_run_id"] = self._reuse_from_run_id
+        elif self._reuse_from_session_id is not None:
+            body["reuse_from_session_id"] = self._reuse_from_session_id
+        run = control_plane.create_trainer(body)
+        endpoint = TrainerEndpoint.from_run(run)
+        logger.info("Loops run %s (%s trainer at %s, model %s)", run.id, endpoint.kind,
+                    endpoint.base_url, run.base_model)
+        paired = None
+        if run.sampler is not None and run.sampler.base_url:
+            paired = SamplerEndpoint.from_info(run.sampler)
+        elif with_sampler:
+            try:
+                paired = SamplerEndpoint.from_info(control_plane.create_sampler(
+                    {"session_id": self._session_id, "run_id": run.id}))
+            except LoopsError as exc:
+                logger.warning("creating the paired sampler of run %s failed (%s); it will "
+                               "be created at the first sampling request", run.id, exc)
+        # Everything after this uses the name the control plane answered with.
+        wait_for_trainer(control_plane, endpoint, base_model=run.base_model, run_id=run.id,
+                         ready_timeout=ready_timeout)
+        return TrainingClient(
+            endpoint, lora_rank=rank, base_model=run.base_model, run_id=run.id,
+            api_key=self._api_key, timeout=timeout, ready_timeout=ready_timeout,
+            sampler_timeout=sampler_timeout, api_base_url=self._base_url,
+            session_id=self._session_id, paired_sampling_deployment=paired,
+            wandb_config=wandb_config, max_seq_len=max_seq_len,
+            base_checkpoint=run.base_checkpoint)
+
+    def create_training_client_from_state(self, path: str,
+                                          user_metadata: dict[str, Any] | None = None,
+                                          ) -> TrainingClient:
+        """A new run whose adapter is loaded from ``path``; the optimizer starts fresh."""
+        return self._from_state(path, with_optimizer=False)
+
+    def create_training_client_from_state_with_optimizer(
+            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
+        """A new run resuming ``path`` exactly: adapter, optimizer moments and step."""
+        return self._from_state(path, with_optimizer=True)
+
+    async def create_training_client_from_state_async(
+            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
+        return await asyncio.to_thread(self._from_state, path, with_optimizer=False)
+
+    async def create_training_client_from_state_with_optimizer_async(
+            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
+        return await asyncio.to_thread(self._from_state, path, with_optimizer=True)
+
+    def _from_state(self, path: str, *, with_optimizer: bool) -> TrainingClient:
+        control_plane = self._cp("create_training_client_from_state")
+        checkpoint = control_plane.checkpoint_by_path(path)
+        client = self._provision(checkpoint.base_model, rank=checkpoint.lora_adapter_config.rank,
+                                 checkpoint_path=path)
+        try:
+            load = client.load_state_with_optimizer if with_optimizer else client.load_state
+            load(path).result()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    # -- sampling clients ------------------------------------------------------------
+
+    def create_sampling_client(self, base_model: str, timeout: float | None = 300.0,
+                               ready_timeout: float = 3600.0,
+                               model_path: str | None = None) -> SamplingClient:
+        """Provision a standalone sampler for ``base_model``.
+
+        ``timeout`` is each ``sample`` call's read timeout. ``model_path`` is
+        reserved: to sample a checkpoint, use
+        ``TrainingClient.create_sampling_client(model_path)`` on its run.
+        """
+        if model_path is not None:
+            raise NotImplementedError(
+                "ServiceClient.create_sampling_client(model_path=...) is reserved; to sample "
+                "a checkpoint use TrainingClient.create_sampling_client(model_path) on a "
+                "live run")
+        if not base_model:
+            raise ValueError("base_model must name a model")
+        if self._local is not None:
+            return SamplingClient(base_model=base_model, endpoint=SamplerEndpoint(self._local[1]),
+                                  timeout=timeout, ready_timeout=ready_timeout)
+        control_plane = self._cp("create_sampling_client")
+        body: dict[str, Any] = {"session_id": self._session_id,
+                                "availability_model": AVAILABILITY, "base_model": base_model}
+        if self._reuse_from_session_id is not None:
+            body["reuse_from_session_id"] = self._reuse_from_session_id
+        endpoint = SamplerEndpoint.from_info(control_plane.create_sampler(body))
+        logger.info("Loops sampler %s (%s) at %s", endpoint.sampler_id, endpoint.kind,
+                    endpoint.base_url)
+        wait_for_sampler(control_plane, endpoint, ready_timeout)
+        return SamplingClient(base_model=base_model, endpoint=endpoint, api_key=self._api_key,
+                              timeout=timeout, ready_timeout=ready_timeout,
+                              session_id=self._session_id)
+
+    async def create_sampling_client_async(self, base_model: str,
+                                           timeout: float | None = 300.0,
+                                           ready_timeout: float = 3600.0,
+                                           model_path: str | None = None) -> SamplingClient:
+        return await asyncio.to_thread(self.create_sampling_client, base_model, timeout,
+                                       ready_timeout, model_path)
+
+    # -- control-plane reads ---------------------------------------------------------
+
+    def get_server_capabilities(self) -> ServerCapabilities:
+        """The base models the control plane supports and where it can run them."""
+        return self._cp("get_server_capabilities").capabilities()
+
+    async def get_server_capabilities_async(self) -> ServerCapabilities:
+        return await asyncio.to_thread(self.get_server_capabilities)
+
+    def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        """The checkpoints saved by ``run_id`` (from the registry, not the trainer)."""
+        return self._cp("list_checkpoints").list_checkpoints(run_id)
+
+    async def list_checkpoints_async(self, run_id: str) -> list[Checkpoint]:
+        return await asyncio.to_thread(self.list_checkpoints, run_id)
+
+    def get_checkpoint_archive_url(
+            self, checkpoint_id: str | None = None, page_size: int = 1000, page_token: int = 0,
+            *, name: str | None = None, run_id: str | None = None,
+            target: CheckpointTarget | str | None = None) -> CheckpointFilesResponse:
+        """Signed URLs of a checkpoint's files, one page (``next_page_token`` for more)."""
+        control_plane = self._cp("get_checkpoint_archive_url")
+        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return checkpoints.files_page(control_plane, resolved, page_size, page_token)
+
+    async def get_checkpoint_archive_url_async(self, *args: Any,
+                                               **kwargs: Any) -> CheckpointFilesResponse:
+        return await asyncio.to_thread(self.get_checkpoint_archive_url, *args, **kwargs)
+
+    def download_checkpoint(self, checkpoint_id: str | None = None, *, dest_dir: str,
+                            name: str | None = None, run_id: str | None = None,
+                            target: CheckpointTarget | str | None = None) -> CheckpointDownload:
+        """Write a checkpoint's files into the empty directory ``dest_dir``."""
+        control_plane = self._cp("download_checkpoint")
+        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return checkpoints.download(control_plane, resolved, dest_dir)
+
+    async def download_checkpoint_async(self, checkpoint_id: str | None = None, *,
+                                        dest_dir: str, name: str | None = None,
+                                        run_id: str | None = None,
+                                        target: CheckpointTarget | str | None = None,
+                                        ) -> CheckpointDownload:
+        return await asyncio.to_thread(self.download_checkpoint, checkpoint_id,
+                                       dest_dir=dest_dir, name=name, run_id=run_id,
+                                       target=target)
+
+    def __repr__(self) -> str:
+        where = f"local trainer={self._local[0]}" if self._local else self._base_url
+        return f"<ServiceClient session={self._session_id} {where}>"

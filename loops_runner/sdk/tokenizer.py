@@ -1,0 +1,55 @@
+"""Client-side tokenizers, loaded once per model and cached.
+
+``base_model`` may be a registry name (``tiny``), a local directory or a
+Hugging Face id (optionally pinned by a ``hf://org/repo@rev`` base
+checkpoint). transformers is imported only when a tokenizer is first asked
+for; remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+def tokenizer_source(base_model: str, base_checkpoint: str | None = None) -> tuple[str, str | None]:
+    """(what to load, revision): a custom base checkpoint's own files win."""
+    if base_checkpoint:
+        repo, _, revision = base_checkpoint.removeprefix("hf://").partition("@")
+        return repo, revision or None
+    return base_model, None
+
+
+def _load_path(name: str) -> str:
+    """Registry names to their load path; directories and hub ids unchanged."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    from loops_runner.models.registry import REGISTRY, resolve_model
+
+    if name in REGISTRY:
+        return resolve_model(name).load_path
+    return name
+
+
+@lru_cache(maxsize=16)
+def load_tokenizer(name: str, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    path = _load_path(name)
+    extra = {"revision": revision} if revision else {}
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **extra)
+    except (ValueError, KeyError, OSError) as first:
+        # Families newer than the installed transformers still load through
+        # their fast tokenizer file.
+        from transformers import PreTrainedTokenizerFast
+
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(path, **extra)
+        except Exception:
+            raise first from None
+
+
+def get_tokenizer(base_model: str, base_checkpoint: str | None = None) -> Any:
+    return load_tokenizer(*tokenizer_source(base_model, base_checkpoint))
