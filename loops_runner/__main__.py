@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
-    from loops_runner.runner.app import run_job
+    from loops_runner.runner.app import run_job, sweep_value
     from loops_runner.runner.config import ConfigError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return run_job(cfg, run_dir)
+        return sweep_value(cfg, run_job(cfg, run_dir))
     except ConfigError as error:
         print(f"loops-runner: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -190,3 +190,17 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     record.save(run_dir)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
+
+
+def sweep_value(cfg: DictConfig, final: dict[str, Any]) -> Any:
+    """What the job returns to Hydra: one number when ``objective`` names a metric.
+
+    Optimising sweepers (Optuna) need a float; the basic sweeper takes the dict.
+    """
+    objective = cfg.get("objective")
+    if not objective:
+        return final
+    if objective not in final:
+        raise ConfigError(f"objective {objective!r} is not among the final metrics: "
+                          f"{', '.join(sorted(final)) or '(none)'}")
+    return float(final[objective])

@@ -78,6 +78,7 @@ class RunnerConfig(Section):
     dry_run: bool = False
     max_steps: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
+    objective: str | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)
