@@ -7,6 +7,7 @@ here, so a recipe only holds training logic.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -56,13 +57,14 @@ class Checkpointer:
         return self._ctx.record.latest_checkpoint()
 
 
-def _rng_state_to_json(state: tuple[Any, ...]) -> list[Any]:
+def _rng_state_to_json(state: tuple[Any, ...]) -> str:
+    # One compact string, so run.json stays readable (the state has 625 ints).
     version, internal, gauss = state
-    return [version, list(internal), gauss]
+    return json.dumps([version, list(internal), gauss], separators=(",", ":"))
 
 
-def rng_state_from_json(state: list[Any]) -> tuple[Any, ...]:
-    version, internal, gauss = state
+def rng_state_from_json(state: str) -> tuple[Any, ...]:
+    version, internal, gauss = json.loads(state)
     return (version, tuple(internal), gauss)
 
 

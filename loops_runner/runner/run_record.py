@@ -23,7 +23,7 @@ class CheckpointRecord(BaseModel):
     step: int
     path: str
     cursor: dict[str, Any] = Field(default_factory=dict)
-    rng_state: list[Any] | None = None
+    rng_state: str | None = None
     saved_at: float = Field(default_factory=time.time)
 
 
