@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from loops_runner.wire.model_input import ExternalRef
+from loops_runner.wire.names import StorageName
 
 StopReason = Literal["stop", "length"]
 MAX_PROMPT_LOGPROBS = 20
@@ -49,6 +50,8 @@ class SampleRequest(BaseModel):
     return_token_ids: bool | None = None
     model: str | None = None
     lora: str | None = None
+    # vLLM extra: keep generating past end-of-sequence (benchmarks, fixed-length rollouts).
+    ignore_eos: bool = False
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:
@@ -59,6 +62,9 @@ class SampleRequest(BaseModel):
 class CompletionLogprobs(BaseModel):
     tokens: list[str | int]
     token_logprobs: list[float]
+    # Only when the request asked for ``logprobs > 0``: per token, the top
+    # alternatives as {"token_id:<n>" (or the token text): logprob}.
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 class PromptLogprobEntry(BaseModel):
@@ -107,3 +113,19 @@ class SampleResponse(BaseModel):
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+
+
+class LiveUpdateRequest(BaseModel):
+    """``POST <paired sampler>/internal/live`` (trainer -> sampler weight sync).
+
+    ``name`` null = drop the live adapter (serve the base model).
+    """
+
+    run_id: StorageName
+    version: int = Field(ge=0)
+    name: StorageName | None = None
+
+
+class LiveUpdateResponse(BaseModel):
+    run_id: str
+    live: int

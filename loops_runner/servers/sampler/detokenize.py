@@ -1,0 +1,86 @@
+"""Incremental detokenization and stop strings.
+
+Decoding the whole completion after every token costs O(n^2); instead only a
+short window is re-decoded: the text of ``tokens[prefix:]`` minus the text of
+``tokens[prefix:read]`` is what the newest tokens added. A window that ends in
+an incomplete UTF-8 sequence (U+FFFD) waits for the next token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_REPLACEMENT = "\ufffd"
+
+
+class IncrementalText:
+    """The completion's text, grown token by token (special tokens skipped)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)
+
+    def window_text(self) -> str:
+        """Text of the current context window (the part ``push``/``peek`` diff against)."""
+        return self._decode(self.tokens[self._prefix:self._read])
+
+    def peek(self, token: int, before: str | None = None) -> str | None:
+        """The whole text if ``token`` came next; None while UTF-8 is incomplete."""
+        if before is None:
+            before = self.window_text()
+        after = self._decode([*self.tokens[self._prefix:], token])
+        if after.endswith(_REPLACEMENT) or len(after) < len(before):
+            return None
+        return self.text + after[len(before):]
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text it completed (may be empty)."""
+        self.tokens.append(token)
+        before = self._decode(self.tokens[self._prefix:self._read])
+        after = self._decode(self.tokens[self._prefix:])
+        if after.endswith(_REPLACEMENT) or len(after) < len(before):
+            return ""
+        added = after[len(before):]
+        self._prefix, self._read = self._read, len(self.tokens)
+        self.text += added
+        return added
+
+
+class StopStrings:
+    """Finds the first stop string in the growing text.
+
+    On a match the text is cut before the stop string (as vLLM does unless asked
+    to keep it); the tokens up to and including the one that completed it stay.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(stop for stop in stops if stop)
+        self.text = IncrementalText(tokenizer)
+        self.longest = max((len(stop) for stop in self.stops), default=0)
+        self.matched: str | None = None
+
+    def push(self, token: int) -> bool:
+        """Add a token; True once a stop string appeared."""
+        start = len(self.text.text)
+        added = self.text.push(token)
+        if not added or self.matched is not None:
+            return self.matched is not None
+        search_from = max(0, start - self.longest + 1)
+        window = self.text.text[search_from:]
+        best: tuple[int, str] | None = None
+        for stop in self.stops:
+            found = window.find(stop)
+            if found >= 0 and (best is None or found < best[0]):
+                best = (found, stop)
+        if best is None:
+            return False
+        self.matched = best[1]
+        self.text.text = self.text.text[: search_from + best[0]]
+        return True

@@ -1,0 +1,69 @@
+"""What the sampler's routes share: the engine, the weight store, limits, settings."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from loops_runner.servers.sampler.adapters import WeightStore
+from loops_runner.servers.sampler.engine import Engine, GenerationJob, GenerationOutput
+from loops_runner.servers.sampler.requests import Limits, TokenText
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    base_model: str
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    run_id: str | None = None  # paired sampler: register and follow this run
+    floor_wait_s: float = 25.0  # hold a request behind its version floor this long
+    default_max_tokens: int = 16  # vLLM's completions default (spec Q13)
+    max_batch_rows: int | None = None  # None: engine default for the device
+    pinned_cache_size: int = 4
+    poll_interval_s: float = 0.2
+    threads: int | None = None  # CPU threads of the engine (None: automatic)
+
+
+@dataclass
+class SamplerState:
+    settings: SamplerSettings
+    engine: Engine
+    store: WeightStore
+    limits: Limits
+    token_text: TokenText
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def sampler_state(request: Request) -> SamplerState:
+    return request.app.state.sampler
+
+
+class ClientGoneError(Exception):
+    """The client hung up before its completion was ready."""
+
+
+async def generate_while_connected(request: Request, engine: Engine, job: GenerationJob,
+                                   check_every_s: float = 1.0) -> GenerationOutput:
+    """Run ``job``; if the client disconnects first, drop it from the batch.
+
+    The SDK retries a timed-out sample from scratch, so generation nobody
+    waits for would only take rows from the requests that are still wanted.
+    """
+    task = asyncio.ensure_future(engine.generate(job))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=check_every_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGoneError
+    finally:
+        if not task.done():
+            task.cancel()
