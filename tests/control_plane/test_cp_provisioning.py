@@ -377,21 +377,35 @@ def test_idle_servers_stop(tmp_path_factory: pytest.TempPathFactory,
     try:
         with cp.client() as client:
             session_id = ok(client.post("/v1/loops/sessions"))["session"]["id"]
-            run = create_run(client, session_id)
+            run = ok(client.post("/v1/loops/runs", json={
+                "session_id": session_id, "base_model": "tiny", "lora_rank": 8}))["run"]
+            sampler = run["sampler"]
+            assert sampler is not None
             pid = deployment(client, run["deployment_id"])["pid"]
-            # Heartbeats (the SDK's GET /health every 60 s, here faster) keep it alive.
+            sampler_pid = deployment(client, sampler["deployment_id"])["pid"]
+            # Heartbeats (the SDK's GET /health every 60 s, here faster) keep the trainer
+            # alive, and with it its paired sampler, which sees no request meanwhile.
             until = time.monotonic() + 7
             while time.monotonic() < until:
                 assert httpx.get(f"{run['base_url']}/health", timeout=10).status_code == 200
                 time.sleep(0.5)
             assert deployment(client, run["deployment_id"])["status"]["name"] == "RUNNING"
-            stopped = wait_for(
-                lambda: (d := deployment(client, run["deployment_id"]))["status"]["name"]
-                == "STOPPED" and d, 15.0, message="idle stop")
-            assert "idle" in stopped["status"]["reason"]
-            wait_for(lambda: not pid_alive(pid), 10.0, message="trainer exit")
+            assert deployment(client, sampler["deployment_id"])["status"]["name"] == "ACTIVE"
+            for deployment_id in (run["deployment_id"], sampler["deployment_id"]):
+                stopped = wait_for(
+                    lambda deployment_id=deployment_id: (
+                        d := deployment(client, deployment_id))["status"]["name"] == "STOPPED"
+                    and d, 15.0, message="idle stop")
+                assert "idle" in stopped["status"]["reason"]
+            wait_for(lambda: not pid_alive(pid) and not pid_alive(sampler_pid), 10.0,
+                     message="children exit")
             assert ok(client.get(f"/v1/loops/runs/{run['id']}"))["run"]["status"] == "STOPPED"
+            assert ok(client.get(f"/v1/models/{sampler['model_id']}/deployments/"
+                                 f"{sampler['deployment_id']}"))["status"] == "INACTIVE"
             gone = httpx.get(f"{run['base_url']}/health", timeout=10)
             assert gone.status_code == 503 and "idle" in gone.json()["detail"]
+            gone = httpx.post(f"{sampler['base_url']}/sample", json={"prompt": [1]}, timeout=10)
+            assert gone.status_code == 400
+            assert gone.json()["error"]["type"] == "BadRequestError"
     finally:
         cp.stop()

@@ -9,9 +9,7 @@ URL's own signature is the credential there.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
-
-from fastapi import Request, Response
+from typing import Any
 
 from loops_runner.servers.common import error_response
 
@@ -35,23 +33,31 @@ def key_matches(expected: str, authorization: str | None) -> bool:
     return key is not None and hmac.compare_digest(key.encode(), expected.encode())
 
 
-def api_key_middleware(
-    expected: str,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def check(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith(FILES_PREFIX):
-            return await call_next(request)
-        if not key_matches(expected, request.headers.get("authorization")):
-            reason = ("missing" if request.headers.get("authorization") is None
-                      else "invalid")
-            return error_response(
-                401,
-                f"{reason} API key: send 'Authorization: Api-Key <key>' "
-                "(or 'Bearer <key>') with the key this control plane was started with",
-                "UNAUTHENTICATED",
-                headers={"WWW-Authenticate": 'Api-Key realm="loops"'},
-            )
-        return await call_next(request)
+class ApiKeyMiddleware:
+    """Pure ASGI (no response buffering, nothing cancelled on client disconnect)."""
 
-    return check
+    def __init__(self, app: Any, expected: str) -> None:
+        self.app = app
+        self.expected = expected
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(FILES_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        if key_matches(self.expected, authorization):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            f"{'missing' if authorization is None else 'invalid'} API key: send "
+            "'Authorization: Api-Key <key>' (or 'Bearer <key>') with the key this control "
+            "plane was started with",
+            "UNAUTHENTICATED",
+            headers={"WWW-Authenticate": 'Api-Key realm="loops"'},
+        )
+        await response(scope, receive, send)

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
-from loops_runner.servers.control_plane.auth import api_key_middleware
+from loops_runner.servers.control_plane.auth import ApiKeyMiddleware
 from loops_runner.servers.control_plane.routes import (
     api_error_handler,
     build_router,
@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                   redoc_url=None, openapi_url=None)
     app.state.control_plane = control_plane
     if settings.api_key:
-        app.middleware("http")(api_key_middleware(settings.api_key))
+        app.add_middleware(ApiKeyMiddleware, expected=settings.api_key)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)

@@ -296,6 +296,13 @@ class ControlPlane:
                 kind=TRAINER, role=TRAINER, base_model=resolved.load_path,
                 launch_model=launch_name(resolved, self.home), session_id=session.id)
         assert deployment is not None
+        with self.supervisor.hold(deployment.id):
+            return await self._attach_run(body, session, resolved, deployment,
+                                          reused, with_sampler)
+
+    async def _attach_run(self, body: CreateTrainerRequest, session: SessionRow,
+                          resolved: ResolvedModel, deployment: DeploymentRow,
+                          reused: bool, with_sampler: bool) -> RunInfo:
         run = self.store.create_run(RunRow(
             id=new_id("run"), session_id=session.id, base_model=resolved.load_path,
             requested_model=body.base_model, lora_rank=body.lora_rank, replicas=body.replicas,
@@ -432,7 +439,9 @@ class ControlPlane:
             base_model=resolved.load_path, model_path=body.model_path,
             deployment_id=deployment.id, max_seq_length=body.max_seq_length,
             num_replicas=body.num_replicas, created_at=now_iso()))
-        deployment = await self.supervisor.wait_ready(deployment.id, self.settings.create_wait)
+        with self.supervisor.hold(deployment.id):
+            deployment = await self.supervisor.wait_ready(deployment.id,
+                                                          self.settings.create_wait)
         if deployment.status not in LIVE_STATUSES:
             raise self._deployment_failure(deployment)
         return self.sampler_info(sampler)
@@ -461,7 +470,9 @@ class ControlPlane:
             if deployment.url:
                 # The trainer notifies this URL on every publish of the run.
                 register_paired_sampler(self.home, run.id, deployment.url)
-        deployment = await self.supervisor.wait_ready(deployment.id, self.settings.create_wait)
+        with self.supervisor.hold(deployment.id):
+            deployment = await self.supervisor.wait_ready(deployment.id,
+                                                          self.settings.create_wait)
         if deployment.status not in LIVE_STATUSES:
             raise self._deployment_failure(deployment)
         sampler = self.store.get_sampler(existing.id)

@@ -32,10 +32,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -46,6 +47,7 @@ from loops_runner.servers.control_plane.store import (
     DEPLOYING,
     FAILED,
     LIVE_STATUSES,
+    PAIRED,
     READY_STATUSES,
     RUNNING,
     STOPPED,
@@ -58,6 +60,7 @@ from loops_runner.servers.launch import ServerStartError, spawn_server, tail
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_RESTARTS = 1
 LOG_TAIL_LINES = 15
 _PROBE_HEADERS = {SUPERVISOR_HEADER: "1"}
@@ -199,6 +202,8 @@ class Supervisor:
         self._no_activity_route: set[str] = set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[object]] = set()
+        self._holds: Counter[str] = Counter()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=_PROBE_HEADERS)
 
     # -- lifecycle -------------------------------------------------------------
@@ -219,6 +224,8 @@ class Supervisor:
             child.stopping = True
         await asyncio.gather(*(asyncio.to_thread(stop_process, child.handle)
                                for child in children))
+        if self._background:  # launches and stops in flight finish against dead children
+            await asyncio.wait(list(self._background), timeout=30.0)
         for child in children:
             self._children.pop(child.deployment_id, None)
             self._mark_stopped(child.deployment_id, "the control plane shut down")
@@ -229,8 +236,20 @@ class Supervisor:
         return self._locks.setdefault(key, asyncio.Lock())
 
     def note_activity(self, deployment_id: str) -> None:
-        """Control-plane-side use of a deployment (a run attached, a status read)."""
+        """Control-plane-side use of a deployment (a run or sampler handed out)."""
         self._cp_activity[deployment_id] = time.time()
+
+    @contextlib.contextmanager
+    def hold(self, deployment_id: str) -> Iterator[None]:
+        """Keep a deployment from idling out while a create call is still using it."""
+        self._holds[deployment_id] += 1
+        try:
+            yield
+        finally:
+            self._holds[deployment_id] -= 1
+            if self._holds[deployment_id] <= 0:
+                del self._holds[deployment_id]
+            self.note_activity(deployment_id)
 
     def pid_of(self, deployment_id: str) -> int | None:
         child = self._children.get(deployment_id)
@@ -258,9 +277,21 @@ class Supervisor:
             trainer_deployment_id=trainer_deployment_id,
         )
         self.note_activity(row.id)
-        async with self.lock(row.id):
-            await self._launch(row, port=0)
+
+        async def launch() -> None:
+            async with self.lock(row.id):
+                await self._launch(row, port=0)
+
+        await self._shielded(launch())
         return self._row(row.id)
+
+    async def _shielded(self, work: Coroutine[object, object, T]) -> T:
+        """Run ``work`` to the end even if the request awaiting it is cancelled
+        (a client that gives up must not leave a half-started, unsupervised child)."""
+        task: asyncio.Task[T] = asyncio.create_task(work)
+        self._background.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._background.discard)  # type: ignore[arg-type]
+        return await asyncio.shield(task)
 
     async def _launch(self, row: DeploymentRow, port: int) -> bool:
         """Start the process of ``row`` and wait for its URL (not for health)."""
@@ -346,6 +377,9 @@ class Supervisor:
         return True
 
     async def stop(self, deployment_id: str, reason: str) -> DeploymentRow:
+        return await self._shielded(self._stop(deployment_id, reason))
+
+    async def _stop(self, deployment_id: str, reason: str) -> DeploymentRow:
         async with self.lock(deployment_id):
             child = self._children.pop(deployment_id, None)
             self._restarting.pop(deployment_id, None)
@@ -529,18 +563,28 @@ class Supervisor:
 
     async def _idle_sweep(self) -> None:
         now = time.time()
+        idle: dict[str, float] = {}
+        rows: dict[str, DeploymentRow] = {}
         for deployment_id, child in list(self._children.items()):
             row = self._row(deployment_id)
-            if row.status not in READY_STATUSES or child.stopping:
+            if row.status not in READY_STATUSES or child.stopping \
+                    or deployment_id in self._holds:
                 continue
             child_idle = await self._child_idle_seconds(deployment_id, child)
             if child_idle is None:
                 continue
             control_plane_idle = now - self._cp_activity.get(deployment_id, child.started_at)
-            idle = min(child_idle, control_plane_idle)
-            if idle >= self.idle_timeout:
+            idle[deployment_id] = min(child_idle, control_plane_idle)
+            rows[deployment_id] = row
+        for deployment_id, row in rows.items():
+            seconds = idle[deployment_id]
+            # A paired sampler lives as long as its trainer is in use: a long
+            # training stretch without samples must not take it away.
+            if row.role == PAIRED and row.trainer_deployment_id in idle:
+                seconds = min(seconds, idle[row.trainer_deployment_id])
+            if seconds >= self.idle_timeout and deployment_id not in self._holds:
                 await self.stop(deployment_id,
-                                f"idle for {idle:.0f}s (no requests or heartbeats; idle "
+                                f"idle for {seconds:.0f}s (no requests or heartbeats; idle "
                                 f"timeout {self.idle_timeout:.0f}s)")
 
     # -- restart of the control plane ----------------------------------------------
