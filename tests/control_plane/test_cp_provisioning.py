@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,8 +321,13 @@ def test_reuse_then_kill_recovers(cp: ControlPlaneProcess, api: httpx.Client,
     os.kill(current["pid"], signal.SIGKILL)
     wait_for(lambda: "not restarting" in (deployment(api, current["id"])["status"]["reason"]
                                           or ""), 10.0, message="final failure")
-    fresh = create_run(api, second_session, reuse_from_session_id=trained.session_id)
-    assert fresh["deployment_id"] != current["id"] and fresh["reused"] is False
+    # Two such calls at once (sweep jobs starting together) share one new trainer.
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: create_run(api, second_session,
+                                                  reuse_from_session_id=trained.session_id),
+                             range(2)))
+    assert both[0]["deployment_id"] == both[1]["deployment_id"] != current["id"]
+    assert sorted(run["reused"] for run in both) == [False, True]
     gone = httpx.post(f"{current['base_url']}/forward", json={}, timeout=10)
     assert gone.status_code == 503 and "failed" in gone.json()["detail"]
 

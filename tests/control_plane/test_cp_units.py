@@ -144,3 +144,24 @@ def test_registry_mirrors_manifests_overwrites_and_expires(tmp_path: Path) -> No
     shutil.rmtree(tmp_path / "runs" / "run-1" / "sampler_weights")
     assert [row.kind for row in registry.by_run("run-1")] == ["weights"]
     store.close()
+
+
+def test_store_migrates_an_older_runs_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "control_plane.sqlite")
+    old.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, session_id TEXT NOT NULL, "
+                "base_model TEXT NOT NULL, requested_model TEXT NOT NULL, lora_rank INTEGER "
+                "NOT NULL, replicas INTEGER NOT NULL, availability_model TEXT NOT NULL, seed "
+                "INTEGER, max_seq_len INTEGER, name TEXT, path TEXT, deployment_id TEXT NOT "
+                "NULL, reused INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, reason TEXT, "
+                "created_at TEXT NOT NULL)")
+    old.execute("INSERT INTO runs VALUES ('run-old', 's', 'm', 'm', 8, 1, 'dedicated', NULL, "
+                "NULL, NULL, NULL, 'dep', 0, 'RUNNING', NULL, '2025-01-01T00:00:00Z')")
+    old.commit()
+    old.close()
+    store = Store(tmp_path)
+    run = store.get_run("run-old")
+    assert run is not None and run.reuse_source is None
+    assert store.list_runs(reuse_source="session:s") == []
+    store.close()

@@ -283,26 +283,34 @@ class ControlPlane:
                 if checkpoint.lora_rank != body.lora_rank:
                     raise invalid(f"path {body.path!r} has LoRA rank {checkpoint.lora_rank}, "
                                   f"but lora_rank = {body.lora_rank}", "RANK_MISMATCH")
-        candidates = self._reuse_candidates(body, resolved)
-
-        deployment: DeploymentRow | None = None
-        for candidate in candidates:
-            if await self.supervisor.ensure_usable(candidate, self.settings.create_wait):
-                deployment = self.store.get_deployment(candidate)
-                break
-        reused = deployment is not None
-        if deployment is None:
-            deployment = await self.supervisor.provision(
-                kind=TRAINER, role=TRAINER, base_model=resolved.load_path,
-                launch_model=launch_name(resolved, self.home), session_id=session.id)
-        assert deployment is not None
+        reuse_source = (f"run:{body.reuse_from_run_id}" if body.reuse_from_run_id else
+                        f"session:{body.reuse_from_session_id}"
+                        if body.reuse_from_session_id else None)
+        if body.replicas > 1:  # fresh capacity, as the SDK documents
+            reuse_source = None
+        # Calls reusing the same source take turns, so that when its trainer is
+        # gone the first provisions a new one and the others attach to it.
+        serial = (self.supervisor.lock(f"reuse:{reuse_source}") if reuse_source
+                  else contextlib.nullcontext())
+        async with serial:
+            deployment: DeploymentRow | None = None
+            for candidate in self._reuse_candidates(body, resolved, reuse_source):
+                if await self.supervisor.ensure_usable(candidate, self.settings.create_wait):
+                    deployment = self.store.get_deployment(candidate)
+                    break
+            reused = deployment is not None
+            if deployment is None:
+                deployment = await self.supervisor.provision(
+                    kind=TRAINER, role=TRAINER, base_model=resolved.load_path,
+                    launch_model=launch_name(resolved, self.home), session_id=session.id)
+            assert deployment is not None
+            run = self._insert_run(body, session, resolved, deployment, reused, reuse_source)
         with self.supervisor.hold(deployment.id):
-            return await self._attach_run(body, session, resolved, deployment,
-                                          reused, with_sampler)
+            return await self._finish_run(run, session, deployment, with_sampler)
 
-    async def _attach_run(self, body: CreateTrainerRequest, session: SessionRow,
-                          resolved: ResolvedModel, deployment: DeploymentRow,
-                          reused: bool, with_sampler: bool) -> RunInfo:
+    def _insert_run(self, body: CreateTrainerRequest, session: SessionRow,
+                    resolved: ResolvedModel, deployment: DeploymentRow, reused: bool,
+                    reuse_source: str | None) -> RunRow:
         run = self.store.create_run(RunRow(
             id=new_id("run"), session_id=session.id, base_model=resolved.load_path,
             requested_model=body.base_model, lora_rank=body.lora_rank, replicas=body.replicas,
@@ -312,10 +320,15 @@ class ControlPlane:
             status=(RUNNING if deployment.status in READY_STATUSES else
                     DEPLOYING if deployment.status in LIVE_STATUSES else FAILED),
             reason=None if deployment.status in LIVE_STATUSES else deployment.reason,
-            created_at=now_iso(),
+            created_at=now_iso(), reuse_source=reuse_source,
         ))
         logger.info("run %s on %s trainer deployment %s", run.id,
                     "reused" if reused else "new", deployment.id)
+        return run
+
+    async def _finish_run(self, run: RunRow, session: SessionRow, deployment: DeploymentRow,
+                          with_sampler: bool) -> RunInfo:
+        """Wait for the run's trainer (and eager paired sampler) and answer."""
         if deployment.status not in LIVE_STATUSES:
             raise self._deployment_failure(deployment)
 
@@ -340,9 +353,11 @@ class ControlPlane:
             current = self.store.get_run(run.id) or current
         return self.run_info(current, sampler=sampler)
 
-    def _reuse_candidates(self, body: CreateTrainerRequest,
-                          resolved: ResolvedModel) -> list[str]:
+    def _reuse_candidates(self, body: CreateTrainerRequest, resolved: ResolvedModel,
+                          reuse_source: str | None) -> list[str]:
         """Trainer deployments the new run may attach to, best first."""
+        if reuse_source is None:
+            return []
         if body.reuse_from_run_id:
             source = self.store.get_run(body.reuse_from_run_id)
             if source is None:
@@ -355,8 +370,8 @@ class ControlPlane:
                                         newest_first=True)
         else:
             return []
-        if body.replicas > 1:  # fresh capacity, as the SDK documents
-            return []
+        # Then trainers that earlier calls reusing the same source ended up on.
+        runs += self.store.list_runs(reuse_source=reuse_source, newest_first=True)
         candidates: list[str] = []
         for run in runs:
             if run.base_model == resolved.load_path and run.deployment_id not in candidates:

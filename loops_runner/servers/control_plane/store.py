@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS runs (
     reused INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL,
     reason TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    reuse_source TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_deployment ON runs (deployment_id);
@@ -200,6 +201,10 @@ class RunRow:
     status: str
     reason: str | None
     created_at: str
+    # "session:<id>" / "run:<id>" when created with reuse: later runs asking to
+    # reuse the same source find this run's trainer too (sweep jobs started
+    # together share one trainer).
+    reuse_source: str | None = None
 
 
 @dataclass
@@ -260,6 +265,14 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a table first shipped (CREATE TABLE IF NOT EXISTS keeps old ones)."""
+        with self._lock:
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+            if "reuse_source" not in columns:
+                self._db.execute("ALTER TABLE runs ADD COLUMN reuse_source TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -429,11 +442,12 @@ class Store:
         session_id: str | None = None,
         deployment_id: str | None = None,
         base_model: str | None = None,
+        reuse_source: str | None = None,
         newest_first: bool = False,
     ) -> list[RunRow]:
         clauses, params = [], []
         for column, value in (("session_id", session_id), ("deployment_id", deployment_id),
-                              ("base_model", base_model)):
+                              ("base_model", base_model), ("reuse_source", reuse_source)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
