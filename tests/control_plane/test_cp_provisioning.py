@@ -260,6 +260,11 @@ def test_runs_alias_embeds_paired_sampler_and_reuses(api: httpx.Client,
     first = ok(api.post("/v1/loops/samplers", json={"session_id": trained.session_id,
                                                     "run_id": trained.run["id"]}))["sampler"]
     assert sampler["deployment_id"] == first["deployment_id"] and sampler["id"] != first["id"]
+    # The team-scoped create route the SDK uses when a team is named.
+    team_id = ok(api.get("/v1/teams"))["teams"][0]["id"]
+    scoped = ok(api.post(f"/v1/teams/{team_id}/loops/trainers", json={
+        **body, "reuse_from_run_id": run["id"]}))["run"]
+    assert scoped["deployment_id"] == trained.run["deployment_id"]
 
 
 def test_standalone_sampler_from_checkpoint(api: httpx.Client, trained: TrainedRun) -> None:
@@ -274,6 +279,12 @@ def test_standalone_sampler_from_checkpoint(api: httpx.Client, trained: TrainedR
     assert status["status"] == "ACTIVE"
     response = sample(sampler["base_url"], {"X-Checkpoint-Path": path})
     assert response.status_code == 200, response.text
+    # Another session reusing this one gets the same sampler process for the same model.
+    other_session = ok(api.post("/v1/loops/sessions"))["session"]["id"]
+    reused = ok(api.post("/v1/loops/samplers", json={
+        "session_id": other_session, "base_model": "tiny",
+        "reuse_from_session_id": trained.session_id}))["sampler"]
+    assert reused["deployment_id"] == sampler["deployment_id"] and reused["id"] != sampler["id"]
     ok(api.post(f"/v1/loops/deployments/{sampler['deployment_id']}/deactivate"))
     assert ok(api.get(f"/v1/models/{sampler['model_id']}/deployments/"
                       f"{sampler['deployment_id']}"))["status"] == "INACTIVE"
