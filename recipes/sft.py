@@ -236,6 +236,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
             ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
             break
 
+    ctx.metrics.stop_progress()
     final = {k: v for k, v in last.items() if not k.startswith("time/")}
     final["steps"] = step
     if step == steps and cfg.num_final_samples:

@@ -102,13 +102,16 @@ class MetricsLogger:
                 self._status[label] = f"{label} {fmt.format(metrics[key])}"
         self._progress.update(self._task, completed=step, status="  ".join(self._status.values()))
 
+    def stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
     def print(self, *objects: Any) -> None:
         self.console.print(*objects)
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self.stop_progress()
         if self._wandb_run is not None:
             self._wandb_run.finish()
             self._wandb_run = None
