@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +24,18 @@ import torch
 from loops_runner import storage
 
 SAMPLE_HEADERS = {"X-Baseten-Accept-Error": "1", "User-Agent": "baseten-loops/0.32"}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Reference math on one thread: the tiny model gains nothing from more, and on
+    a shared, busy machine multi-threaded small ops stall (and slow the servers)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +95,9 @@ def make_adapter(model_dir: Path, seed: int, rank: int = 4, scale: float = 0.5) 
     model = base_model(model_dir)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
                         lora_dropout=0.0)
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # a transformers deprecation PEFT triggers
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
@@ -112,14 +129,16 @@ def greedy(model: Any, prompt: list[int], max_new_tokens: int, *,
     kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens}
     if ignore_eos:
         kwargs["min_new_tokens"] = max_new_tokens
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    with one_thread():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     return out[0, len(prompt):].tolist()
 
 
 @torch.no_grad()
 def forward_logprobs(model: Any, tokens: list[int]) -> torch.Tensor:
     """log_softmax of one direct forward pass: row i predicts token i + 1."""
-    logits = model(torch.tensor([tokens])).logits[0].float()
+    with one_thread():
+        logits = model(torch.tensor([tokens])).logits[0].float()
     return torch.log_softmax(logits, dim=-1)
 
 
