@@ -112,3 +112,19 @@ def write_checkpoint(home: Path, run_id: str, kind: storage.CheckpointKind, name
         }
         (staging / storage.MANIFEST_FILE).write_text(json.dumps(manifest))
     return final
+
+
+def child_server_pids(home: Path) -> list[int]:
+    """Pids of live trainer/sampler servers started for ``home`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if ("loops_runner.cli" in words and str(home) in words
+                and ("trainer" in words or "sampler" in words) and pid_alive(int(entry.name))):
+            found.append(int(entry.name))
+    return found

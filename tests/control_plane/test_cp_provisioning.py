@@ -25,6 +25,7 @@ import pytest
 from loops_runner.storage import checkpoint_dir, paired_sampler_url, parse_bt_path
 from tests.control_plane.helpers import (
     ControlPlaneProcess,
+    child_server_pids,
     pid_alive,
     start_control_plane,
     wait_for,
@@ -368,6 +369,7 @@ def test_control_plane_stop_and_restart(cp: ControlPlaneProcess, api: httpx.Clie
     cp.stop()
     for pid in live_pids:
         assert not pid_alive(pid), f"child {pid} outlived the control plane"
+    assert child_server_pids(cp.home) == []
     restarted = start_control_plane(cp.home, api_key=API_KEY)
     try:
         with restarted.client() as client:
@@ -424,5 +426,27 @@ def test_idle_servers_stop(tmp_path_factory: pytest.TempPathFactory,
             gone = httpx.post(f"{sampler['base_url']}/sample", json={"prompt": [1]}, timeout=10)
             assert gone.status_code == 400
             assert gone.json()["error"]["type"] == "BadRequestError"
+    finally:
+        cp.stop()
+
+
+def test_deploy_timeout_fails_with_reason(tmp_path_factory: pytest.TempPathFactory,
+                                          tiny_model_dir: Path) -> None:
+    """A server that is not healthy within the deploy timeout is stopped and FAILED."""
+    home = tmp_path_factory.mktemp("cp_timeout_home")
+    copy_tiny(tiny_model_dir, home)
+    cp = start_control_plane(home, env={"LOOPS_CP_DEPLOY_TIMEOUT": "1"})
+    try:
+        with cp.client() as client:
+            session_id = ok(client.post("/v1/loops/sessions"))["session"]["id"]
+            response = client.post("/v1/loops/trainers", json={
+                "session_id": session_id, "base_model": "tiny", "lora_rank": 8})
+            assert response.status_code == 503, response.text
+            assert "did not become healthy within 1s" in response.json()["detail"]
+            [failed] = ok(client.get("/v1/loops/deployments"))["deployments"]
+            assert failed["status"]["name"] == "FAILED" and failed["pid"] is None
+            [run] = ok(client.get("/v1/loops/runs"))["runs"]
+            assert run["status"] == "FAILED"
+            assert child_server_pids(home) == []
     finally:
         cp.stop()

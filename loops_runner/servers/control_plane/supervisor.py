@@ -219,16 +219,23 @@ class Supervisor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        children = list(self._children.values())
-        for child in children:
-            child.stopping = True
-        await asyncio.gather(*(asyncio.to_thread(stop_process, child.handle)
-                               for child in children))
-        if self._background:  # launches and stops in flight finish against dead children
-            await asyncio.wait(list(self._background), timeout=30.0)
-        for child in children:
-            self._children.pop(child.deployment_id, None)
-            self._mark_stopped(child.deployment_id, "the control plane shut down")
+        stopped: set[str] = set()
+        # Two rounds: a launch in flight may register its child while the first
+        # round stops the others; it sees ``_closing`` and gives up once its
+        # process is gone.
+        for _ in range(2):
+            children = list(self._children.values())
+            for child in children:
+                child.stopping = True
+            await asyncio.gather(*(asyncio.to_thread(stop_process, child.handle)
+                                   for child in children))
+            for child in children:
+                self._children.pop(child.deployment_id, None)
+                stopped.add(child.deployment_id)
+            if self._background:
+                await asyncio.wait(list(self._background), timeout=30.0)
+        for deployment_id in stopped:
+            self._mark_stopped(deployment_id, "the control plane shut down")
         self.tombstones.close_all()
         await self._http.aclose()
 
@@ -447,22 +454,33 @@ class Supervisor:
     async def _probe(self, row: DeploymentRow) -> None:
         """One readiness probe of a deploying (or restarting) deployment."""
         child = self._children.get(row.id)
-        if child is None or child.url is None or child.stopping:
+        if child is None or child.stopping:
+            return
+        restarting_since = self._restarting.get(row.id)
+        age = (time.monotonic() - restarting_since if restarting_since is not None
+               else time.time() - child.started_at)
+        if age > self.deploy_timeout:
+            message = (f"{row.kind} server did not become healthy within "
+                       f"{self.deploy_timeout:.0f}s")
+            await self._shielded(self._fail(row.id, message))
+            return
+        if child.url is None:
             return
         status = await self._health_status(row, child.url)
         if status == 200:
             self._mark_ready(row)
         elif status == -404:
-            await self._fail(row.id, f"{row.kind} server at {child.url} does not serve "
-                                     f"{row.launch_model!r}")
+            await self._shielded(self._fail(
+                row.id, f"{row.kind} server at {child.url} does not serve {row.launch_model!r}"))
 
     async def _fail(self, deployment_id: str, message: str) -> None:
         async with self.lock(deployment_id):
             child = self._children.pop(deployment_id, None)
             self._restarting.pop(deployment_id, None)
-            if child is not None:
-                child.stopping = True
-                await asyncio.to_thread(stop_process, child.handle)
+            if child is None:  # already failed or stopped by someone else
+                return
+            child.stopping = True
+            await asyncio.to_thread(stop_process, child.handle)
             row = self._row(deployment_id)
             reason = with_log_tail(message, row.log_path)
             self.store.set_status(deployment_id, FAILED, reason)
@@ -529,19 +547,13 @@ class Supervisor:
         for child in list(self._children.values()):
             if child.url is not None and not child.stopping \
                     and child.handle.exit_code() is not None:
-                await self._on_exit(child)
+                # Shielded: a restart must not be abandoned half-way if the
+                # watcher is cancelled at shutdown.
+                await self._shielded(self._on_exit(child))
         probes = []
-        for deployment_id, child in list(self._children.items()):
+        for deployment_id in list(self._children):
             row = self._row(deployment_id)
-            restarting_since = self._restarting.get(deployment_id)
-            if row.status == DEPLOYING or restarting_since is not None:
-                started = restarting_since if restarting_since is not None else None
-                age = (time.monotonic() - started) if started is not None else (
-                    time.time() - child.started_at)
-                if age > self.deploy_timeout:
-                    await self._fail(deployment_id, f"{row.kind} server did not become "
-                                                    f"healthy within {self.deploy_timeout:.0f}s")
-                    continue
+            if row.status == DEPLOYING or deployment_id in self._restarting:
                 probes.append(self._probe(row))
         if probes:
             await asyncio.gather(*probes)
