@@ -107,8 +107,16 @@ def test_checkpoint_files_manifest_and_checksums(trainer_server, run_id: str,
 _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from peft import LoraConfig
     from loops_runner.servers.trainer import checkpoints
+
+    class Config:  # stands in for peft.LoraConfig (saves importing peft here)
+        def __init__(self, r):
+            self.r, self.target_modules = r, {"q_proj"}
+            self.base_model_name_or_path, self.inference_mode = None, False
+
+        def to_dict(self):
+            return {"peft_type": "LORA", "r": self.r, "lora_alpha": 32,
+                    "target_modules": self.target_modules}
 
     home, run_id, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     folder = home / "runs" / run_id / "weights" / "snap"
@@ -126,7 +134,7 @@ _CHILD = textwrap.dedent("""
         return real_write(path, data)
 
     checkpoints._write_bytes = write_then_hang
-    config = LoraConfig(r=old.rank, lora_alpha=32, target_modules=["q_proj"])
+    config = Config(old.rank)
     payload = checkpoints.AdapterPayload({k: v + 1 for k, v in old.tensors.items()}, config,
                                          old.rank, 32, old.base_model)
     checkpoints.write_checkpoint(home, run_id, "weights", "snap", payload, step=999,

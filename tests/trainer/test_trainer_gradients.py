@@ -135,7 +135,7 @@ def test_gradient_matches_spec_formula(case: str, trainer_server, run_id: str,
     assert error < 1e-5, f"{case}: relative gradient error {error:.2e}"
     assert float(meta["count"]) == count
     assert count > 0
-    assert result["loss"] == pytest.approx(float(total) / count, rel=1e-5, abs=1e-6)
+    assert result["loss"] == pytest.approx(float(total.detach()) / count, rel=1e-5, abs=1e-6)
     # One output per datum, logprobs shaped like the targets, null where masked.
     assert len(result["loss_fn_outputs"]) == len(data)
     for item, out in zip(data, result["loss_fn_outputs"], strict=True):

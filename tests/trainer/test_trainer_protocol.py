@@ -119,3 +119,10 @@ def test_init_resets_only_its_own_run(trainer_server, run_id: str) -> None:
     assert second.policy_version() == 1
     second_after, _ = second.tensors("adapter")
     assert all((second_after[k] == second_before[k]).all() for k in second_before)
+
+
+def test_unimplemented_routes_are_501_not_404(trainer_server) -> None:
+    """A 404 would make the SDK retry for an hour (spec 2.3)."""
+    response = httpx.post(f"{trainer_server.url}/forward_backward_custom", json={})
+    assert response.status_code == 501
+    assert "not implemented" in response.json()["detail"]

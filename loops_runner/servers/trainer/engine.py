@@ -30,6 +30,8 @@ from loops_runner import storage
 from loops_runner.models.loading import LoadedModel
 from loops_runner.servers.trainer import checkpoints, publish
 from loops_runner.servers.trainer.batching import (
+    CUDA_BATCH_OVERHEAD_TOKENS,
+    DEFAULT_BATCH_OVERHEAD_TOKENS,
     MicroBatch,
     Strategy,
     default_token_budget,
@@ -110,6 +112,8 @@ class TrainerEngine:
         self.lora_alpha = lora_alpha
         self.token_budget = token_budget or default_token_budget(loaded.vocab_size)
         self.strategy: Strategy = strategy
+        self.batch_overhead_tokens = (CUDA_BATCH_OVERHEAD_TOKENS if self.device.type == "cuda"
+                                      else DEFAULT_BATCH_OVERHEAD_TOKENS)
         self.limits = ModelLimits(loaded.vocab_size, loaded.max_context_length,
                                   loaded.resolved.requested)
         self.target_modules = _projection_modules(self.base)
@@ -184,7 +188,8 @@ class TrainerEngine:
         self._activate(run)
         plan = plan_micro_batches([d.length for d in batch.data], self.token_budget,
                                   unit_size=2 if batch.loss_fn == "dpo" else 1,
-                                  strategy=self.strategy)
+                                  strategy=self.strategy,
+                                  batch_overhead_tokens=self.batch_overhead_tokens)
         outputs: list[dict[str, TensorData]] = [{} for _ in batch.data]
         stats: dict[str, list[float]] = {}
         count = 0.0

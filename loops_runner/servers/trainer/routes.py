@@ -117,7 +117,15 @@ def create_app(service: TrainerService) -> FastAPI:
     async def debug_adapter(run_id: str) -> Response:
         return await _debug_tensors(service, run_id, "adapter_weights")
 
-    _ = (health, policy_version, debug_gradients, debug_adapter)
+    # Anything else is a feature this trainer lacks: 501, never 404, which the
+    # SDK would take for "still starting" and retry for an hour (spec 2.3).
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                   include_in_schema=False)
+    async def not_implemented(path: str, request: Request) -> Response:
+        return error_response(501, f"{request.method} /{path} is not implemented by this "
+                              "trainer", "NOT_IMPLEMENTED")
+
+    _ = (health, policy_version, debug_gradients, debug_adapter, not_implemented)
     return app
 
 
