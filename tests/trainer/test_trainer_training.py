@@ -120,3 +120,25 @@ def test_empty_forward_backward_is_a_no_op(trainer_server, run_id: str) -> None:
     assert result["loss"] == 0.0 and result["loss_fn_outputs"] == []
     _, meta = trainer.tensors("gradients")
     assert float(meta["count"]) == 0.0
+
+
+def test_sum_normalization_option_applies_summed_gradients(loops_home, tiny_model_dir,
+                                                           run_id: str) -> None:
+    """LOOPS_TRAINER_NORMALIZATION=sum (spec Q2), on an in-process engine."""
+    from loops_runner.models.loading import load_base_model
+    from loops_runner.models.registry import canonical_model_id
+    from loops_runner.servers.trainer.engine import TrainerEngine
+    from loops_runner.servers.trainer.validation import prepare_forward
+    from loops_runner.wire.training import AdamParams, ForwardBackwardRequest
+
+    loaded = load_base_model("tiny", home=loops_home, device="cpu", dtype="float32")
+    engine = TrainerEngine(loaded, loops_home, normalization="sum",
+                           base_model_id=canonical_model_id("tiny", loops_home))
+    engine.init_run(run_id, 2)
+    request = ForwardBackwardRequest.model_validate({"data": [datum(SFT_EXAMPLES[1])]})
+    engine.forward_backward(run_id, prepare_forward(request, engine.limits), backward=True)
+    metrics = engine.optim_step(run_id, AdamParams(grad_clip_norm=0.0)).metrics
+    assert metrics is not None
+    assert metrics["grad_scale"] == 1.0 and metrics["num_loss_tokens"] == 32.0
+    with pytest.raises(ValueError, match="LOOPS_TRAINER_NORMALIZATION"):
+        TrainerEngine(loaded, loops_home, normalization="mean", base_model_id="x")

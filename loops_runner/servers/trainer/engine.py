@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LORA_ALPHA = 32
 DEFAULT_LORA_SEED = 0
+NORMALIZATION_ENV = "LOOPS_TRAINER_NORMALIZATION"  # "token" (default, spec 4.8) or "sum"
 # Architectures whose logits are exactly lm_head(decoder(x)) (no soft-capping or
 # scaling): for them only positions with a target go through the lm_head.
 PLAIN_LM_HEAD_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral", "qwen2_moe", "qwen3_moe"})
@@ -103,6 +105,7 @@ class TrainerEngine:
         token_budget: int | None = None,
         strategy: Strategy = "grouped",
         lora_alpha: float = DEFAULT_LORA_ALPHA,
+        normalization: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.home = home
@@ -112,6 +115,10 @@ class TrainerEngine:
         self.lora_alpha = lora_alpha
         self.token_budget = token_budget or default_token_budget(loaded.vocab_size)
         self.strategy: Strategy = strategy
+        self.normalization = normalization or os.environ.get(NORMALIZATION_ENV, "token")
+        if self.normalization not in ("token", "sum"):
+            raise ValueError(f"{NORMALIZATION_ENV} must be 'token' or 'sum', "
+                             f"got {self.normalization!r}")
         self.batch_overhead_tokens = (CUDA_BATCH_OVERHEAD_TOKENS if self.device.type == "cuda"
                                       else DEFAULT_BATCH_OVERHEAD_TOKENS)
         self.limits = ModelLimits(loaded.vocab_size, loaded.max_context_length,
@@ -323,7 +330,9 @@ class TrainerEngine:
 
     def optim_step(self, run_id: str, hp: AdamParams) -> OptimStepResponse:
         run = self.run(run_id)
-        normalize = run.grad_mode != "sum"
+        # "sum" (server-wide, for Tinker-exact sums, spec Q2) or a
+        # skip_token_normalization step applies the summed gradient as is.
+        normalize = run.grad_mode != "sum" and self.normalization == "token"
         denominator = max(1.0, run.grad_count) if normalize else 1.0
         grads: dict[str, torch.Tensor] = {}
         for key, param in run.params.items():
