@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(sampler)
     sampler.add_argument("--run-id", default=None,
                          help="follow this run's published weights (paired sampler)")
+    sampler.add_argument("--floor-wait", type=float, default=None,
+                         help="seconds to hold a request behind X-Min-Policy-Version before "
+                              "answering 408 (default $LOOPS_SAMPLER_FLOOR_WAIT_S or 25)")
+    sampler.add_argument("--default-max-tokens", type=int, default=None,
+                         help="max_tokens when a request omits it (default 16)")
+    sampler.add_argument("--max-batch-rows", type=int, default=None,
+                         help="sequences decoded together (default 64 on CPU, 256 on GPU)")
+    sampler.add_argument("--threads", type=int, default=None,
+                         help="CPU threads of the engine (default: 1 for small models)")
     control = servers.add_parser("control-plane", help="sessions, runs, samplers, checkpoints")
     control.add_argument("--host", default=None,
                          help="bind address (default 127.0.0.1; setting it explicitly "

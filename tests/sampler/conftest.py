@@ -51,8 +51,8 @@ def paired_run() -> str:
 def paired_sampler(loops_home: Path, tiny_model_dir: Path, paired_run: str) -> Iterator[Any]:
     from tests.servers import start_server
 
-    server = start_server(
-        ["sampler", "--base-model", "tiny", "--run-id", paired_run], loops_home,
-        "sampler-paired-test.log", env={"LOOPS_SAMPLER_FLOOR_WAIT_S": str(FLOOR_WAIT_S)})
+    server = start_server(["sampler", "--base-model", "tiny", "--run-id", paired_run,
+                           "--floor-wait", str(FLOOR_WAIT_S)], loops_home,
+                          "sampler-paired-test.log")
     yield server
     server.stop()

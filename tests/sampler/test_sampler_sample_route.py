@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from tests.sampler import helpers
 from tests.sampler.helpers import sample, tokens_of
@@ -91,6 +92,20 @@ def test_prompt_logprobs_match_a_direct_forward_pass(sampler_server, reference_m
             assert entry[str(token)]["rank"] == rank
             assert isinstance(entry[str(token)]["decoded_token"], str)
         assert len(entry) in (3, 4)  # top 3, plus the actual token when outside them
+
+
+def test_long_prompts_are_prefilled_in_chunks_exactly(sampler_server, reference_model) -> None:
+    # 1300 tokens: three prefill chunks of at most 512, interleaved with decoding.
+    generator = torch.Generator().manual_seed(3)
+    prompt = torch.randint(10, 4000, (1300,), generator=generator).tolist()
+    choice = sample(sampler_server.url, {"prompt": prompt, "max_tokens": 8, "temperature": 0.0,
+                                         "ignore_eos": True,
+                                         "prompt_logprobs": 0}).json()["choices"][0]
+    assert choice["token_ids"] == helpers.greedy(reference_model, prompt, 8)
+    got = [entry[str(token)]["logprob"] for entry, token in zip(choice["prompt_logprobs"][1:],
+                                                                  prompt[1:], strict=True)]
+    assert got == pytest.approx(helpers.prompt_logprobs_reference(reference_model, prompt),
+                                abs=1e-4)
 
 
 def test_prompt_logprobs_zero_means_only_the_actual_token(sampler_server) -> None:

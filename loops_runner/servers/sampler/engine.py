@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -203,6 +203,23 @@ class _Request:
     def needed_positions(self) -> int:
         # The last sampled token is never fed back, so it needs no position.
         return len(self.job.prompt) + self.job.spec.max_tokens - 1
+
+
+def _settle(future: Future[GenerationOutput], *, result: GenerationOutput | None = None,
+            exception: BaseException | None = None) -> bool:
+    """Resolve a request's future unless the client cancelled it meanwhile.
+
+    The event loop may cancel the future at any moment (client gone), so
+    checking ``done()`` first is not enough: the set itself may lose the race.
+    """
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        return False
+    return True
 
 
 def _round_up(value: int, step: int) -> int:
@@ -405,9 +422,8 @@ class TorchEngine(Engine):
         self._abandon(request)
         if request in self._waiting:
             self._waiting.remove(request)
-        if not request.future.done():
+        if _settle(request.future, exception=exc):
             self._stats["requests_failed"] += 1
-            request.future.set_exception(exc)
 
     # -- admission ---------------------------------------------------------------
 
@@ -653,9 +669,8 @@ class TorchEngine(Engine):
         prompt_positions = None
         if request.job.spec.prompt_logprobs is not None:
             prompt_positions = request.prompt_positions or [None]
-        self._stats["requests_finished"] += 1
-        if not request.future.done():
-            request.future.set_result(GenerationOutput(outputs, prompt_positions))
+        if _settle(request.future, result=GenerationOutput(outputs, prompt_positions)):
+            self._stats["requests_finished"] += 1
 
     def _compact(self) -> None:
         """Move the highest running rows into lower free slots.

@@ -24,7 +24,7 @@ from loops_runner.servers.sampler.engine import (
     GenerationOutput,
     SamplingSpec,
 )
-from loops_runner.servers.sampler.requests import (
+from loops_runner.servers.sampler.protocol import (
     InvalidRequest,
     check_token_ids,
     constraint_pattern,

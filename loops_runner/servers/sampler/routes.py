@@ -20,7 +20,7 @@ from loops_runner.servers.common import error_response, format_validation_errors
 from loops_runner.servers.sampler.adapters import BadCheckpointError, BehindFloorError
 from loops_runner.servers.sampler.engine import GenerationJob
 from loops_runner.servers.sampler.lora import AdapterError
-from loops_runner.servers.sampler.requests import (
+from loops_runner.servers.sampler.protocol import (
     InvalidRequest,
     completion_response,
     prompt_tokens,

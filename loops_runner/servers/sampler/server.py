@@ -35,7 +35,7 @@ from loops_runner.servers.common import serve_app
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine, EngineConfig, TorchEngine
-from loops_runner.servers.sampler.requests import Limits, TokenText
+from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
 
 logger = logging.getLogger("loops_runner.sampler")

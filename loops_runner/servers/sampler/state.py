@@ -11,7 +11,7 @@ from fastapi import Request
 
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine, GenerationJob, GenerationOutput
-from loops_runner.servers.sampler.requests import Limits, TokenText
+from loops_runner.servers.sampler.protocol import Limits, TokenText
 
 
 @dataclass(frozen=True)
