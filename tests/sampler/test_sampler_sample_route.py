@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from typing import Any
 
@@ -57,6 +56,19 @@ def test_response_shape_and_policy_header(sampler_server, tokenizer) -> None:
         assert choice["prompt_token_ids"] == PROMPTS[0]
         assert choice["text"] == tokenizer.decode(choice["token_ids"], skip_special_tokens=True)
         assert "prompt_logprobs" not in choice
+
+
+def test_logprobs_k_returns_top_alternatives(sampler_server, reference_model) -> None:
+    prompt = PROMPTS[1]
+    choice = sample(sampler_server.url, {"prompt": prompt, "max_tokens": 3, "temperature": 0.0,
+                                         "ignore_eos": True, "logprobs": 2}).json()["choices"][0]
+    tops = choice["logprobs"]["top_logprobs"]
+    assert len(tops) == 3
+    logprobs = helpers.forward_logprobs(reference_model, prompt + choice["token_ids"])
+    for i, top in enumerate(tops):
+        values, ids = logprobs[len(prompt) - 1 + i].topk(2)
+        assert list(top) == [f"token_id:{t}" for t in ids.tolist()]
+        assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
 
 
 def test_token_logprobs_are_the_models_raw_logprobs(sampler_server, reference_model) -> None:
@@ -376,4 +388,6 @@ def test_health_wake_and_policy_version(sampler_server) -> None:
     assert version == {"policy_version": 0}
     models = httpx.get(f"{sampler_server.url}/v1/models").json()["data"]
     assert models[0]["id"] == "tiny" and models[0]["parent"] is None
-    assert not math.isnan(models[0]["max_model_len"])
+    assert models[0]["max_model_len"] == 2048
+    # Unknown routes are 501, never a 404 the SDK would retry for an hour.
+    assert httpx.get(f"{sampler_server.url}/operations/abc").status_code == 501

@@ -132,6 +132,14 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     app.include_router(routes.router)
     app.include_router(openai_routes.router)
 
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                   include_in_schema=False)
+    async def not_offered(path: str) -> JSONResponse:
+        # Never 404: the SDK retries a 404 on /sample and /v1/models for an hour.
+        return JSONResponse({"error": {"type": "NotImplementedError", "code": 501,
+                                       "message": f"this sampler does not offer /{path}"}},
+                            status_code=501)
+
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
