@@ -246,10 +246,13 @@ class WeightStore:
         if name is not None:
             check_storage_name(name)
         live = self._live.get(run) or self._live.setdefault(run, _Live())
+        pointer_file = storage.run_dir(self.home, run) / storage.LIVE_FILE
         async with live.lock:
+            # LIVE.json as it was when the notice came (the trainer writes it
+            # first): only a later change to it makes the watcher re-read it.
+            signature = _stat_signature(pointer_file)
             await self._apply(run, live, version, name)
-            # Re-read LIVE.json on the next watcher tick (it is the source of truth).
-            live.signature = None
+            live.signature = signature
         return live.version
 
     async def watch(self) -> None:

@@ -557,7 +557,7 @@ class TorchEngine(Engine):
             self._cache.copy_slot(request.slots[0], request.slots[1:], prompt_length)
             for index, slot in enumerate(request.slots):
                 generator = None
-                if spec.temperature > 0:
+                if spec.temperature >= sampling.GREEDY_BELOW:
                     seed = sampling.choice_seed(spec.seed, index)
                     generator = sampling.make_generator(seed, self.device)
                 sequence = _Sequence(

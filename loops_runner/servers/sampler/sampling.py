@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import torch
 
 _MASK_64 = (1 << 64) - 1
+# Temperatures below this are greedy (as in vLLM): dividing logits by them
+# would overflow to inf and make the argmax arbitrary.
+GREEDY_BELOW = 1e-5
 
 
 def choice_seed(seed: int | None, choice: int) -> int:
