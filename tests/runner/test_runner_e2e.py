@@ -69,7 +69,7 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path) -> None:
-    args = ["+recipe=sft", "recipe.max_steps=24", "recipe.save_every=6", "seed=7", *QUICK]
+    args = ["+recipe=sft", "recipe.max_steps=12", "recipe.save_every=4", "seed=7", *QUICK]
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = run_runner(*args, cwd=reference_dir, home=runner_home)
@@ -88,7 +88,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path
         if found:
             run_json = found[0]
             checkpoints = json.loads(run_json.read_text()).get("checkpoints", [])
-            if any(c["step"] >= 12 for c in checkpoints):
+            if any(c["step"] >= 4 for c in checkpoints):
                 break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
@@ -105,10 +105,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path
     for key, value in expected.items():
         assert record["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
     steps = [m["step"] for m in read_metrics(run_json.parent) if "train/loss" in m]
-    assert steps == list(range(1, 25))  # one line per step, none lost or doubled
-
-    changed = run_runner(*args[:-1], "recipe.learning_rate=0.02", cwd=work, home=runner_home)
-    assert changed.returncode == 0  # a new config maps to a new run dir: no clash
+    assert steps == list(range(1, 13))  # one line per step, none lost or doubled
+    assert (run_json.parent / "metrics.jsonl.attempt-1").is_file()  # the killed attempt's log
 
 
 def test_changed_config_refuses_to_resume(tmp_path: Path, runner_home: Path) -> None:
