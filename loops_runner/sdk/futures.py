@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from loops_runner.sdk.errors import is_final
+from loops_runner.sdk.errors import OperationTimeoutError, UnsupportedOperationError, is_final
 from loops_runner.sdk.operations import OperationRef, TrainerConnection
 
 T = TypeVar("T")
@@ -62,15 +62,24 @@ class _CachedFuture(Generic[T]):
         """
         if self.done():
             return self._replay()
-        with self._resolve_lock:
+        started = time.monotonic()
+        # Another thread may be waiting for the same outcome: wait behind it,
+        # but never longer than this caller's own timeout.
+        if not self._resolve_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise self._timed_out(timeout)
+        try:
             if self.done():
                 return self._replay()
+            remaining = None if timeout is None else \
+                max(0.0, timeout - (time.monotonic() - started))
             try:
-                value = self._resolve(timeout)
+                value = self._resolve(remaining)
             except BaseException as exc:
                 self._fail(exc)
                 raise
             return self._succeed(value)
+        finally:
+            self._resolve_lock.release()
 
     async def result_async(self, timeout: float | None = None) -> T:
         """``result`` without blocking the event loop."""
@@ -96,6 +105,12 @@ class _CachedFuture(Generic[T]):
         callback(value)
 
     # -- internals -----------------------------------------------------------------
+
+    def _timed_out(self, timeout: float | None) -> BaseException:
+        return OperationTimeoutError(f"no outcome within {timeout}s (another caller is "
+                                     "waiting for it); call result() again to keep waiting",
+                                     operation=getattr(self, "operation", None),
+                                     operation_id=getattr(self, "operation_id", None) or None)
 
     def _replay(self) -> T:
         if self._error is not None:
@@ -141,10 +156,17 @@ class APIFuture(_CachedFuture[R]):
     def _budget(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self._connection.ready_timeout
 
+    def _check_open(self) -> None:
+        if self._connection.closed:
+            raise UnsupportedOperationError("the training client is closed",
+                                            **self._ref.context)
+
     def _resolve(self, timeout: float | None) -> R:
+        self._check_open()
         return self._connection.poll(self._ref, self._result_type, self._budget(timeout))
 
     async def _resolve_async(self, timeout: float | None) -> R:
+        self._check_open()
         return await self._connection.poll_async(self._ref, self._result_type,
                                                  self._budget(timeout))
 

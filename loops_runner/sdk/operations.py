@@ -109,6 +109,10 @@ class TrainerConnection:
         self.async_clients = AsyncClients(headers=headers, timeout=http_timeout,
                                           limits=TRAINER_LIMITS)
 
+    @property
+    def closed(self) -> bool:
+        return self.client.is_closed
+
     def close(self) -> None:
         self.client.close()
 

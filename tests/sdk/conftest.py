@@ -34,6 +34,17 @@ def service(control_plane_server) -> ServiceClient:
 
 
 @pytest.fixture(scope="session")
+def reusing_service(control_plane_server, service) -> ServiceClient:
+    """A second session whose runs and samplers attach to ``service``'s warm processes.
+
+    Provisioning a fresh trainer or sampler costs a process start; reuse keeps
+    the suite to one trainer, one paired sampler and one standalone sampler.
+    """
+    return ServiceClient(base_url=control_plane_server.url,
+                         reuse_from_session_id=service.session_id)
+
+
+@pytest.fixture(scope="session")
 def local_service(trainer_server, sampler_server) -> ServiceClient:
     return ServiceClient.local(trainer_url=trainer_server.url, sampler_url=sampler_server.url)
 

@@ -22,6 +22,7 @@ def _client(url: str, run_id: str) -> TrainingClient:
 
 def test_pipelined_steps_equal_steps_awaited_one_by_one(trainer_server, run_id) -> None:
     with _client(trainer_server.url, f"{run_id}-pipe") as client:
+        fresh_probe = probe(client)
         futures = []
         for step in range(STEPS):
             futures.append(client.forward_backward(batch(step)))
@@ -43,10 +44,7 @@ def test_pipelined_steps_equal_steps_awaited_one_by_one(trainer_server, run_id) 
         assert abs(a.loss - b.loss) <= 1e-6 * max(1.0, abs(b.loss))
     assert pipelined[-1].metrics["step"] == STEPS
     assert_same_probe(pipelined_probe, sequential_probe)
-    # Training moved the adapter: the probe is not the fresh one.
-    with _client(trainer_server.url, f"{run_id}-fresh") as fresh:
-        fresh_probe = probe(fresh)
-    assert fresh_probe != pipelined_probe
+    assert fresh_probe != pipelined_probe  # training did move the adapter
 
 
 def _arrivals(proxy) -> list[dict]:
@@ -76,7 +74,7 @@ def test_four_threads_sharing_a_client_keep_issue_order(trainer_server, run_id, 
         try:
             mine = issued.setdefault(index, [])
             barrier.wait()
-            for step in range(3):
+            for step in range(2):
                 data = batch(100 * index + step, rows=1, length=5 + index + step)
                 mine.append(("fb", data, client.forward_backward(data)))
                 mine.append(("optim", None, client.optim_step(
@@ -97,7 +95,7 @@ def test_four_threads_sharing_a_client_keep_issue_order(trainer_server, run_id, 
 
     arrivals = _arrivals(front)
     seq_ids = [body["seq_id"] for body in arrivals]
-    assert len(seq_ids) == 24
+    assert len(seq_ids) == 16
     assert seq_ids == sorted(seq_ids), "the trainer accepted operations out of issue order"
     fb_seq = {tuple(body["data"][0]["model_input"]["chunks"][0]["tokens"]): body["seq_id"]
               for body in arrivals if "data" in body}
@@ -116,7 +114,7 @@ def test_four_threads_sharing_a_client_keep_issue_order(trainer_server, run_id, 
         optim_seqs = [body["seq_id"] for body in arrivals
                       if "adam_params" in body and body["adam_params"]["learning_rate"] == lr]
         mine = [seq for pair in zip(fb_seqs, optim_seqs, strict=True) for seq in pair]
-        assert mine == sorted(mine) and len(mine) == 6
+        assert mine == sorted(mine) and len(mine) == 4
     # What the trainer executed in arrival order is exactly the same training.
     assert_same_probe(final_probe, _replay(trainer_server.url, f"{run_id}-replay", arrivals,
                                            data_by_seq))
