@@ -57,6 +57,8 @@ class RetryPolicy:
     transport_errors: tuple[type[Exception], ...] = RESEND_ERRORS
     # Retried only when the answer carries a Retry-After (then wait that long).
     retry_after_statuses: frozenset[int] = field(default_factory=frozenset)
+    # How loudly to announce a retry: a retried /sample regenerates from scratch.
+    log_level: int = logging.INFO
 
     def retries_response(self, response: httpx.Response) -> bool:
         if is_permanent_rejection(response):
@@ -71,7 +73,7 @@ class RetryPolicy:
 SUBMIT = RetryPolicy("submit", NOT_READY_STATUSES)
 # Dedicated/local /sample: 503 is transient here; a read timeout is reported
 # as SampleTimeoutError by the caller.
-SAMPLE = RetryPolicy("sample", NOT_READY_STATUSES | {503})
+SAMPLE = RetryPolicy("sample", NOT_READY_STATUSES | {503}, log_level=logging.WARNING)
 # Queued (serverless) /sample submit: the queue answers at once, so 400/404
 # are real refusals; a 503 is a pause only with Retry-After.
 QUEUED_SAMPLE = RetryPolicy("queued sample", frozenset({408, 502, 504}),
@@ -134,8 +136,8 @@ def _log_retry(policy: RetryPolicy, what: str) -> Callable[[RetryCallState], Non
         exc = state.outcome.exception() if state.outcome is not None else None
         reason = str(exc) if isinstance(exc, RetryableStatus) else repr(exc)
         sleep = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.info("%s: %s not ready (%s); retrying in %.1fs (attempt %d)",
-                    what, policy.name, reason, sleep, state.attempt_number)
+        logger.log(policy.log_level, "%s: %s not ready (%s); retrying in %.1fs (attempt %d)",
+                   what, policy.name, reason, sleep, state.attempt_number)
 
     return before_sleep
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from types import TracebackType
 from typing import Any
@@ -27,7 +28,7 @@ from pydantic import RootModel
 from loops_runner.sdk import retry
 from loops_runner.sdk.completions import parse_completions, sample_body
 from loops_runner.sdk.control_plane import ControlPlane
-from loops_runner.sdk.deployments import ReadinessGate, SamplerEndpoint
+from loops_runner.sdk.deployments import ReadinessGate, SamplerEndpoint, wait_for_sampler
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
@@ -61,6 +62,7 @@ logger = logging.getLogger("loops_runner.sdk")
 CONNECT_TIMEOUT = 10.0
 POOL_TIMEOUT = 300.0
 CANCEL_TIMEOUT = 5.0
+MODELS_CACHE_SECONDS = 5.0
 # RL rollouts fan out hundreds of samples; connections open only on demand.
 SAMPLER_LIMITS = httpx.Limits(max_connections=2048, max_keepalive_connections=2048,
                               keepalive_expiry=60.0)
@@ -111,6 +113,7 @@ class SamplingClient:
                                            limits=SAMPLER_LIMITS)
         self._gate = ReadinessGate(self._control_plane, self._endpoint, self._ready_timeout,
                                    armed=gate_armed)
+        self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     def _static_headers(self) -> dict[str, str]:
         headers = base_headers(self._api_key)
@@ -156,6 +159,42 @@ class SamplingClient:
     def get_tokenizer(self) -> Any:
         """The Hugging Face tokenizer of the base model (loaded once, cached)."""
         return get_tokenizer(self._base_model, self._base_checkpoint)
+
+    def ensure_ready(self, ready_timeout: float | None = None) -> None:
+        """Wait until a dedicated sampler's deployment is ACTIVE (no-op otherwise)."""
+        if self._control_plane is not None:
+            wait_for_sampler(self._control_plane, self._endpoint,
+                             self._ready_timeout if ready_timeout is None else ready_timeout)
+
+    def _models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models`` (retried while the sampler starts; cached for 5 s)."""
+        cached = self._models_cache
+        if cached is not None and time.monotonic() - cached[0] < MODELS_CACHE_SECONDS:
+            return cached[1]
+        url = f"{self._endpoint.base_url}/v1/models"
+        outcome = retry.send(lambda: self._client.get(url), retry.MODELS, self._ready_timeout,
+                             what="list models")
+        if outcome.response.is_error:
+            raise rejection(outcome.response, note=outcome.note(), operation="list_models")
+        data = outcome.response.json().get("data") or []
+        self._models_cache = (time.monotonic(), data)
+        return data
+
+    def discover_base_model_name(self) -> str:
+        """The sampler's own name for its base model (the ``/v1/models`` entry without parent)."""
+        if self._endpoint.queued:
+            return self._base_model  # a shared sampler's list is not ours to read
+        for model in self._models():
+            if model.get("parent") is None:
+                return str(model["id"])
+        raise LoopsError(f"no base model listed by {self._endpoint.base_url}/v1/models",
+                         operation="list_models")
+
+    def discover_adapter_name(self) -> str | None:
+        """The live adapter's name (the first entry with a parent), or None."""
+        if self._endpoint.queued:
+            return self._checkpoint_path
+        return next((str(m["id"]) for m in self._models() if m.get("parent") is not None), None)
 
     # -- sampling ----------------------------------------------------------------------
 

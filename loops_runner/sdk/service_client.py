@@ -128,7 +128,9 @@ class ServiceClient:
         """Provision a run (trainer + paired sampler) and return its connected client.
 
         ``timeout`` bounds each HTTP call, ``ready_timeout`` the wait for the
-        trainer to come up. ``wandb_config`` streams metrics to W&B.
+        trainer to come up. ``seed`` goes to the control plane and to the
+        trainer's ``init_trainer_server`` (reproducible adapter init).
+        ``wandb_config`` streams metrics to W&B.
         """
         return self._provision(base_model, rank=rank, seed=seed, timeout=timeout,
                                ready_timeout=ready_timeout, wandb_config=wandb_config,
@@ -156,15 +158,12 @@ class ServiceClient:
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         if self._local is not None:
-            if seed is not None:
-                logger.info("seed=%s is applied when a control plane provisions the trainer; "
-                            "a local trainer uses its own", seed)
             trainer_url, sampler_url = self._local
             return TrainingClient(
                 trainer_url, lora_rank=rank, base_model=base_model, timeout=timeout,
                 ready_timeout=ready_timeout, sampler_timeout=sampler_timeout,
                 paired_sampling_deployment=SamplerEndpoint(sampler_url),
-                wandb_config=wandb_config, max_seq_len=max_seq_len)
+                wandb_config=wandb_config, max_seq_len=max_seq_len, seed=seed)
         control_plane = self._cp("create_lora_training_client")
         body: dict[str, Any] = {"session_id": self._session_id, "base_model": base_model,
                                 "lora_rank": rank, "replicas": replicas,
@@ -199,7 +198,7 @@ class ServiceClient:
             sampler_timeout=sampler_timeout, api_base_url=self._base_url,
             session_id=self._session_id, paired_sampling_deployment=paired,
             wandb_config=wandb_config, max_seq_len=max_seq_len,
-            base_checkpoint=run.base_checkpoint)
+            base_checkpoint=run.base_checkpoint, seed=seed)
 
     def create_training_client_from_state(self, path: str,
                                           user_metadata: dict[str, Any] | None = None,

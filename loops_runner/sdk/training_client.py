@@ -105,7 +105,8 @@ class TrainingClient:
     Usually made by ``ServiceClient.create_lora_training_client``. Built by
     hand it talks to ``trainer_url`` directly; ``run_id`` then names the run
     (checkpoints and publishing need one) and ``api_base_url`` the control
-    plane (checkpoint listing, downloads, pinned samplers).
+    plane (checkpoint listing, downloads, pinned samplers). ``seed`` makes the
+    fresh adapter reproducible (sent in ``init_trainer_server``).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class TrainingClient:
         wandb_config: WandbConfig | None = None,
         max_seq_len: int | None = None,
         base_checkpoint: str | None = None,
+        seed: int | None = None,
         heartbeat_interval: float = heartbeat_module.INTERVAL,
     ) -> None:
         self._endpoint = (TrainerEndpoint(trainer_url.rstrip("/"))
@@ -139,6 +141,7 @@ class TrainingClient:
         self._session_id = session_id
         self._max_seq_len = max_seq_len
         self._base_checkpoint = base_checkpoint
+        self._seed = seed
         self._control_plane = ControlPlane(api_base_url, api_key) if api_base_url else None
         if isinstance(paired_sampling_deployment, str):
             paired_sampling_deployment = SamplerEndpoint(paired_sampling_deployment.rstrip("/"))
@@ -473,7 +476,12 @@ class TrainingClient:
         return self._log_optim(await self._issue_async("optim_step", fields, OptimStepResponse))
 
     def _init_fields(self, lora_rank: int) -> dict[str, Any]:
-        return {"lora_rank": int(lora_rank), "base_model": self._base_model}
+        fields: dict[str, Any] = {"lora_rank": int(lora_rank), "base_model": self._base_model}
+        if self._seed is not None:
+            # Only sent when asked for: it makes the adapter's init reproducible
+            # per run on trainers that read it (the spec's body has no seed).
+            fields["seed"] = self._seed
+        return fields
 
     def init_trainer_server(self, lora_rank: int) -> APIFuture[InitTrainerServerResponse]:
         """Reset this run to a fresh adapter of ``lora_rank`` (the constructor does this)."""

@@ -126,6 +126,8 @@ def test_local_training_surface(local_service) -> None:
 def test_local_sampling_surface(local_service) -> None:
     sampling = local_service.create_sampling_client("tiny", timeout=60, ready_timeout=60)
     assert sampling.get_base_model() == "tiny"
+    assert sampling.discover_base_model_name()  # the sampler's own name, from /v1/models
+    sampling.ensure_ready()  # no deployment to wait for in local mode
     tokenizer = sampling.get_tokenizer()
     prompt = ModelInput.from_ints(tokenizer.encode("once upon a time"))
     params = SamplingParams(max_tokens=6, seed=11, temperature=0.8)

@@ -38,7 +38,7 @@ def test_requests_carry_the_protocol_headers_and_fields(trainer_server, run_id, 
                                        "/optim_step"]
     assert [p.json()["seq_id"] for p in posts] == [1, 2, 3]
     init = posts[0].json()
-    assert init["lora_rank"] == 8 and init["base_model"] == "tiny"
+    assert init["lora_rank"] == 8 and init["base_model"] == "tiny" and "seed" not in init
     for post in posts:
         body = post.json()
         assert body["run_id"] == run_id and body["model"] == "tiny"
@@ -233,3 +233,18 @@ def test_a_client_without_a_run_refuses_checkpoint_operations_locally(trainer_se
     bodies = [r.json() for r in front.seen("POST")]
     assert all(body["run_id"] is None for body in bodies)
     assert all(r.header("X-Run-Id") is None for r in front.seen())
+
+
+def test_a_seed_makes_the_fresh_adapter_reproducible(trainer_server, run_id, proxy) -> None:
+    front = proxy(trainer_server.url)
+    probes = []
+    for suffix, seed in (("a", 5), ("b", 5), ("c", 6)):
+        with _client(front.url, f"{run_id}-{suffix}", seed=seed) as client:
+            # A fresh LoRA adapter is the identity; one step shows its init.
+            client.forward_backward(batch(1)).result()
+            client.optim_step(LR).result()
+            probes.append(probe(client))
+    assert_same_probe(probes[0], probes[1])
+    assert probes[0] != probes[2]
+    inits = [r.json() for r in front.seen("POST", "/init_trainer_server")]
+    assert [body["seed"] for body in inits] == [5, 5, 6]
