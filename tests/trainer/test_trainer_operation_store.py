@@ -126,17 +126,17 @@ def test_missing_key_generates_an_id_and_bad_key_is_422(toy: ToyServer) -> None:
 
 def test_pending_poll_is_held_then_408_then_done(toy: ToyServer) -> None:
     with httpx.Client() as client:
-        response = client.post(f"{toy.url}/work?seconds=1.0&tag=slow", content=b"{}",
+        response = client.post(f"{toy.url}/work?seconds=3.0&tag=slow", content=b"{}",
                                headers={"Idempotency-Key": "slow"})
         started = time.monotonic()
         pending = client.get(f"{toy.url}/operations/slow")
-        held = time.monotonic() - started
         assert pending.status_code == 408
-        assert 0.25 <= held < 0.9  # held for poll_hold_s, not answered at once
-        # The event loop stays free while the job runs on the worker thread.
-        ping_started = time.monotonic()
+        assert time.monotonic() - started >= 0.25  # held for poll_hold_s, not answered at once
+        # The event loop stays free while the job runs on the worker thread:
+        # other requests are answered before the job ends.
         assert client.get(f"{toy.url}/ping").status_code == 200
-        assert time.monotonic() - ping_started < 0.2
+        op = toy.store.get("slow")
+        assert op is not None and op.state == "running"
         assert _poll(client, toy.url, response.json()["operation_id"]).status_code == 200
 
 
@@ -231,15 +231,28 @@ def test_retention_expires_old_results() -> None:
 
 def test_shutdown_answers_503_and_releases_held_polls(toy: ToyServer) -> None:
     with httpx.Client() as client:
-        client.post(f"{toy.url}/work?seconds=2&tag=long", content=b"{}",
+        client.post(f"{toy.url}/work?seconds=6&tag=long", content=b"{}",
                     headers={"Idempotency-Key": "long"})
         with ThreadPoolExecutor(1) as pool:
             toy.store.poll_hold_s = 30  # a long hold, to see the release
             held = pool.submit(client.get, f"{toy.url}/operations/long")
             time.sleep(0.2)
-            started = time.monotonic()
             assert client.post(f"{toy.url}/shutdown").status_code == 200
             assert held.result().status_code == 503
-            assert time.monotonic() - started < 1.0
+        # Released by the shutdown, not by the job finishing.
+        op = toy.store.get("long")
+        assert op is not None and op.state == "running"
         assert client.post(f"{toy.url}/work", content=b"{}").status_code == 503
         assert client.get(f"{toy.url}/operations/long").status_code == 503
+
+
+def test_listening_socket_lets_asyncio_disable_nagle() -> None:
+    """Accepted connections get TCP_NODELAY only from a socket declared as TCP;
+    without it every kept-alive poll answer stalls on delayed ACKs (~40 ms)."""
+    import socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
