@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from filelock import FileLock
 
-from loops_runner.servers.launch import spawn_server
+from loops_runner.servers.launch import pid_running, spawn_server
 from loops_runner.storage import atomic_write_json, read_json
 
 STATE_FILE = "control_plane.json"
@@ -50,16 +50,6 @@ def user_api_key(home: Path) -> str:
     return key
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _answers(url: str, api_key: str) -> bool:
     try:
         response = httpx.get(f"{url}/v1/loops/capabilities", timeout=5.0,
@@ -75,7 +65,7 @@ def find_control_plane(home: Path) -> ControlPlane | None:
         return None
     api_key = user_api_key(home)
     pid, url = int(state.get("pid", 0)), str(state.get("url", ""))
-    if pid and _pid_alive(pid) and url and _answers(url, api_key):
+    if pid and pid_running(pid) and url and _answers(url, api_key):
         return ControlPlane(url, api_key, pid, started_now=False)
     return None
 
@@ -102,7 +92,7 @@ def stop_control_plane(home: Path) -> bool:
     if not isinstance(state, dict) or not state.get("pid"):
         return False
     pid = int(state["pid"])
-    if not _pid_alive(pid):
+    if not pid_running(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     return True

@@ -17,6 +17,20 @@ from pathlib import Path
 from loops_runner.servers.common import URL_LINE_PREFIX
 
 
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class ServerStartError(RuntimeError):
     pass
 

@@ -56,7 +56,7 @@ from loops_runner.servers.control_plane.store import (
     Store,
 )
 from loops_runner.servers.control_plane.tombstone import Tombstones
-from loops_runner.servers.launch import ServerStartError, spawn_server, tail
+from loops_runner.servers.launch import ServerStartError, pid_running, spawn_server, tail
 
 logger = logging.getLogger(__name__)
 
@@ -117,20 +117,6 @@ class AdoptedHandle:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-
-
-def pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def stop_process(handle: ProcessHandle, timeout: float = 10.0) -> None:
