@@ -234,16 +234,3 @@ class GatheredFuture(_CachedFuture[U]):
         values = await asyncio.gather(*(inner.result_async(timeout) for inner in self._inners))
         return self._combine(list(values))
 
-
-class ReadyFuture(_CachedFuture[T]):
-    """A future whose value is already known (e.g. an empty request)."""
-
-    def __init__(self, value: T) -> None:
-        super().__init__()
-        self._succeed(value)
-
-    def _resolve(self, timeout: float | None) -> T:  # pragma: no cover - always done
-        return self._value
-
-    async def _resolve_async(self, timeout: float | None) -> T:  # pragma: no cover
-        return self._value

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +25,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import httpx
 from pydantic import BaseModel
 
-from loops_runner.sdk import checkpoints, chunking, custom_loss
+from loops_runner.sdk import checkpoints, chunking, custom_loss, publishing
 from loops_runner.sdk import heartbeat as heartbeat_module
 from loops_runner.sdk.control_plane import ControlPlane
 from loops_runner.sdk.deployments import SamplerEndpoint, TrainerEndpoint, health_url
-from loops_runner.sdk.errors import OperationTimeoutError, UnsupportedOperationError
+from loops_runner.sdk.errors import UnsupportedOperationError
 from loops_runner.sdk.futures import APIFuture, GatheredFuture, MappedFuture
 from loops_runner.sdk.http import (
     RUN_ID_HEADER,
     base_headers,
-    make_client,
     raise_for_status,
 )
 from loops_runner.sdk.operations import OperationRef, TrainerConnection
@@ -67,9 +64,6 @@ from loops_runner.wire.training import LOSS_FNS, MAX_TOP_K_LOGPROBS
 logger = logging.getLogger("loops_runner.sdk")
 
 R = TypeVar("R", bound=BaseModel)
-PUBLISH_WAIT = 600.0  # how long a publish may take to reach the paired sampler
-PUBLISH_POLL_FIRST = 0.1
-PUBLISH_POLL_MAX = 2.0
 # Chunks of one oversized request are uploaded in parallel (spec 4.6).
 CHUNK_UPLOADS = 4
 
@@ -605,49 +599,6 @@ class TrainingClient:
             session_id=self._session_id, control_plane=self._control_plane,
             base_checkpoint=self._base_checkpoint)
 
-    def _version_probe(self, sampler: SamplerEndpoint) -> tuple[str, dict[str, str]]:
-        headers = dict(self._headers)
-        return f"{sampler.base_url}/trainers_policy_version", headers
-
-    def _version_timeout(self, target: int, last: str) -> OperationTimeoutError:
-        return OperationTimeoutError(
-            f"the paired sampler did not reach version {target} within {PUBLISH_WAIT:.0f}s "
-            f"(last answer: {last})", run_id=self._run_id, operation="wait_for_sampler")
-
-    def _wait_for_version(self, sampler: SamplerEndpoint, target: int) -> None:
-        """Poll ``/trainers_policy_version`` until the sampler serves ``target``."""
-        url, headers = self._version_probe(sampler)
-        deadline = time.monotonic() + PUBLISH_WAIT
-        pause, last = PUBLISH_POLL_FIRST, "none"
-        with make_client(headers=headers, timeout=10.0) as client:
-            while True:
-                last = _probe_version(client.get, url, target)
-                if last == "ready":
-                    return
-                if time.monotonic() + pause > deadline:
-                    raise self._version_timeout(target, last)
-                time.sleep(pause)
-                pause = min(pause * 2, PUBLISH_POLL_MAX)
-
-    async def _wait_for_version_async(self, sampler: SamplerEndpoint, target: int) -> None:
-        url, headers = self._version_probe(sampler)
-        deadline = time.monotonic() + PUBLISH_WAIT
-        pause, last = PUBLISH_POLL_FIRST, "none"
-        async with httpx.AsyncClient(headers=headers, timeout=10.0) as client:
-            while True:
-                try:
-                    response = await client.get(url)
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                else:
-                    last = _version_answer(response, target)
-                if last == "ready":
-                    return
-                if time.monotonic() + pause > deadline:
-                    raise self._version_timeout(target, last)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, PUBLISH_POLL_MAX)
-
     def save_weights_and_get_sampling_client(self, name: str = "default") -> SamplingClient:
         """Publish the current adapter to the paired sampler and sample from it.
 
@@ -663,7 +614,8 @@ class TrainingClient:
         response = self._issue("save_weights_for_sampler", fields,
                                SaveWeightsForSamplerResponse).result()
         if response.version > 0 and not sampler.queued:
-            self._wait_for_version(sampler, response.version)
+            publishing.wait_for_version(sampler.base_url, self._headers, response.version,
+                                        self._run_id)
         return self._published_client(response, fields["name"], sampler)
 
     async def save_weights_and_get_sampling_client_async(
@@ -677,7 +629,8 @@ class TrainingClient:
                                          SaveWeightsForSamplerResponse)
         response = await future.result_async()
         if response.version > 0 and not sampler.queued:
-            await self._wait_for_version_async(sampler, response.version)
+            await publishing.wait_for_version_async(sampler.base_url, self._headers,
+                                                    response.version, self._run_id)
         return self._published_client(response, fields["name"], sampler)
 
     def create_sampling_client(self, model_path: str) -> SamplingClient:
@@ -783,21 +736,4 @@ class TrainingClient:
     def __repr__(self) -> str:
         return (f"<TrainingClient run={self._run_id} model={self._base_model} "
                 f"rank={self._lora_rank} trainer={self._endpoint.base_url}>")
-
-
-def _version_answer(response: httpx.Response, target: int) -> str:
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
-    try:
-        version = int(response.json()["policy_version"])
-    except (ValueError, KeyError, TypeError):
-        return f"unreadable body {response.text[:100]!r}"
-    return "ready" if version >= target else f"version {version}"
-
-
-def _probe_version(get: Any, url: str, target: int) -> str:
-    try:
-        return _version_answer(get(url), target)
-    except httpx.TransportError as exc:
-        return repr(exc)
 
