@@ -146,7 +146,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--home", default=None, help="data home (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 is steadier on a "
+                             "busy shared CPU, where thread barriers stall")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainer subprocess too
 
     from loops_runner.models import tiny
     from loops_runner.servers.launch import spawn_server
