@@ -211,8 +211,15 @@ class TrainerService:
                           f"(it serves {self.requested_model!r} = {self.base_model_id})",
                           "MODEL_NOT_SERVED")
         rank, seed = request.lora_rank, request.seed
+
+        def accepted() -> None:
+            self.known_runs.add(run_id)
+            # seq_id is for logs only (spec 4.2): 1 on init marks a new client.
+            logger.info("run %s: init_trainer_server (rank %d, seq_id %s)", run_id, rank,
+                        request.seq_id)
+
         return Accepted(job=lambda: self._engine().init_run(run_id, rank, seed),
-                        on_accept=lambda: self.known_runs.add(run_id))
+                        on_accept=accepted)
 
     async def _forward_like(self, body: bytes, header_run: str | None, backward: bool
                             ) -> Accepted:
