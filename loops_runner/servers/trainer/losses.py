@@ -20,7 +20,6 @@ Notation as in the spec: ``q`` = sampler logprobs, ``A`` = advantages,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,17 +202,3 @@ def _dpo(lp_k: torch.Tensor, flat: FlatInputs, config: dict[str, Any]) -> LossPa
             "dpo/rejected_reward": (float((beta * rejected).sum()), pairs),
         }
     return LossPart(losses.sum(), pairs, stats)
-
-
-def log_softmax_gather(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log p(target)`` for ``(P, V)`` logits and ``(P, K)`` targets (negatives clamped).
-
-    Gather-minus-logsumexp keeps a single ``(P, V)`` buffer alive instead of
-    a full log-softmax copy.
-    """
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    return logits.gather(1, targets.clamp(min=0)) - lse
-
-
-def finite_or(value: float, default: float = 0.0) -> float:
-    return value if math.isfinite(value) else default
