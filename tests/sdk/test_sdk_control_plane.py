@@ -86,6 +86,8 @@ def test_run_lifecycle_through_the_control_plane(service, reusing_service, tmp_p
     run_id = client.run_id
     assert run_id and client.session_id == service.session_id
     assert client.policy_version == 0
+    assert client.get_info().lora_rank == 8
+    assert client.get_tokenizer().encode("hello")
 
     # Publishing before any step is version 0: the base model, no floor.
     base = client.save_weights_and_get_sampling_client("v0")
@@ -117,7 +119,8 @@ def test_run_lifecycle_through_the_control_plane(service, reusing_service, tmp_p
     assert "adapter_model.safetensors" in names and everything.total_count == len(names)
     first = service.get_checkpoint_archive_url(checkpoint.id, page_size=2)
     assert len(first.presigned_urls) == 2 and first.next_page_token is not None
-    rest = service.get_checkpoint_archive_url(checkpoint.id, 1000, first.next_page_token)
+    rest = asyncio.run(service.get_checkpoint_archive_url_async(
+        checkpoint.id, 1000, first.next_page_token))
     assert sorted(f.relative_file_name for f in first.presigned_urls + rest.presigned_urls) \
         == names
     adapter = next(f for f in everything.presigned_urls
@@ -192,6 +195,11 @@ def test_async_provisioning_and_publishing(reusing_service) -> None:
         sampling = await client.save_weights_and_get_sampling_client_async("async-live")
         sample = await sampling.sample_async(ModelInput.from_ints(TOKENS),
                                              sampling_params=SamplingParams(max_tokens=2))
+        scores = await sampling.compute_logprobs_async(ModelInput.from_ints(TOKENS))
+        assert scores[0] is None and len(scores) == len(TOKENS)
+        custom = await (await client.forward_backward_custom_async(
+            batch(4), lambda _, lps: (-sum(lp.sum() for lp in lps), {"custom": 1.0})))
+        assert custom.metrics["custom"] == 1.0
         pinned = await client.create_sampling_client_async(staged.path)
         listed = await client.list_checkpoints_async()
         files = await client.get_checkpoint_archive_url_async(name="async-state")

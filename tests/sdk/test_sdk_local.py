@@ -81,6 +81,12 @@ def test_local_mode_refuses_what_needs_a_run_or_a_control_plane(local_service, p
             "bt://loops:r/weights/s"),
         lambda: asyncio.run(service.create_training_client_from_state_async(
             "bt://loops:r/weights/s")),
+        lambda: asyncio.run(service.create_training_client_from_state_with_optimizer_async(
+            "bt://loops:r/weights/s")),
+        lambda: asyncio.run(service.list_checkpoints_async("r")),
+        lambda: asyncio.run(service.download_checkpoint_async("c", dest_dir="/tmp/never")),
+        lambda: asyncio.run(client.create_sampling_client_async("bt://loops:r/w")),
+        lambda: asyncio.run(client.load_state_async("bt://loops:r/weights/s")),
     ]
     for call in refused:
         with pytest.raises(UnsupportedOperationError):
@@ -93,8 +99,8 @@ def test_local_mode_refuses_what_needs_a_run_or_a_control_plane(local_service, p
 
 def test_local_training_surface(local_service) -> None:
     torch = pytest.importorskip("torch")
-    client = local_service.create_lora_training_client("tiny", rank=4, timeout=120,
-                                                       ready_timeout=120)
+    client = asyncio.run(local_service.create_lora_training_client_async(
+        "tiny", rank=4, timeout=120, ready_timeout=120))
     info = client.get_info()
     assert info.model_name == "tiny" and info.lora_rank == 4
     tokenizer = client.get_tokenizer()
@@ -124,7 +130,8 @@ def test_local_training_surface(local_service) -> None:
 
 
 def test_local_sampling_surface(local_service) -> None:
-    sampling = local_service.create_sampling_client("tiny", timeout=60, ready_timeout=60)
+    sampling = asyncio.run(local_service.create_sampling_client_async("tiny", timeout=60,
+                                                                      ready_timeout=60))
     assert sampling.get_base_model() == "tiny"
     assert sampling.discover_base_model_name()  # the sampler's own name, from /v1/models
     sampling.ensure_ready()  # no deployment to wait for in local mode
