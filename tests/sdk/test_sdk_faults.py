@@ -90,11 +90,9 @@ def test_a_gateway_rejection_is_final_even_with_a_retryable_status(trainer_serve
                      body={"detail": "no such run"},
                      headers={"X-Baseten-Error-Source": "06",
                               "X-Baseten-Error-Code": "run_or_sampler_required"})
-        started = time.monotonic()
         with pytest.raises(RequestRejectedError, match="Loops gateway: run_or_sampler"):
             client.forward(batch(3))
-    assert time.monotonic() - started < 1.0
-    assert len(front.seen("POST", "/forward")) == 1
+    assert len(front.seen("POST", "/forward")) == 1  # one attempt: no retry, no backoff
 
 
 # -- polls -----------------------------------------------------------------------
@@ -154,7 +152,7 @@ def test_a_result_timeout_is_not_final(trainer_server, run_id, proxy) -> None:
         started = time.monotonic()
         with pytest.raises(OperationTimeoutError):
             future.result(timeout=0.5)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.9  # gave up before the held poll answered
         assert not future.done()
         assert future.result().loss > 0  # waiting again gets the outcome
 
@@ -220,12 +218,10 @@ def test_a_sampler_answering_502_then_503_is_retried(sampler_server, proxy) -> N
 def test_an_invalid_sample_request_fails_at_once(sampler_server, proxy) -> None:
     front = proxy(sampler_server.url)
     client = _sampler(front.url)
-    started = time.monotonic()
     with pytest.raises(RequestRejectedError) as caught:
         client.sample(ModelInput.from_ints([1, 999_999]),
                       sampling_params=SamplingParams(max_tokens=2))
-    assert time.monotonic() - started < 1.0
-    assert caught.value.status_code in (400, 422)
+    assert caught.value.status_code in (400, 422) and "999999" in str(caught.value)
     assert len(front.seen("POST", "/sample")) == 1
 
 
@@ -236,5 +232,5 @@ def test_a_slow_sample_is_a_sample_timeout_not_a_retry(sampler_server, proxy) ->
     started = time.monotonic()
     with pytest.raises(SampleTimeoutError):
         client.sample(PROMPT, sampling_params=SamplingParams(max_tokens=2))
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 2.9  # gave up before the held answer came
     assert len(front.seen("POST", "/sample")) == 1

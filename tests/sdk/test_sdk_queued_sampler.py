@@ -64,7 +64,7 @@ def test_a_queued_sample_past_its_timeout_is_cancelled(queue) -> None:
     started = time.monotonic()
     with pytest.raises(SampleTimeoutError):
         client.sample(PROMPT, sampling_params=PARAMS)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 2.9  # before the queued job even started
     assert len(queue.cancelled) == 1 and len(queue.submits) == 1
 
 
