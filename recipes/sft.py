@@ -52,7 +52,7 @@ class Config(BaseModel):
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=150, ge=1)
     length_grouping: int = Field(default=8, ge=1)
-    learning_rate: float = Field(default=5e-3, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: int = Field(default=10, ge=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)

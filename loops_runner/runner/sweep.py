@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 SWEEP_FILE = "sweep.jsonl"
+SUMMARY_PREFIXES = ("eval/", "train/loss", "rollout/")
 
 
 def _is_multirun() -> bool:
@@ -54,14 +55,17 @@ class SweepLogCallback(Callback):
         if not sweep_file.is_file():
             return
         rows = [json.loads(line) for line in sweep_file.read_text().splitlines() if line.strip()]
-        metric_names = sorted({key for row in rows for key in (row["final_metrics"] or {})
-                               if isinstance((row["final_metrics"] or {}).get(key), int | float)})
+        numeric = sorted({key for row in rows for key, value in (row["final_metrics"] or {}).items()
+                          if isinstance(value, int | float)})
+        # The headline metrics only; every metric is in sweep.jsonl.
+        metric_names = [m for m in numeric if m.startswith(SUMMARY_PREFIXES)][:4] or numeric[:4]
         table = Table(title=f"sweep summary ({sweep_file})")
         for column in ("job", "overrides", "status", *metric_names):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for row in rows:
             values = row["final_metrics"] or {}
-            table.add_row(str(row["job"]), " ".join(row["overrides"]), row["status"],
+            overrides = [o for o in row["overrides"] if not o.startswith("+recipe=")]
+            table.add_row(str(row["job"]), " ".join(overrides), row["status"],
                           *(f"{values[m]:.4g}" if isinstance(values.get(m), int | float) else "-"
                             for m in metric_names))
         Console().print(table)
