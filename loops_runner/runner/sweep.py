@@ -37,12 +37,15 @@ class SweepLogCallback(Callback):
         hydra_cfg = HydraConfig.get()
         sweep_dir = Path(hydra_cfg.sweep.dir)
         ok = job_return.status == JobStatus.COMPLETED
+        value = job_return._return_value if ok else None
+        if ok and not isinstance(value, dict):  # objective= returned one number
+            value = {str(config.get("objective") or "objective"): value}
         line = {
             "job": hydra_cfg.job.num,
             "overrides": list(job_return.overrides or []),
             "status": "completed" if ok else "failed",
             "run_dir": hydra_cfg.runtime.output_dir,
-            "final_metrics": job_return._return_value if ok else None,
+            "final_metrics": value,
             "error": None if ok else repr(job_return._return_value),
             "finished_at": time.time(),
         }
