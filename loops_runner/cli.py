@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = model_commands.add_parser("list", help="show known models")
     _add_home(listing)
 
+    daemon = commands.add_parser("daemon", help="the local backend's control-plane daemon")
+    daemon.add_argument("action", choices=["status", "stop"])
+    _add_home(daemon)
+
     serve = commands.add_parser("serve", help="run a local Loops server")
     servers = serve.add_subparsers(dest="server", required=True)
     trainer = servers.add_parser("trainer", help="LoRA trainer (PyTorch + PEFT)")
@@ -103,6 +107,24 @@ def _models_list(home: str | None) -> int:
     return 0
 
 
+def _daemon(action: str, home: str | None) -> int:
+    from loops_runner.runner.local_daemon import find_control_plane, stop_control_plane
+
+    data_home = loops_home(home)
+    running = find_control_plane(data_home)
+    if action == "status":
+        if running is None:
+            print(f"no control-plane daemon is running for {data_home}")
+            return 1
+        print(f"control-plane daemon pid {running.pid} at {running.url} (data home {data_home})")
+        return 0
+    if stop_control_plane(data_home):
+        print(f"stopped the control-plane daemon of {data_home} (and its servers)")
+    else:
+        print(f"no control-plane daemon is running for {data_home}")
+    return 0
+
+
 _SERVER_MODULES = {
     "trainer": "loops_runner.servers.trainer.server",
     "sampler": "loops_runner.servers.sampler.server",
@@ -116,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.models_command == "prepare":
             return _models_prepare(args.name, args.home)
         return _models_list(args.home)
+    if args.command == "daemon":
+        return _daemon(args.action, args.home)
     module = importlib.import_module(_SERVER_MODULES[args.server])
     module.serve(args)
     return 0

@@ -92,3 +92,13 @@ def test_user_recipe_by_dotted_path_and_file(workdir: Path, loops_home: Path) ->
                      "dry_run=true", cwd=workdir, home=loops_home)
     assert result.returncode == 2  # the sft knobs are not this recipe's schema
     assert "unknown key 'recipe.batch_size'" in result.stderr
+
+
+def test_daemon_status_and_stop_without_a_daemon(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "loops_runner.cli", "daemon"]
+    status = subprocess.run([*command, "status", "--home", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 1 and "no control-plane daemon is running" in status.stdout
+    stop = subprocess.run([*command, "stop", "--home", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert stop.returncode == 0 and "no control-plane daemon is running" in stop.stdout

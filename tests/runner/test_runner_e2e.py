@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
         assert response.status_code == 200, response.text
         trainer_urls.add(response.json()["run"]["base_url"])
     assert len(trainer_urls) == 1
+    status = subprocess.run([sys.executable, "-m", "loops_runner.cli", "daemon", "status",
+                             "--home", str(runner_home)], capture_output=True, text=True,
+                            timeout=60)
+    assert status.returncode == 0 and f"pid {daemon.pid} at {daemon.url}" in status.stdout
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path) -> None:
