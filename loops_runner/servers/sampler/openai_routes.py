@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -101,6 +101,9 @@ class ChatCompletionsRequest(_Common):
 def _error(status: int, kind: str, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
                                    "code": status}}, status_code=status)
+
+
+_Body = TypeVar("_Body", bound=_Common)
 
 
 def _refuse_unsupported(body: _Common) -> None:
@@ -218,16 +221,22 @@ def _completion_logprobs(state: SamplerState, prompt: list[int], output: Generat
             "top_logprobs": tops, "text_offset": offsets}
 
 
+async def _parse_body(request: Request, model: type[_Body]) -> _Body:
+    """JSON body -> validated request; unsupported OpenAI options refused alike."""
+    payload = await json_body(request)
+    try:
+        body = model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_failure(exc) from exc
+    _refuse_unsupported(body)
+    return body
+
+
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     state = sampler_state(request)
     try:
-        payload = await json_body(request)
-        try:
-            body = CompletionsRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise validation_failure(exc) from exc
-        _refuse_unsupported(body)
+        body = await _parse_body(request, CompletionsRequest)
         if body.suffix:
             raise InvalidRequest("suffix is not supported by this sampler", "suffix")
         if body.best_of not in (None, body.n):
@@ -337,12 +346,7 @@ def _chat_logprobs(state: SamplerState, output: GenerationOutput, index: int,
 async def chat_completions(request: Request) -> Response:
     state = sampler_state(request)
     try:
-        payload = await json_body(request)
-        try:
-            body = ChatCompletionsRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise validation_failure(exc) from exc
-        _refuse_unsupported(body)
+        body = await _parse_body(request, ChatCompletionsRequest)
         weights = await _weights(state, request, body.model)
         if weights is None:
             return _unknown_model(body.model)
