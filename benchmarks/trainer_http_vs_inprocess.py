@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import httpx
 import torch
+from bench_common import add_common_options, apply_common_options
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -145,20 +145,12 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--home", default=None, help="data home (default: a temporary one)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice); 1 is steadier on a "
-                             "busy shared CPU, where thread barriers stall")
+    add_common_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainer subprocess too
+    home = apply_common_options(args)
 
-    from loops_runner.models import tiny
     from loops_runner.servers.launch import spawn_server
 
-    home = Path(args.home or tempfile.mkdtemp(prefix="loops-bench-"))
-    tiny.prepare(home)
     seqs = make_batch(args.rows, args.length)
     data = [wire_datum(s) for s in seqs]
     tokens_per_step = args.rows * args.length

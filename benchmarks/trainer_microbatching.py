@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from bench_common import add_common_options, apply_common_options
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,16 +33,10 @@ def main() -> None:
     parser.add_argument("--min-len", type=int, default=16)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--home", default=None, help="data home (default: a temporary one)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice); 1 is steadier on a "
-                             "busy shared CPU, where thread barriers stall")
+    add_common_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the trainer subprocess too
+    home = apply_common_options(args)
 
-    from loops_runner.models import tiny
     from loops_runner.models.loading import load_base_model
     from loops_runner.models.registry import canonical_model_id
     from loops_runner.servers.trainer.batching import plan_micro_batches
@@ -51,8 +44,6 @@ def main() -> None:
     from loops_runner.servers.trainer.validation import prepare_forward
     from loops_runner.wire.training import ForwardBackwardRequest
 
-    home = Path(args.home or tempfile.mkdtemp(prefix="loops-bench-"))
-    tiny.prepare(home)
     loaded = load_base_model("tiny", home=home, device="cpu", dtype="float32")
     engine = TrainerEngine(loaded, home, base_model_id=canonical_model_id("tiny", home))
     engine.init_run("bench", 8)
