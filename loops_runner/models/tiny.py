@@ -20,7 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SEED = 20251129
 VOCAB_TARGET = 4096
 # With the usual init (std 0.02) the tied output embeddings cap every logit
