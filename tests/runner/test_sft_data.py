@@ -10,7 +10,7 @@ import pytest
 
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import render
-from loops_runner.data.sources import DataError, load_conversations
+from loops_runner.data.sources import DataError, load_conversations, load_rows
 from recipes.sft import Config, learning_rate
 
 CHAT = [{"role": "user", "content": "Reverse the word: apple"},
@@ -75,7 +75,7 @@ def test_sources_jsonl_formats_and_errors(tmp_path: Path) -> None:
     assert rows[1]["messages"][1] == {"role": "assistant", "content": "Hello"}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no chat here"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:1: expected"):
+    with pytest.raises(DataError, match=r"bad.jsonl row 1: expected"):
         load_conversations(str(bad))
     with pytest.raises(DataError, match="does not exist"):
         load_conversations(str(tmp_path / "missing.jsonl"))
@@ -87,6 +87,25 @@ def test_sources_hf_dataset_on_disk(tmp_path: Path) -> None:
         str(tmp_path / "ds"))
     rows = load_conversations(str(tmp_path / "ds"))
     assert len(rows) == 3 and rows[0]["messages"][0]["content"] == "a"
+
+
+def test_sources_parquet_csv_and_column_mapping(tmp_path: Path) -> None:
+    pandas = pytest.importorskip("pandas")
+    pandas.DataFrame([{"prompt": "p", "completion": "c"}] * 3).to_parquet(tmp_path / "d.parquet")
+    rows = load_conversations(str(tmp_path / "d.parquet"))
+    assert len(rows) == 3 and rows[0]["messages"][1]["content"] == "c"
+    pandas.DataFrame([{"question": "q", "answer": "a"}] * 2).to_csv(tmp_path / "d.csv",
+                                                                    index=False)
+    with pytest.raises(DataError, match=r"d.csv row 1: expected .* found \['answer', 'question'\]"):
+        load_conversations(str(tmp_path / "d.csv"))
+    mapped = load_conversations(str(tmp_path / "d.csv"),
+                                columns={"question": "prompt", "answer": "completion"})
+    assert mapped[1]["messages"] == [{"role": "user", "content": "q"},
+                                     {"role": "assistant", "content": "a"}]
+    with pytest.raises(DataError, match=r"column mapping names \['nope'\]"):
+        load_rows(str(tmp_path / "d.csv"), columns={"nope": "prompt"})
+    with pytest.raises(DataError, match="does not exist"):
+        load_rows(str(tmp_path / "missing.parquet"))
 
 
 def test_synthetic_source_is_deterministic() -> None:
