@@ -131,13 +131,13 @@ def sweep_sections(sweep: SweepData) -> list[Section]:
 
 
 def swept_parameters(sweep: SweepData) -> list[str]:
-    """Override keys whose value differs between jobs."""
+    """Override keys whose value differs between jobs, in command-line order."""
     values: dict[str, set[str]] = {}
     for job in sweep.jobs:
         for key, value in job.parameters().items():
             values.setdefault(key, set()).add(value)
-    return sorted(key for key, seen in values.items()
-                  if len(seen) > 1 or any(key not in job.parameters() for job in sweep.jobs))
+    return [key for key, seen in values.items()
+            if len(seen) > 1 or any(key not in job.parameters() for job in sweep.jobs)]
 
 
 def job_labels(sweep: SweepData) -> list[str]:

@@ -18,8 +18,10 @@ from importlib import resources
 from typing import Any
 
 from loops_runner.report.charts import Section
+from loops_runner.report.plotly_figures import figure_json
 
 GENERATOR = "loops-runner report"
+REPORT_FILE = "report.html"
 
 
 @dataclass
@@ -155,3 +157,16 @@ def render(page: Page) -> str:
     parts.append(f"<script>{_asset('report.js')}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def add_figures(built: Page, sections: list[Section]) -> None:
+    """Give every chart a unique element id and its plotly figure; the page shows them."""
+    used: set[str] = set()
+    for section in sections:
+        for chart in section.charts:
+            base, number = chart.slug, 2
+            while chart.slug in used:
+                chart.slug, number = f"{base}-{number}", number + 1
+            used.add(chart.slug)
+            built.figures[f"plot-{chart.slug}"] = figure_json(chart)
+    built.sections = sections

@@ -15,6 +15,11 @@
       box.textContent = "This page hit an error: " + errors.join("; ");
     }
   }
+  const consoleError = console.error.bind(console);
+  console.error = (...args) => {
+    recordError(args.join(" "));
+    consoleError(...args);
+  };
   window.addEventListener("error", (event) => recordError(event.message));
   window.addEventListener("unhandledrejection", (event) => recordError(event.reason));
 
