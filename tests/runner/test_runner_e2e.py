@@ -56,6 +56,9 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
     run_dirs = {Path(line["run_dir"]) for line in lines}
     assert len(run_dirs) == 4 and all((d / "run.json").is_file() for d in run_dirs)
     assert "sweep summary" in result.stdout
+    # Each run wrote its report at its end, and the sweep its own when it closed.
+    assert all((d / "report.html").is_file() for d in run_dirs)
+    assert (tmp_path / "sweep" / "report.html").is_file()
     # One trainer process served every job: all runs report the same trainer URL.
     daemon = find_control_plane(runner_home)
     assert daemon is not None
