@@ -18,6 +18,8 @@ from loops_runner.report.sources import RunData, Series, SweepData, is_number
 SECTION_ORDER = ("train", "eval", "rollout", "dpo", "distill", "kl", "optim", "time")
 _LOSS_NAMES = ("loss", "nll")
 _BAND_MEAN, _BAND_STD = "_mean", "_std"
+# Per-step curves this long also get a smoothed trend (bias-corrected EMA, as TensorBoard).
+SMOOTH_FROM_POINTS, SMOOTH_WEIGHT = 50, 0.9
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Curve:
     elapsed_s: list[float | None]  # x against wall time since the run's first line
     values: list[float]
     band: list[float] | None = None  # +/- this around values (a standard deviation)
+    smoothed: list[float] | None = None  # a trend line over noisy per-step values
 
 
 @dataclass
@@ -63,13 +66,25 @@ def _is_loss(key: str) -> bool:
     return prefix_of(key) in ("train", "eval") and key.rsplit("/", 1)[-1] in _LOSS_NAMES
 
 
-def _curve(name: str, series: Series, band: Series | None = None) -> Curve:
+def smooth(values: list[float], weight: float = SMOOTH_WEIGHT) -> list[float]:
+    """Exponential moving average, bias-corrected so the start is not pulled to zero."""
+    smoothed, average = [], 0.0
+    for count, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        smoothed.append(average / (1 - weight**count))
+    return smoothed
+
+
+def _curve(name: str, series: Series, band: Series | None = None, *,
+           trend: bool = False) -> Curve:
     band_values = None
     if band is not None:
         by_step = dict(zip(band.steps, band.values, strict=True))
         band_values = [by_step.get(step, 0.0) for step in series.steps]
+    smoothed = smooth(series.values) if trend and len(series.values) >= SMOOTH_FROM_POINTS \
+        and band is None else None
     return Curve(name, [float(s) for s in series.steps], series.elapsed_s, series.values,
-                 band_values)
+                 band_values, smoothed)
 
 
 def _band_pairs(keys: list[str]) -> dict[str, str]:
@@ -97,7 +112,7 @@ def run_sections(run: RunData) -> list[Section]:
                     key=lambda key: (_section_rank(prefix_of(key)), key))
     if losses:
         chart = Chart("loss", "Loss: " + ", ".join(losses), "loss",
-                      [_curve(key, run.series(key)) for key in losses])
+                      [_curve(key, run.series(key), trend=True) for key in losses])
         sections.append(Section("Loss", [chart]))
         hidden.update(losses)
     for prefix, group in _group([k for k in keys if k not in hidden]).items():
@@ -106,7 +121,7 @@ def run_sections(run: RunData) -> list[Section]:
             band = run.series(bands[key]) if key in bands else None
             label = f"{key} ± {bands[key].rsplit('/', 1)[-1]}" if key in bands else key
             section.charts.append(Chart(slugify(key), label, key.rsplit("/", 1)[-1],
-                                        [_curve(key, run.series(key), band)]))
+                                        [_curve(key, run.series(key), band, trend=True)]))
         sections.append(section)
     return sections
 

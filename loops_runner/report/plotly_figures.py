@@ -38,8 +38,13 @@ def _traces(curve: Curve, index: int, scatter: bool) -> list[tuple[Any, list[Any
     line = go.Scatter(
         x=curve.steps, y=curve.values, name=curve.name, legendgroup=curve.name,
         mode="markers" if scatter else ("lines+markers" if len(curve.values) <= 30 else "lines"),
-        marker={"color": hue, "size": 10 if scatter else 5}, line={"color": hue})
+        marker={"color": hue, "size": 10 if scatter else 5}, line={"color": hue},
+        opacity=0.35 if curve.smoothed is not None else None)
     traces.append((line, curve.steps, curve.elapsed_s))
+    if curve.smoothed is not None:
+        trend = go.Scatter(x=curve.steps, y=curve.smoothed, name=f"{curve.name} (smoothed)",
+                           legendgroup=curve.name, mode="lines", line={"color": hue})
+        traces.append((trend, curve.steps, curve.elapsed_s))
     return traces
 
 
@@ -75,7 +80,7 @@ def figure_json(chart: Chart) -> dict[str, Any]:
         title={"text": chart.title, "font": {"size": 14}}, template="plotly_white",
         height=340, margin={"l": 60, "r": 20, "t": 60, "b": 50}, xaxis=x_axis,
         yaxis=_y_axis(chart), hovermode="closest" if chart.scatter
-        else "x unified", showlegend=len(chart.curves) > 1,
+        else "x unified", showlegend=len(traces) > 1,
         legend={"font": {"size": 10}})
     if not chart.scatter and any(v is not None for xs in x_wall for v in xs):
         figure.update_layout(updatemenus=[{

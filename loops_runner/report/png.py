@@ -27,7 +27,11 @@ def write_png(chart: Chart, path: Path) -> None:
             axes.scatter(curve.steps, curve.values, color=hue, label=curve.name, s=36)
             continue
         axes.plot(curve.steps, curve.values, color=hue, label=curve.name, linewidth=1.4,
-                  marker="o" if len(curve.values) <= 30 else None, markersize=3)
+                  marker="o" if len(curve.values) <= 30 else None, markersize=3,
+                  alpha=0.35 if curve.smoothed is not None else 1.0)
+        if curve.smoothed is not None:
+            axes.plot(curve.steps, curve.smoothed, color=hue, linewidth=1.8,
+                      label=f"{curve.name} (smoothed)")
         if curve.band is not None:
             axes.fill_between(curve.steps,
                               [v - b for v, b in zip(curve.values, curve.band, strict=True)],
@@ -41,6 +45,6 @@ def write_png(chart: Chart, path: Path) -> None:
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(chart.y_label)
     axes.grid(alpha=0.3)
-    if len(chart.curves) > 1:
+    if len(chart.curves) > 1 or any(curve.smoothed is not None for curve in chart.curves):
         axes.legend(fontsize=7, loc="best")
     figure.savefig(path, format="png")

@@ -14,6 +14,7 @@ from PIL import Image
 from loops_runner import cli
 from loops_runner.report import ReportError, write_report
 from loops_runner.report import run_page as run_page_module
+from loops_runner.report.charts import smooth
 from tests.report.pages import (
     MAX_REPORT_BYTES,
     figures,
@@ -34,9 +35,10 @@ def test_sft_run_report_plots_every_metric_and_tables_the_record(tmp_path: Path)
     shown = figures(result.html)
     # Losses share one chart (train first, sparse eval on top); the rest one chart each.
     loss = shown["plot-loss"]
-    assert trace_names(loss) == ["train/loss", "eval/nll"]
-    train, evals = loss["data"]
+    assert trace_names(loss) == ["train/loss", "train/loss (smoothed)", "eval/nll"]
+    train, trend, evals = loss["data"]
     assert train["x"] == list(range(1, 151)) and len(train["y"]) == 150
+    assert trend["x"] == train["x"] and trend["y"] == pytest.approx(smooth(train["y"]))
     assert evals["x"] == [0, 25, 50, 75, 100, 125, 150]
     assert set(shown) == {"plot-loss", "plot-train-tokens", "plot-optim-lr",
                           "plot-optim-grad_norm", "plot-time-step_s",
@@ -62,6 +64,14 @@ def test_sft_run_report_plots_every_metric_and_tables_the_record(tmp_path: Path)
         with Image.open(path) as image:
             image.load()
             assert image.format == "PNG" and image.size == (640, 360)
+
+
+def test_smoothing_is_a_bias_corrected_moving_average() -> None:
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0
+    # (0.5 * 0 + 0.5 * 10) / (1 - 0.5 ** 2) = 5 / 0.75
+    assert smooth([0.0, 10.0], weight=0.5) == pytest.approx([0.0, 5 / 0.75])
+    noisy = [1.0 + (-1) ** i for i in range(100)]
+    assert max(smooth(noisy)[50:]) - min(smooth(noisy)[50:]) < 0.25  # raw swings by 2
 
 
 def test_page_is_self_contained(tmp_path: Path) -> None:
