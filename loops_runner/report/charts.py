@@ -129,7 +129,7 @@ def run_sections(run: RunData) -> list[Section]:
 def sweep_sections(sweep: SweepData) -> list[Section]:
     """Every job's curves overlaid per metric, then the objective against each parameter."""
     sections = []
-    parameter_section = objective_sections(sweep)
+    parameter_section = objective_section(sweep)
     if parameter_section.charts:
         sections.append(parameter_section)
     keys = sorted({key for job in sweep.jobs for key in job.run.metric_keys()})
@@ -175,7 +175,7 @@ def _as_float(text: str) -> float | None:
         return None
 
 
-def objective_sections(sweep: SweepData) -> Section:
+def objective_section(sweep: SweepData) -> Section:
     section = Section(f"Objective ({sweep.objective or 'none'}) against each swept parameter")
     objective = sweep.objective
     if objective is None:
