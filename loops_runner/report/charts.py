@@ -137,7 +137,7 @@ def sweep_sections(sweep: SweepData) -> list[Section]:
     for prefix, group in _group(keys).items():
         section = Section(prefix)
         for key in group:
-            curves = [_curve(label, job.run.series(key))
+            curves = [_curve(label, job.run.series(key), trend=True)
                       for job, label in zip(sweep.jobs, labels, strict=True)]
             curves = [curve for curve in curves if curve.values]
             section.charts.append(Chart(slugify(key), key, key.rsplit("/", 1)[-1], curves))

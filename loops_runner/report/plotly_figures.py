@@ -20,7 +20,8 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({red},{green},{blue},{alpha})"
 
 
-def _traces(curve: Curve, index: int, scatter: bool) -> list[tuple[Any, list[Any], list[Any]]]:
+def _traces(curve: Curve, index: int, scatter: bool,
+            alone: bool) -> list[tuple[Any, list[Any], list[Any]]]:
     """(trace, x against step, x against wall time) for a curve and its band."""
     import plotly.graph_objects as go
 
@@ -42,8 +43,10 @@ def _traces(curve: Curve, index: int, scatter: bool) -> list[tuple[Any, list[Any
         opacity=0.35 if curve.smoothed is not None else None)
     traces.append((line, curve.steps, curve.elapsed_s))
     if curve.smoothed is not None:
+        # Among several curves one legend entry per curve toggles raw and trend together.
         trend = go.Scatter(x=curve.steps, y=curve.smoothed, name=f"{curve.name} (smoothed)",
-                           legendgroup=curve.name, mode="lines", line={"color": hue})
+                           legendgroup=curve.name, mode="lines", line={"color": hue},
+                           showlegend=alone)
         traces.append((trend, curve.steps, curve.elapsed_s))
     return traces
 
@@ -65,7 +68,8 @@ def figure_json(chart: Chart) -> dict[str, Any]:
 
     traces, x_step, x_wall = [], [], []
     for index, curve in enumerate(chart.curves):
-        for trace, by_step, by_wall in _traces(curve, index, chart.scatter):
+        for trace, by_step, by_wall in _traces(curve, index, chart.scatter,
+                                               len(chart.curves) == 1):
             traces.append(trace)
             x_step.append(by_step)
             x_wall.append(by_wall)

@@ -31,7 +31,7 @@ def write_png(chart: Chart, path: Path) -> None:
                   alpha=0.35 if curve.smoothed is not None else 1.0)
         if curve.smoothed is not None:
             axes.plot(curve.steps, curve.smoothed, color=hue, linewidth=1.8,
-                      label=f"{curve.name} (smoothed)")
+                      label=f"{curve.name} (smoothed)" if len(chart.curves) == 1 else None)
         if curve.band is not None:
             axes.fill_between(curve.steps,
                               [v - b for v, b in zip(curve.values, curve.band, strict=True)],

@@ -35,7 +35,9 @@ def test_sft_run_report_plots_every_metric_and_tables_the_record(tmp_path: Path)
     shown = figures(result.html)
     # Losses share one chart (train first, sparse eval on top); the rest one chart each.
     loss = shown["plot-loss"]
-    assert trace_names(loss) == ["train/loss", "train/loss (smoothed)", "eval/nll"]
+    assert [trace["name"] for trace in loss["data"]] == [
+        "train/loss", "train/loss (smoothed)", "eval/nll"]
+    assert trace_names(loss) == ["train/loss", "eval/nll"]  # one legend entry per metric
     train, trend, evals = loss["data"]
     assert train["x"] == list(range(1, 151)) and len(train["y"]) == 150
     assert trend["x"] == train["x"] and trend["y"] == pytest.approx(smooth(train["y"]))
