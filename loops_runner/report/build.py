@@ -17,7 +17,7 @@ from loops_runner.report.sources import (
     load_sweep,
     no_run_message,
 )
-from loops_runner.runner.sweep import SWEEP_FILE
+from loops_runner.runner.run_files import SWEEP_FILE
 
 PLOTS_DIR = "report_plots"
 

@@ -18,10 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from loops_runner.runner.app import RESOLVED_CONFIG_FILE
 from loops_runner.runner.metrics import METRICS_FILE
+from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE, SWEEP_FILE
 from loops_runner.runner.run_record import RUN_FILE
-from loops_runner.runner.sweep import SWEEP_FILE
 
 # Written by recipes: sft's final samples, the RL recipes' rollout groups.
 SAMPLES_FILE = "samples.jsonl"

@@ -22,14 +22,13 @@ from loops_runner.runner.config import ConfigError, RunnerConfig, validate_confi
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
+from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
     RunRecord,
     config_hash,
     git_sha,
     package_versions,
 )
-
-RESOLVED_CONFIG_FILE = "config.resolved.yaml"
 
 
 def _no_recipe_message() -> str:

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-SWEEP_FILE = "sweep.jsonl"
+from loops_runner.runner.run_files import SWEEP_FILE
+
 SUMMARY_PREFIXES = ("eval/", "train/loss", "rollout/")
 
 
