@@ -182,7 +182,8 @@ def test_a_users_own_report_html_is_never_overwritten(tmp_path: Path) -> None:
     assert (run_dir / "report.html").read_text() == "<html>my notes</html>"
     # Its own earlier report is replaced, and PNGs of metrics it no longer has are dropped.
     (run_dir / "report.html").unlink()
-    write_report([run_dir])
+    write_report([run_dir], pngs=False)
+    (run_dir / "report_plots").mkdir()
     (run_dir / "report_plots" / "train-gone.png").write_bytes(b"old")
     result = write_report([run_dir])
     assert not (run_dir / "report_plots" / "train-gone.png").exists()
