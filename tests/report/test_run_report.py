@@ -196,3 +196,10 @@ def test_report_imports_stay_lazy() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_turning_the_report_off_does_not_block_a_resume() -> None:
+    from loops_runner.runner.run_record import config_hash
+
+    assert config_hash({"seed": 0, "report": True}) == config_hash({"seed": 0, "report": False})
+
