@@ -1,4 +1,4 @@
-"""The report of a real sft run, built by ``loops-runner report`` from the run dir alone.
+"""Reports of real runs: an sft run through ``loops-runner report``, a failed run by itself.
 
 (That a run writes its own report at the end, and a sweep its sweep report, is
 checked in test_runner_e2e.py's multirun test, which leaves both anyway.)
@@ -46,3 +46,28 @@ def test_cli_reports_a_real_sft_run(tmp_path: Path, runner_home: Path) -> None:
     for path in pngs:
         with Image.open(path) as image:
             image.load()
+
+
+def test_a_failed_run_still_writes_its_report(tmp_path: Path, runner_home: Path) -> None:
+    package = tmp_path / "team_recipes"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "fails.py").write_text(
+        "def run(ctx, cfg):\n"
+        "    ctx.log(1, {'train/loss': 2.0})\n"
+        "    ctx.log(2, {'train/loss': 1.5})\n"
+        "    raise RuntimeError('boom at step 2')\n")
+    (tmp_path / "configs" / "recipe").mkdir(parents=True)
+    (tmp_path / "configs" / "recipe" / "fails.yaml").write_text(
+        "# Run: python -m loops_runner --config-dir configs +recipe=fails\n"
+        "_target_: team_recipes.fails.run\n")
+    result = run_runner("--config-dir", "configs", "+recipe=fails", "hydra.run.dir=failed",
+                        cwd=tmp_path, home=runner_home)
+    assert result.returncode != 0
+    report = tmp_path / "failed" / "report.html"
+    page_html = report.read_text()
+    run_rows = dict(map(tuple, table_rows(page_html, "Run")))
+    assert run_rows["status"] == "failed" and "boom at step 2" in run_rows["error"]
+    assert "status is &#x27;failed&#x27;" in page_html
+    assert figures(report)["plot-loss"]["data"][0]["x"] == [1, 2]
+
