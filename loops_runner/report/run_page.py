@@ -87,11 +87,8 @@ def rollouts_payload(groups: list[RolloutGroup]) -> tuple[dict[str, Any], str | 
     if sum(sizes) <= ROLLOUTS_BUDGET_BYTES:
         return {"steps": steps}, None
     # Keep evenly spaced steps, always the first and the last, within the budget.
-    keep = len(steps)
-    while keep > 2 and sum(sizes) * keep / len(steps) > ROLLOUTS_BUDGET_BYTES:
-        keep -= 1
-    indices = sorted({round(i * (len(steps) - 1) / (keep - 1)) for i in range(keep)}) \
-        if keep > 1 else [len(steps) - 1]
+    keep = max(2, int(ROLLOUTS_BUDGET_BYTES * len(steps) / sum(sizes)))
+    indices = sorted({round(i * (len(steps) - 1) / (keep - 1)) for i in range(keep)})
     kept = [steps[i] for i in indices]
     return {"steps": kept}, (f"showing {len(kept)} of {len(steps)} steps (evenly spaced, "
                              f"to keep this page small); {ROLLOUTS_FILE} has them all")
