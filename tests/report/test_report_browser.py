@@ -20,6 +20,12 @@ from loops_runner.report import write_report
 from tests.report.pages import figures
 from tests.report.synthetic import write_rl_run, write_sweep
 
+CLICK_EVAL_NLL = """<script>
+for (const th of document.querySelectorAll("table.sortable th")) {
+  if (th.textContent === "eval/nll") th.click();
+}
+</script>"""
+
 
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -62,8 +68,24 @@ def _assert_rendered(report: Path, tmp_path: Path) -> str:
 def test_run_and_sweep_pages_render_in_headless_chromium(tmp_path: Path) -> None:
     run_report = write_report([write_rl_run(tmp_path / "rl", steps=20)], pngs=False).html
     dom = _assert_rendered(run_report, tmp_path)
-    # The rollouts browser opened on the last step and listed its groups.
-    assert 'selected="">step 20' in dom or ">step 20</option>" in dom
-    assert dom.count('class="group"') == 8
+    # The rollouts browser opened on the last step (sampled by policy version 19).
+    assert dom.count("<option") == 20
+    assert dom.count('class="group"') == 8 and dom.count("policy version 19 ·") == 8
+    assert "8 group(s), 64 completion(s)" in dom
     sweep_report = write_report([write_sweep(tmp_path / "sweep", steps=30)], pngs=False).html
-    _assert_rendered(sweep_report, tmp_path)
+    # Click the eval/nll column, as a reader sorting the jobs would.
+    page_html = sweep_report.read_text()
+    sweep_report.write_text(page_html.replace("</body>", CLICK_EVAL_NLL + "</body>"))
+    written = _eval_nll_column(page_html)
+    assert written != sorted(written)  # the jobs' order is not already the sorted one
+    dom = _assert_rendered(sweep_report, tmp_path)
+    assert _eval_nll_column(dom) == sorted(written)
+    assert re.search(r'<th[^>]*data-sorted="asc"[^>]*>eval/nll</th>', dom)
+
+
+def _eval_nll_column(page_html: str) -> list[float]:
+    table = page_html.split('<table class="sortable">', 1)[1].split("</table>", 1)[0]
+    headers = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table)]
+    column = headers.index("eval/nll")
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1])
+    return [float(re.findall(r"<td[^>]*>(.*?)</td>", row)[column]) for row in rows]
