@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from tests.report.pages import figures, table_rows, trace_names
-from tests.runner.conftest import run_runner, runner_env
+from tests.runner.conftest import run_runner, runner_env, write_user_recipe
 
 QUICK = ["recipe.dataset.num_examples=200", "recipe.batch_size=8", "recipe.eval_every=2",
          "recipe.dataset.eval_examples=8", "recipe.num_final_samples=2", "recipe.save_every=0"]
@@ -49,18 +49,11 @@ def test_cli_reports_a_real_sft_run(tmp_path: Path, runner_home: Path) -> None:
 
 
 def test_a_failed_run_still_writes_its_report(tmp_path: Path, runner_home: Path) -> None:
-    package = tmp_path / "team_recipes"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "fails.py").write_text(
+    write_user_recipe(tmp_path, "fails", (
         "def run(ctx, cfg):\n"
         "    ctx.log(1, {'train/loss': 2.0})\n"
         "    ctx.log(2, {'train/loss': 1.5})\n"
-        "    raise RuntimeError('boom at step 2')\n")
-    (tmp_path / "configs" / "recipe").mkdir(parents=True)
-    (tmp_path / "configs" / "recipe" / "fails.yaml").write_text(
-        "# Run: python -m loops_runner --config-dir configs +recipe=fails\n"
-        "_target_: team_recipes.fails.run\n")
+        "    raise RuntimeError('boom at step 2')\n"), "")
     result = run_runner("--config-dir", "configs", "+recipe=fails", "hydra.run.dir=failed",
                         cwd=tmp_path, home=runner_home)
     assert result.returncode != 0
