@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 from loops_runner.report.charts import Section
-from loops_runner.report.plotly_figures import figure_json
+from loops_runner.report.plotly_figures import figure_json, template
 
 GENERATOR = "loops-runner report"
 REPORT_FILE = "report.html"
@@ -152,6 +152,7 @@ def render(page: Page) -> str:
         parts.append(_json_block("report-rollouts", page.rollouts))
     parts.append(_json_block("report-figures", page.figures))
     if page.figures:
+        parts.append(_json_block("report-template", template()))
         parts.append('<script type="application/gzip;base64" id="plotly-js-gz">'
                      f"{_plotly_js_packed()}</script>")
     parts.append(f"<script>{_asset('report.js')}</script>")

@@ -40,9 +40,10 @@
     document.head.appendChild(script);
   }
 
-  async function drawFigures(figures) {
+  async function drawFigures(figures, template) {
     let drawn = 0;
     for (const [id, figure] of Object.entries(figures)) {
+      figure.layout.template = template;
       await Plotly.newPlot(id, figure.data, figure.layout,
         { displaylogo: false, responsive: true });
       drawn += 1;
@@ -160,7 +161,7 @@
     const figures = jsonBlock("report-figures") || {};
     if (Object.keys(figures).length) {
       await loadPlotly();
-      await drawFigures(figures);
+      await drawFigures(figures, jsonBlock("report-template"));
     } else {
       body.dataset.plotsDrawn = "0";
     }
