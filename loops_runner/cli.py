@@ -1,4 +1,4 @@
-"""``loops-runner``: model preparation and the local servers.
+"""``loops-runner``: model preparation, the local servers and run reports.
 
 The training runner itself is ``python -m loops_runner`` (a Hydra app); this
 console script holds the operational commands around it. Heavy imports (torch,
@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = commands.add_parser("daemon", help="the local backend's control-plane daemon")
     daemon.add_argument("action", choices=["status", "stop"])
     _add_home(daemon)
+
+    report = commands.add_parser(
+        "report", help="write report.html (and PNGs) for a run, a sweep or several runs")
+    report.add_argument("paths", nargs="+", metavar="DIR",
+                        help="a run dir, a sweep dir, or several run dirs to compare")
+    report.add_argument("--out", default=None,
+                        help="folder for report.html and report_plots/ (default: the run or "
+                             "sweep dir; required for several run dirs)")
+    report.add_argument("--no-png", action="store_true", help="write the HTML page only")
 
     serve = commands.add_parser("serve", help="run a local Loops server")
     servers = serve.add_subparsers(dest="server", required=True)
@@ -125,6 +134,21 @@ def _daemon(action: str, home: str | None) -> int:
     return 0
 
 
+def _report(paths: list[str], out: str | None, pngs: bool) -> int:
+    from pathlib import Path
+
+    from loops_runner.report import ReportError, write_report
+
+    try:
+        result = write_report([Path(p) for p in paths], Path(out) if out else None, pngs=pngs)
+    except ReportError as error:
+        print(f"loops-runner report: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.html} ({result.kind} report, {result.size_bytes / 1e6:.1f} MB, "
+          f"{len(result.pngs)} PNGs, {result.seconds:.1f} s)")
+    return 0
+
+
 _SERVER_MODULES = {
     "trainer": "loops_runner.servers.trainer.server",
     "sampler": "loops_runner.servers.sampler.server",
@@ -140,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_list(args.home)
     if args.command == "daemon":
         return _daemon(args.action, args.home)
+    if args.command == "report":
+        return _report(args.paths, args.out, not args.no_png)
     module = importlib.import_module(_SERVER_MODULES[args.server])
     module.serve(args)
     return 0

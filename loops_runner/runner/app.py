@@ -22,14 +22,13 @@ from loops_runner.runner.config import ConfigError, RunnerConfig, validate_confi
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
+from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
     RunRecord,
     config_hash,
     git_sha,
     package_versions,
 )
-
-RESOLVED_CONFIG_FILE = "config.resolved.yaml"
 
 
 def _no_recipe_message() -> str:
@@ -178,6 +177,9 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
         record.error = "".join(traceback.format_exception_only(error)).strip()
         record.finished_at = time.time()
         record.save(run_dir)
+        # A failed run's report shows how far it got; Ctrl-C means "stop now".
+        if config.report and not isinstance(error, KeyboardInterrupt):
+            _write_report(run_dir, console)
         raise
     finally:
         metrics.close()
@@ -188,8 +190,16 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     record.final_metrics = final
     record.finished_at = time.time()
     record.save(run_dir)
+    if config.report:
+        _write_report(run_dir, console)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
+
+
+def _write_report(run_dir: Path, console: Console) -> None:
+    from loops_runner.report import write_report_quietly  # plotting loads only here
+
+    write_report_quietly(run_dir, console)
 
 
 def sweep_value(cfg: DictConfig, final: dict[str, Any]) -> Any:

@@ -79,6 +79,7 @@ class RunnerConfig(Section):
     max_steps: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     objective: str | None = None
+    report: bool = True
     timeouts: Timeouts = Field(default_factory=Timeouts)
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)

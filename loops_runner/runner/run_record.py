@@ -16,7 +16,7 @@ from loops_runner.storage import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resume without changing the math.
-_HASH_EXCLUDED = ("dry_run", "resume", "timeouts", "session", "wandb", "objective")
+_HASH_EXCLUDED = ("dry_run", "resume", "timeouts", "session", "wandb", "objective", "report")
 
 
 class CheckpointRecord(BaseModel):

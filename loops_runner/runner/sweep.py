@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-SWEEP_FILE = "sweep.jsonl"
+from loops_runner.runner.run_files import SWEEP_FILE
+
 SUMMARY_PREFIXES = ("eval/", "train/loss", "rollout/")
 
 
@@ -57,6 +58,14 @@ class SweepLogCallback(Callback):
         sweep_file = Path(config.hydra.sweep.dir) / SWEEP_FILE
         if not sweep_file.is_file():
             return
+        self._print_summary(sweep_file)
+        if config.get("report", True):
+            from loops_runner.report import write_report_quietly  # plotting loads only here
+
+            write_report_quietly(sweep_file.parent, Console())
+
+    @staticmethod
+    def _print_summary(sweep_file: Path) -> None:
         rows = [json.loads(line) for line in sweep_file.read_text().splitlines() if line.strip()]
         numeric = sorted({key for row in rows for key, value in (row["final_metrics"] or {}).items()
                           if isinstance(value, int | float)})

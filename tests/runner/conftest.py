@@ -45,3 +45,19 @@ def run_runner(*args: str, cwd: Path, home: Path,
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(runner_command(*args), cwd=cwd, env=runner_env(home),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def write_user_recipe(root: Path, name: str, source: str, yaml_body: str) -> None:
+    """A recipe module in ``root/team_recipes/`` with its YAML in ``root/configs/recipe/``.
+
+    Run it with ``--config-dir configs +recipe=<name>`` from ``root``.
+    """
+    package = root / "team_recipes"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / f"{name}.py").write_text(source)
+    (root / "configs" / "recipe").mkdir(parents=True, exist_ok=True)
+    (root / "configs" / "recipe" / f"{name}.yaml").write_text(
+        f"# Run: python -m loops_runner --config-dir configs +recipe={name}\n"
+        f"_target_: team_recipes.{name}.run\n{yaml_body}")
+

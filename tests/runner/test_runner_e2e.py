@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from loops_runner.runner.local_daemon import find_control_plane
-from tests.runner.conftest import run_runner, runner_command, runner_env
+from tests.runner.conftest import run_runner, runner_command, runner_env, write_user_recipe
 
 # Small but real: enough steps for a falling loss, few enough for CI.
 QUICK = ["recipe.dataset.num_examples=600", "recipe.batch_size=16", "recipe.eval_every=5",
@@ -56,6 +56,9 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
     run_dirs = {Path(line["run_dir"]) for line in lines}
     assert len(run_dirs) == 4 and all((d / "run.json").is_file() for d in run_dirs)
     assert "sweep summary" in result.stdout
+    # Each run wrote its report at its end, and the sweep its own when it closed.
+    assert all((d / "report.html").is_file() for d in run_dirs)
+    assert (tmp_path / "sweep" / "report.html").is_file()
     # One trainer process served every job: all runs report the same trainer URL.
     daemon = find_control_plane(runner_home)
     assert daemon is not None
@@ -129,10 +132,7 @@ def test_changed_config_refuses_to_resume(tmp_path: Path, runner_home: Path) -> 
 
 
 def test_user_recipe_from_another_directory_runs(tmp_path: Path, runner_home: Path) -> None:
-    package = tmp_path / "team_recipes"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "two_steps.py").write_text(
+    write_user_recipe(tmp_path, "two_steps", (
         "from pydantic import BaseModel\n"
         "from loops_runner.sdk import AdamParams, Datum, ModelInput, TensorData\n\n"
         "class Config(BaseModel):\n    learning_rate: float = 1e-2\n\n"
@@ -148,11 +148,8 @@ def test_user_recipe_from_another_directory_runs(tmp_path: Path, runner_home: Pa
         ".result()\n"
         "        ctx.log(step, {'train/loss': out.loss})\n"
         "        losses.append(out.loss)\n"
-        "    return {'train/loss': losses[-1], 'improved': float(losses[-1] < losses[0])}\n")
-    (tmp_path / "configs" / "recipe").mkdir(parents=True)
-    (tmp_path / "configs" / "recipe" / "two_steps.yaml").write_text(
-        "# Run: python -m loops_runner --config-dir configs +recipe=two_steps\n"
-        "_target_: team_recipes.two_steps.run\nlearning_rate: 0.05\n")
+        "    return {'train/loss': losses[-1], 'improved': float(losses[-1] < losses[0])}\n"),
+        "learning_rate: 0.05\n")
     result = run_runner("--config-dir", "configs", "+recipe=two_steps", cwd=tmp_path,
                         home=runner_home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
