@@ -78,8 +78,27 @@ def read_sweep_lines(sweep_file: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _same_result(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+def _logged_already(sweep_file: Path, line: dict[str, Any]) -> bool:
+    """Whether the file has this run dir's completed line with the same final metrics."""
+    def canonical(metrics: Any) -> str:
+        return json.dumps(metrics, sort_keys=True, default=str)
+
+    try:
+        text = sweep_file.read_text()
+    except FileNotFoundError:
+        return False
+    run_dir, metrics = json.dumps(line["run_dir"]), canonical(line["final_metrics"])
+    for raw in text.splitlines():
+        if run_dir not in raw:  # cheap: only this job's lines are parsed
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if row.get("run_dir") == line["run_dir"] and row.get("status") == "completed" \
+                and canonical(row.get("final_metrics")) == metrics:
+            return True
+    return False
 
 
 def append_sweep_line(sweep_file: Path, line: dict[str, Any]) -> bool:
@@ -91,10 +110,7 @@ def append_sweep_line(sweep_file: Path, line: dict[str, Any]) -> bool:
     data = (json.dumps(line, default=str) + "\n").encode()
     sweep_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep_file.with_name(f".{sweep_file.name}.lock"))):
-        if line["status"] == "completed" and any(
-                row["run_dir"] == line["run_dir"] and row.get("status") == "completed"
-                and _same_result(row.get("final_metrics"), line["final_metrics"])
-                for row in read_sweep_lines(sweep_file)):
+        if line["status"] == "completed" and _logged_already(sweep_file, line):
             return False
         fd = os.open(sweep_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:

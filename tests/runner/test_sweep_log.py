@@ -19,7 +19,7 @@ from loops_runner.runner.sweep import (
     read_sweep_lines,
 )
 
-WRITERS, LINES_EACH = 4, 40
+WRITERS, LINES_EACH = 4, 25
 
 
 def _line(job: int, attempt: int, status: str = "completed") -> dict:
@@ -37,7 +37,7 @@ def _write_lines(sweep_file: str, job: int) -> None:
 
 def test_concurrent_writers_leave_only_complete_lines(tmp_path: Path) -> None:
     sweep_file = tmp_path / "sweep.jsonl"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # no re-import per writer: fast
     writers = [context.Process(target=_write_lines, args=(str(sweep_file), job))
                for job in range(WRITERS)]
     for writer in writers:
