@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def runner_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A data home only the runner's own daemon uses (other suites start their own servers)."""
-    home = tmp_path_factory.mktemp("runner_home")
-    yield home
-    stop_daemon(home)
+    with private_home(tmp_path_factory, "runner_home") as home:
+        yield home
+
+
+@contextmanager
+def private_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A fresh data home; its daemon (if one was started) is stopped at the end."""
+    home = tmp_path_factory.mktemp(name)
+    try:
+        yield home
+    finally:
+        stop_daemon(home)
 
 
 def stop_daemon(home: Path) -> None:

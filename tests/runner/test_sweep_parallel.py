@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.control_plane.helpers import server_pids
 from tests.runner.conftest import (
+    private_home,
     run_runner,
     runner_command,
     runner_env,
-    stop_daemon,
     trainer_urls,
 )
 
@@ -36,25 +37,8 @@ RAY = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
 
 @pytest.fixture(scope="module")
 def sweep_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("sweep_home")
-    yield home
-    stop_daemon(home)
-
-
-def server_pids(home: Path, kind: str) -> list[int]:
-    """Live ``loops-runner serve <kind>`` processes of this data home."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if "serve" in args and kind in args and "--home" in args \
-                and args[args.index("--home") + 1] == str(home):
-            pids.append(int(proc.name))
-    return pids
+    with private_home(tmp_path_factory, "sweep_home") as home:
+        yield home
 
 
 def daemon_starts(home: Path) -> int:
@@ -65,8 +49,8 @@ def daemon_starts(home: Path) -> int:
 
 def check_one_daemon_one_trainer(home: Path, run_dirs: list[Path]) -> None:
     assert daemon_starts(home) == 1
-    assert len(server_pids(home, "control-plane")) == 1
-    assert len(server_pids(home, "trainer")) == 1
+    assert len(server_pids(home, ("control-plane",))) == 1
+    assert len(server_pids(home, ("trainer",))) == 1
     assert len(trainer_urls(home, run_dirs)) == 1
 
 
@@ -171,3 +155,49 @@ def test_killed_parallel_sweep_resumes_only_its_unfinished_jobs(tmp_path: Path,
                if line["job"] == 2)
     summary = resumed.stdout[resumed.stdout.index("sweep summary"):]
     assert all(f"recipe.max_steps={n}" in summary for n in (3, 120, -1))
+
+
+BROKEN_RECIPE = '''
+from pydantic import BaseModel, field_validator
+
+
+class NeedsTwoArguments(Exception):  # unpickling calls it with one: it cannot cross processes
+    def __init__(self, code, where):
+        super().__init__(f"code {code} at {where}")
+
+
+class Config(BaseModel):
+    fail: bool = False
+
+    @field_validator("fail")
+    @classmethod
+    def fail_if_asked(cls, value):
+        if value:
+            raise NeedsTwoArguments(7, "config check")
+        return value
+
+
+def run(ctx, cfg):
+    return {}
+'''
+
+
+def test_a_job_error_that_cannot_cross_processes_fails_only_its_job(tmp_path: Path,
+                                                                    sweep_home: Path) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN_RECIPE)
+    (tmp_path / "configs" / "recipe").mkdir(parents=True)
+    (tmp_path / "configs" / "recipe" / "broken.yaml").write_text(
+        "# Run: python -m loops_runner --config-dir configs +recipe=broken\n"
+        "_target_: broken.py\nfail: false\n")
+    result = run_runner("--config-dir", "configs", "-m", *JOBLIB, "hydra.launcher.n_jobs=2",
+                        "+recipe=broken", "recipe.fail=false,true", "dry_run=true",
+                        "hydra.sweep.dir=sweep", cwd=tmp_path, home=sweep_home, timeout=120)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "BrokenProcessPool" not in result.stderr  # the other job's result was not lost
+    lines = {line["job"]: line for line in sweep_lines(tmp_path / "sweep")}
+    assert lines[0]["status"] == "completed"
+    assert lines[1]["status"] == "failed"
+    assert "NeedsTwoArguments: code 7 at config check" in lines[1]["error"]
+    assert "NeedsTwoArguments: code 7 at config check" in result.stderr  # Hydra reports it
+    summary = result.stdout[result.stdout.index("sweep summary"):]
+    assert "recipe.fail=False" in summary and "recipe.fail=True" in summary
