@@ -79,7 +79,7 @@ def read_sweep_lines(sweep_file: Path) -> list[dict[str, Any]]:
 
 
 def _logged_already(sweep_file: Path, line: dict[str, Any]) -> bool:
-    """Whether the file has this run dir's completed line with the same final metrics."""
+    """Whether the file has this job's completed line with the same final metrics."""
     def canonical(metrics: Any) -> str:
         return json.dumps(metrics, sort_keys=True, default=str)
 
@@ -95,7 +95,8 @@ def _logged_already(sweep_file: Path, line: dict[str, Any]) -> bool:
             row = json.loads(raw)
         except json.JSONDecodeError:
             continue
-        if row.get("run_dir") == line["run_dir"] and row.get("status") == "completed" \
+        if row.get("run_dir") == line["run_dir"] and row.get("job") == line["job"] \
+                and row.get("status") == "completed" \
                 and canonical(row.get("final_metrics")) == metrics:
             return True
     return False
@@ -127,9 +128,9 @@ def append_sweep_line(sweep_file: Path, line: dict[str, Any]) -> bool:
 
 
 def latest_per_job(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last line of each run dir (a resumed job's newest outcome), in job order."""
-    latest = {row["run_dir"]: row for row in rows}
-    return sorted(latest.values(), key=lambda row: (row.get("job", 0), row["run_dir"]))
+    """The last line of each job (a resumed job's newest outcome), in job order."""
+    latest = {(row.get("job", 0), row["run_dir"]): row for row in rows}
+    return [latest[key] for key in sorted(latest)]
 
 
 def print_summary(sweep_dir: Path, console: Console | None = None) -> None:

@@ -60,7 +60,10 @@ def test_a_skipped_completed_job_is_not_logged_twice_but_a_new_outcome_is(
     assert append_sweep_line(sweep_file, _line(0, 0, status="failed"))
     assert append_sweep_line(sweep_file, _line(0, 0))  # resumed and completed: a new outcome
     assert not append_sweep_line(sweep_file, _line(0, 0))  # the same result, re-reported
-    assert [row["status"] for row in read_sweep_lines(sweep_file)] == ["failed", "completed"]
+    other_job = {**_line(0, 0), "job": 1}  # same run dir (same overrides), another job
+    assert append_sweep_line(sweep_file, other_job)
+    assert [(row["job"], row["status"]) for row in read_sweep_lines(sweep_file)] == \
+        [(0, "failed"), (0, "completed"), (1, "completed")]
 
 
 def test_a_torn_last_line_is_skipped_and_does_not_swallow_the_next(tmp_path: Path) -> None:
@@ -76,9 +79,10 @@ def test_summary_rows_are_the_latest_outcome_of_each_job_in_job_order() -> None:
     rows = [{"job": 2, "run_dir": "c", "status": "completed"},
             {"job": 1, "run_dir": "b", "status": "failed"},
             {"job": 0, "run_dir": "a", "status": "completed"},
-            {"job": 1, "run_dir": "b", "status": "completed"}]
+            {"job": 1, "run_dir": "b", "status": "completed"},
+            {"job": 3, "run_dir": "a", "status": "completed"}]  # same overrides as job 0
     assert [(r["job"], r["status"]) for r in latest_per_job(rows)] == \
-        [(0, "completed"), (1, "completed"), (2, "completed")]
+        [(0, "completed"), (1, "completed"), (2, "completed"), (3, "completed")]
 
 
 class _NeedsTwoArguments(Exception):
