@@ -17,23 +17,34 @@ def main(cfg: DictConfig) -> Any:
 
     from loops_runner.runner.app import run_job, sweep_value
     from loops_runner.runner.config import ConfigError
+    from loops_runner.runner.sweep import portable_error
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return sweep_value(cfg, run_job(cfg, run_dir))
     except ConfigError as error:
         print(f"loops-runner: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # fail this sweep job only; Hydra goes on with the next
         sys.exit(2)
+    except Exception as error:
+        # A parallel launcher's worker sends the error back to the sweep's process.
+        portable = portable_error(error) if multirun else error
+        if portable is error:
+            raise
+        raise portable from error
 
 
 def run() -> None:
-    from loops_runner.runner import overrides, run_dirs
+    from loops_runner.runner import overrides, run_dirs, sweep
 
     overrides.install()
     run_dirs.register()
-    main()
+    try:
+        main()
+    finally:
+        sweep.print_pending_summary()  # a sweep that ended on a failed job still gets its table
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv at the repo root with loops-runner, its local stack and the test tools.
+# Create .venv at the repo root with loops-runner, its local stack, the sweep
+# launchers (the tests run sweeps through them) and the test tools.
 # Idempotent: when nothing changed since the last run it returns at once.
 #
 # torch: the CPU build (torch==2.13.0) is installed unless .venv already has a
@@ -33,6 +34,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     echo "Installing ${torch_spec} ..." >&2
     "${pip[@]}" install "$torch_spec"
 fi
-echo "Installing loops-runner (editable, with the local stack and test tools) ..." >&2
-"${pip[@]}" install -e ".[local,dev]"
+echo "Installing loops-runner (editable, with the local stack, sweep launchers and test tools) ..." >&2
+"${pip[@]}" install -e ".[local,sweeps,dev]"
 echo "$want" > "$stamp"

@@ -17,13 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from loops_runner.runner.backends import build_service_client, remember_session
+from loops_runner.runner.backends import (
+    build_service_client,
+    provisioning_turn,
+    remember_session,
+)
 from loops_runner.runner.config import ConfigError, RunnerConfig, validate_config, validate_section
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
+from loops_runner.runner.run_dirs import claim_run_dir
 from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
+    CheckpointRecord,
     RunRecord,
     config_hash,
     git_sha,
@@ -111,6 +117,30 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     if config.resume.from_dir:
         run_dir = Path(config.resume.from_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with claim_run_dir(run_dir):
+        return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console)
+
+
+def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
+               console: Console) -> tuple[Any, Any]:
+    """The service client and a training client: fresh, or restored from ``checkpoint``."""
+    with provisioning_turn(config):
+        service = build_service_client(config)
+        timeouts = config.timeouts
+        if checkpoint is None:
+            training = service.create_lora_training_client(
+                config.model.base_model, rank=config.model.rank, seed=config.seed,
+                timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
+        else:
+            console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
+            training = service.create_training_client_from_state_with_optimizer(
+                checkpoint.path)
+        remember_session(config, service.session_id)
+    return service, training
+
+
+def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
+                        raw: dict[str, Any], run_dir: Path, console: Console) -> dict[str, Any]:
     (run_dir / RESOLVED_CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
 
     digest = config_hash(raw)
@@ -142,17 +172,8 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     else:
         truncate_after(metrics_path, checkpoint.step)
 
-    service = build_service_client(config)
+    service, training = _provision(config, checkpoint, console)
     record.session_id = service.session_id
-    timeouts = config.timeouts
-    if checkpoint is None:
-        training = service.create_lora_training_client(
-            config.model.base_model, rank=config.model.rank, seed=config.seed,
-            timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
-    else:
-        console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
-        training = service.create_training_client_from_state_with_optimizer(checkpoint.path)
-    remember_session(config, service.session_id)
     if training.run_id:
         record.run_ids.append(training.run_id)
     record.save(run_dir)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from loops_runner.home import loops_home
 from loops_runner.runner.config import (
@@ -33,10 +38,32 @@ def remember_session(config: RunnerConfig, session_id: str) -> None:
     from loops_runner.runner.local_daemon import runner_dir
 
     path = runner_dir(loops_home(config.backend.home)) / SESSIONS_FILE
-    sessions = read_json(path)
-    sessions = sessions if isinstance(sessions, dict) else {}
-    sessions[config.model.base_model] = session_id
-    atomic_write_json(path, sessions)
+    # Parallel jobs of different base models must not drop each other's entry.
+    with FileLock(str(path) + ".lock"):
+        sessions = read_json(path)
+        sessions = sessions if isinstance(sessions, dict) else {}
+        sessions[config.model.base_model] = session_id
+        atomic_write_json(path, sessions)
+
+
+@contextmanager
+def provisioning_turn(config: RunnerConfig) -> Iterator[None]:
+    """Jobs take turns from picking a session to reuse until they remembered theirs.
+
+    Only where sessions are remembered (local backend, reuse "auto"): without
+    turns, every job of a parallel sweep on a fresh data home would find no
+    session to reuse and provision a trainer of its own. The first job
+    provisions and remembers; the others then reuse its warm trainer.
+    """
+    backend = config.backend
+    if not isinstance(backend, LocalBackend) or config.session.reuse_from_session_id != "auto":
+        yield
+        return
+    from loops_runner.runner.local_daemon import runner_dir
+
+    model = hashlib.sha256(config.model.base_model.encode()).hexdigest()[:16]
+    with FileLock(str(runner_dir(loops_home(backend.home)) / f"provision-{model}.lock")):
+        yield
 
 
 def _reuse_session(config: RunnerConfig, home: Path | None) -> str | None:

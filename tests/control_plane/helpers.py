@@ -116,6 +116,11 @@ def write_checkpoint(home: Path, run_id: str, kind: storage.CheckpointKind, name
 
 def child_server_pids(home: Path) -> list[int]:
     """Pids of live trainer/sampler servers started for ``home`` (from /proc)."""
+    return server_pids(home, ("trainer", "sampler"))
+
+
+def server_pids(home: Path, kinds: tuple[str, ...]) -> list[int]:
+    """Pids of live ``loops-runner serve <kind>`` processes for ``home`` (from /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -125,6 +130,6 @@ def child_server_pids(home: Path) -> list[int]:
         except OSError:
             continue
         if ("loops_runner.cli" in words and str(home) in words
-                and ("trainer" in words or "sampler" in words) and pid_alive(int(entry.name))):
+                and any(kind in words for kind in kinds) and pid_alive(int(entry.name))):
             found.append(int(entry.name))
     return found

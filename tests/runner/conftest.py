@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,24 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def runner_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A data home only the runner's own daemon uses (other suites start their own servers)."""
+    with private_home(tmp_path_factory, "runner_home") as home:
+        yield home
+
+
+@contextmanager
+def private_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A fresh data home; its daemon (if one was started) is stopped at the end."""
+    home = tmp_path_factory.mktemp(name)
+    try:
+        yield home
+    finally:
+        stop_daemon(home)
+
+
+def stop_daemon(home: Path) -> None:
+    """Stop the runner's daemon of ``home`` (and its servers); wait until it is gone."""
     from loops_runner.runner.local_daemon import find_control_plane, stop_control_plane
 
-    home = tmp_path_factory.mktemp("runner_home")
-    yield home
     running = find_control_plane(home)
     if stop_control_plane(home) and running is not None:
         deadline = time.monotonic() + 30
@@ -38,7 +54,9 @@ def runner_command(*args: str) -> list[str]:
 
 def runner_env(home: Path) -> dict[str, str]:
     return {**os.environ, "LOOPS_HOME": str(home), "PYTHONPATH": str(REPO),
-            "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+            "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+            # Ray (the sweeps' launcher) must not try to phone home from tests.
+            "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def run_runner(*args: str, cwd: Path, home: Path,
@@ -61,3 +79,20 @@ def write_user_recipe(root: Path, name: str, source: str, yaml_body: str) -> Non
         f"# Run: python -m loops_runner --config-dir configs +recipe={name}\n"
         f"_target_: team_recipes.{name}.run\n{yaml_body}")
 
+
+def trainer_urls(home: Path, run_dirs: Iterable[Path]) -> set[str]:
+    """The trainer URL that served each run dir's run, asked from the daemon of ``home``."""
+    import httpx
+
+    from loops_runner.runner.local_daemon import find_control_plane
+
+    daemon = find_control_plane(home)
+    assert daemon is not None
+    headers = {"Authorization": f"Api-Key {daemon.api_key}"}
+    urls = set()
+    for run_dir in run_dirs:
+        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        response = httpx.get(f"{daemon.url}/v1/loops/runs/{run_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        urls.add(response.json()["run"]["base_url"])
+    return urls

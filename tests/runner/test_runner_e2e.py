@@ -9,11 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loops_runner.runner.local_daemon import find_control_plane
-from tests.runner.conftest import run_runner, runner_command, runner_env, write_user_recipe
+from tests.runner.conftest import (
+    run_runner,
+    runner_command,
+    runner_env,
+    trainer_urls,
+    write_user_recipe,
+)
 
 # Small but real: enough steps for a falling loss, few enough for CI.
 QUICK = ["recipe.dataset.num_examples=600", "recipe.batch_size=16", "recipe.eval_every=5",
@@ -60,16 +65,9 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
     assert all((d / "report.html").is_file() for d in run_dirs)
     assert (tmp_path / "sweep" / "report.html").is_file()
     # One trainer process served every job: all runs report the same trainer URL.
+    assert len(trainer_urls(runner_home, run_dirs)) == 1
     daemon = find_control_plane(runner_home)
     assert daemon is not None
-    headers = {"Authorization": f"Api-Key {daemon.api_key}"}
-    trainer_urls = set()
-    for run_dir in run_dirs:
-        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-        response = httpx.get(f"{daemon.url}/v1/loops/runs/{run_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        trainer_urls.add(response.json()["run"]["base_url"])
-    assert len(trainer_urls) == 1
     status = subprocess.run([sys.executable, "-m", "loops_runner.cli", "daemon", "status",
                              "--home", str(runner_home)], capture_output=True, text=True,
                             timeout=60)
