@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(prepare)
     listing = model_commands.add_parser("list", help="show known models")
     _add_home(listing)
+    info = model_commands.add_parser("info", help="how a model was built and what it can do")
+    info.add_argument("name", help="registry name, directory or HF id")
+    _add_home(info)
 
     daemon = commands.add_parser("daemon", help="the local backend's control-plane daemon")
     daemon.add_argument("action", choices=["status", "stop"])
@@ -89,6 +92,44 @@ def _models_prepare(name: str, home: str | None) -> int:
 
     resolved = resolve_model(name, loops_home(home))
     print(resolved.load_path)
+    return 0
+
+
+def _models_info(name: str, home: str | None) -> int:
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from loops_runner.models import tiny
+    from loops_runner.models.registry import resolve_model
+
+    resolved = resolve_model(name, loops_home(home))
+    console = Console()
+    console.print(f"{name}: {resolved.load_path}")
+    build_file = Path(resolved.load_path) / tiny.BUILD_INFO
+    if not build_file.is_file():
+        config_file = Path(resolved.load_path) / "config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            console.print({k: config.get(k) for k in ("model_type", "hidden_size",
+                                                      "num_hidden_layers", "vocab_size")})
+        else:
+            console.print("no local build information (a Hugging Face id is loaded on use)")
+        return 0
+    info = json.loads(build_file.read_text())
+    pretrain = info.get("pretrain", {})
+    console.print(f"parameters {info['parameters']:,}; recipe version {info['recipe_version']}; "
+                  f"built in {info['build_seconds']} s "
+                  f"(pretraining {pretrain.get('steps')} steps in {pretrain.get('seconds')} s, "
+                  f"loss {pretrain.get('first_loss')} -> {pretrain.get('final_loss')})")
+    table = Table(title=f"greedy held-out accuracy ({info.get('heldout_sample')} questions)")
+    table.add_column("family")
+    table.add_column("accuracy", justify="right")
+    for family, value in info.get("heldout_accuracy", {}).items():
+        table.add_row(family, f"{value:.0%}")
+    console.print(table)
     return 0
 
 
@@ -161,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "models":
         if args.models_command == "prepare":
             return _models_prepare(args.name, args.home)
+        if args.models_command == "info":
+            return _models_info(args.name, args.home)
         return _models_list(args.home)
     if args.command == "daemon":
         return _daemon(args.action, args.home)

@@ -78,6 +78,27 @@ def prose(count: int, seed: int = 0) -> list[str]:
     return [" ".join(_sentence(rng) for _ in range(rng.randint(1, 3))) for _ in range(count)]
 
 
+def lexicon(seed: int = 0) -> list[str]:
+    """Plain-text facts about every word: its letters, length, capitals, reversal.
+
+    The chat tasks ask for these facts; a language model learns them from text
+    (as real models learn spelling), so a held-out question about a word is a
+    new question about known facts, not an impossible guess.
+    """
+    rng = random.Random(f"lexicon-{seed}")
+    facts = []
+    for word in WORDS:
+        facts.extend([
+            f"The word {word} is spelled {' '.join(word)}.",
+            f"The word {word} has {len(word)} letters.",
+            f"Backwards, {word} is {word[::-1]}.",
+            f"In capitals, {word} is {word.upper()}.",
+            f"The word {word} starts with {word[0]}.",
+        ])
+    rng.shuffle(facts)
+    return facts
+
+
 def conversations(count: int, seed: int = 0) -> list[Conversation]:
     """``count`` single-turn chats ``{"messages": [user, assistant]}`` from the train split."""
     return [as_conversation(row) for row in sample_rows(count, split="train", seed=seed)]
@@ -97,6 +118,7 @@ def tokenizer_corpus(seed: int = 1234) -> list[str]:
     lines.extend("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                  for _ in range(200))
     lines.extend(prose(3000, seed=seed))
+    lines.extend(lexicon(seed=seed))
     lines.extend(WORDS)
     lines.extend(str(n) for n in range(1000))
     return lines

@@ -1,11 +1,19 @@
-"""The built-in default model ``tiny``: a small Qwen3 built locally, deterministically.
+"""The built-in default model ``tiny``: a small pretrained Qwen3, made here, offline.
 
 No hub access exists on many machines (CI included), so the default model is
-made here: a byte-level BPE tokenizer trained on the package's own synthetic
-corpus, with Qwen-style chat special tokens and a chat template that marks
-assistant turns for ``return_assistant_tokens_mask``, and a Qwen3 model with a
-seeded random init. Everything is a function of ``RECIPE_VERSION``: bump it
-whenever the recipe changes, and homes rebuild on next use.
+made by this module: a byte-level BPE tokenizer trained on the package's own
+synthetic corpus, with Qwen-style chat special tokens and a chat template that
+marks assistant turns for ``return_assistant_tokens_mask``, and a Qwen3 model
+whose full weights are pretrained on task chats, prose and word facts
+(:mod:`loops_runner.models.pretrain`).
+
+How it reaches a user: pretraining takes minutes on a CPU, so its result is
+shipped with the package (``tiny_pretrained/``, about 5 MB), produced by
+``scripts/pretrain_tiny.py``, which reproduces it bit for bit on the same
+machine (a test checks). ``prepare`` copies it into the data home and checks
+its hashes; if the shipped folder is missing it builds from scratch instead.
+Everything is a function of ``RECIPE_VERSION``: bump it whenever the recipe
+changes, and homes rebuild on next use.
 """
 
 from __future__ import annotations
@@ -16,19 +24,29 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
+
+from loops_runner.models.pretrain import PretrainSettings
 
 RECIPE_VERSION = 3
 SEED = 20251129
 VOCAB_TARGET = 4096
-# With the usual init (std 0.02) the tied output embeddings cap every logit
-# near +-2.5, so a LoRA-only fine-tune (base weights frozen, embeddings
-# untouched) cannot move the output distribution far from uniform. Scaling the
-# embeddings up gives the adapters room to learn; measured: eval NLL of the
-# default SFT run falls ~40% instead of ~10%.
+# Full-weight pretraining before the model is saved (see models/pretrain.py and
+# docs/tiny-model.md for the measurements behind these numbers).
+PRETRAIN = PretrainSettings(
+    steps=2000, batch_size=64, max_length=96, learning_rate=5e-3, warmup_steps=50,
+    chats=30000, prose_paragraphs=3000, lexicon_repeats=4, threads=2, seed=SEED,
+)
+# Held-out questions the build scores greedily (per family, in the build info).
+ACCURACY_SAMPLE = 200
+# The random init's embeddings are scaled up: with the usual std 0.02 the tied
+# output embeddings cap every logit near +-2.5 and early training crawls.
 EMBEDDING_INIT_SCALE = 4.0
+SHIPPED_DIR = Path(__file__).parent / "tiny_pretrained"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BUILD_INFO = "loops_tiny_build.json"
 
@@ -95,7 +113,10 @@ def prepare(home: Path) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
         try:
-            build(staging)
+            if is_built(SHIPPED_DIR):
+                install_shipped(staging)
+            else:
+                build(staging)
             staging.chmod(0o755)
             if target.exists():
                 shutil.rmtree(target)
@@ -105,14 +126,36 @@ def prepare(home: Path) -> Path:
     return target
 
 
+def install_shipped(directory: Path) -> None:
+    """Copy the shipped pretrained folder into ``directory``, refusing a damaged copy."""
+    info = build_info(SHIPPED_DIR)
+    for name, digest in info["sha256"].items():
+        data = (SHIPPED_DIR / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(f"the shipped tiny model file {SHIPPED_DIR / name} does not match "
+                               "its recorded sha256; reinstall loops-runner or run "
+                               "scripts/pretrain_tiny.py")
+        (directory / name).write_bytes(data)
+    shutil.copyfile(SHIPPED_DIR / BUILD_INFO, directory / BUILD_INFO)
+
+
 def _train_tokenizer():  # -> PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from loops_runner.data.synthetic import tokenizer_corpus
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Whitespace is its own token and digits are split one by one (as Qwen's
+    # tokenizer does). A word is then the same token wherever it stands (no
+    # "word" vs " word" pair), so copying a word from the question is copying a
+    # token, which a small model learns many times faster; and numbers share
+    # digit tokens instead of being a thousand unrelated ones.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_TARGET,
@@ -135,10 +178,30 @@ def _train_tokenizer():  # -> PreTrainedTokenizerFast
     return fast
 
 
-def build(directory: Path) -> None:
-    """Write tokenizer, config and weights of ``tiny`` into ``directory``."""
+def _progress_reporter(total: int):  # -> (callback, close)
+    """A rich progress bar on stderr for a build from scratch (it takes minutes)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("pretraining tiny"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]}"),
+                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    task = progress.add_task("pretrain", total=total, loss="-")
+    progress.start()
+
+    def on_step(step: int, loss: float) -> None:
+        progress.update(task, completed=step + 1, loss=f"{loss:.3f}")
+
+    return on_step, progress.stop
+
+
+def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
+    """Write tokenizer, config and pretrained weights of ``tiny`` into ``directory``."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    from loops_runner.models.pretrain import greedy_accuracy, pretrain
+    from loops_runner.tasks import sample_rows
 
     started = time.monotonic()
     tokenizer = _train_tokenizer()
@@ -161,7 +224,16 @@ def build(directory: Path) -> None:
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
+    on_step, close = _progress_reporter(settings.steps)
+    pretrain_started = time.monotonic()
+    try:
+        losses = pretrain(model, tokenizer, settings, on_step=on_step)
+    finally:
+        close()
+    pretrain_seconds = time.monotonic() - pretrain_started
     model.save_pretrained(directory, safe_serialization=True)
+    accuracy = greedy_accuracy(model, tokenizer, sample_rows(
+        ACCURACY_SAMPLE, split="heldout", seed=0, unique=True), threads=settings.threads)
 
     digests = {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
@@ -173,7 +245,15 @@ def build(directory: Path) -> None:
         "recipe_version": RECIPE_VERSION,
         "seed": SEED,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "build_seconds": round(time.monotonic() - started, 2),
+        "pretrain": {**asdict(settings), "seconds": round(pretrain_seconds, 1),
+                     "first_loss": round(losses[0], 4), "final_loss": round(losses[-1], 4)},
+        "heldout_accuracy": {name: round(value, 3) for name, value in accuracy.items()},
+        "heldout_sample": ACCURACY_SAMPLE,
+        "build_seconds": round(time.monotonic() - started, 1),
         "sha256": digests,
     }
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def build_info(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / BUILD_INFO).read_text())

@@ -78,7 +78,7 @@ def ensure_control_plane(home: Path, idle_timeout_s: float) -> ControlPlane:
             return found
         api_key = user_api_key(home)
         server = spawn_server(
-            ["control-plane", "--home", str(home), "--api-key", api_key,
+            ["control-plane", "--home", str(home), f"--api-key={api_key}",
              "--idle-timeout", str(idle_timeout_s)],
             home / "logs" / "control-plane.log",
         )

@@ -55,7 +55,7 @@ def start_control_plane(home: Path, *, api_key: str | None = None,
                         env: dict[str, str] | None = None) -> ControlPlaneProcess:
     args = ["control-plane", "--home", str(home), "--port", "0", *(extra or [])]
     if api_key:
-        args += ["--api-key", api_key]
+        args += [f"--api-key={api_key}"]
     server = spawn_server(args, home / "logs" / "control-plane-test.log", env=env,
                           start_timeout=60)
     return ControlPlaneProcess(server, home, api_key, args)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from loops_runner.models import tiny
 
 CLI = [sys.executable, "-m", "loops_runner.cli"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _prepare_via_cli(home: Path, extra_env: dict[str, str] | None = None) -> tuple[str, float]:
@@ -32,18 +34,28 @@ def test_prepare_twice_reuses_the_build(tmp_path: Path) -> None:
     assert first == second == str(tiny.model_dir(tmp_path))
     # Reused, not rebuilt: the build stamp is untouched.
     assert (Path(second) / tiny.BUILD_INFO).stat().st_mtime_ns == info_before
+    # What prepare installs is exactly the shipped pretrained folder.
+    shipped = tiny.build_info(tiny.SHIPPED_DIR)["sha256"]
+    for name, digest in shipped.items():
+        assert hashlib.sha256((Path(first) / name).read_bytes()).hexdigest() == digest
 
 
-def test_two_builds_on_two_machines_are_identical(tmp_path: Path) -> None:
-    """Different homes, thread counts and hash seeds stand in for two machines."""
-    first, _ = _prepare_via_cli(tmp_path / "a", {"PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1",
-                                                  "RAYON_NUM_THREADS": "1"})
-    second, _ = _prepare_via_cli(tmp_path / "b", {"PYTHONHASHSEED": "99", "OMP_NUM_THREADS": "2",
-                                                   "RAYON_NUM_THREADS": "2"})
-    hashes_a = json.loads((Path(first) / tiny.BUILD_INFO).read_text())["sha256"]
-    hashes_b = json.loads((Path(second) / tiny.BUILD_INFO).read_text())["sha256"]
-    assert hashes_a == hashes_b
-    assert {"tokenizer.json", "model.safetensors", "config.json"} <= set(hashes_a)
+@pytest.mark.slow
+def test_pretraining_script_reproduces_the_shipped_model_bit_for_bit(tmp_path: Path) -> None:
+    """scripts/pretrain_tiny.py, run afresh, writes the very bytes the package ships.
+
+    Other thread settings and hash seeds in the environment must not matter:
+    the build pins its own thread count and seeds.
+    """
+    out = tmp_path / "tiny"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=900,
+                   env={**os.environ, "PYTHONHASHSEED": "7", "OMP_NUM_THREADS": "1"})
+    rebuilt = tiny.build_info(out)
+    shipped = tiny.build_info(tiny.SHIPPED_DIR)
+    assert rebuilt["sha256"] == shipped["sha256"]
+    assert {"tokenizer.json", "model.safetensors", "config.json"} <= set(rebuilt["sha256"])
+    assert rebuilt["heldout_accuracy"] == shipped["heldout_accuracy"]
 
 
 def test_recipe_version_change_triggers_rebuild(tmp_path: Path,
@@ -55,6 +67,49 @@ def test_recipe_version_change_triggers_rebuild(tmp_path: Path,
     assert rebuilt != built and tiny.is_built(rebuilt)
 
 
+def test_damaged_shipped_weights_are_refused(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    damaged = tmp_path / "shipped"
+    shutil.copytree(tiny.SHIPPED_DIR, damaged)
+    weights = bytearray((damaged / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (damaged / "model.safetensors").write_bytes(bytes(weights))
+    monkeypatch.setattr(tiny, "SHIPPED_DIR", damaged)
+    with pytest.raises(RuntimeError, match="does not match its recorded sha256"):
+        tiny.prepare(tmp_path / "home")
+    # Nothing half-installed is left where a later prepare would trust it.
+    assert not tiny.is_built(tiny.model_dir(tmp_path / "home"))
+
+
+def test_base_accuracy_is_inside_the_band(tiny_model_dir: Path) -> None:
+    """The pretrained base knows something and leaves room to learn (10-60% held-out)."""
+    pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loops_runner.models.pretrain import greedy_accuracy
+    from loops_runner.tasks import sample_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # A fixed sample other than the one the build scored.
+    rows = sample_rows(150, split="heldout", seed=11, unique=True)
+    accuracy = greedy_accuracy(model, tokenizer, rows)
+    assert 0.10 <= accuracy["all"] <= 0.60, accuracy
+    recorded = tiny.build_info(tiny_model_dir)["heldout_accuracy"]
+    assert 0.10 <= recorded["all"] <= 0.60, recorded
+    # Families differ: some are mostly solved, some mostly not (room for every recipe).
+    assert max(accuracy.values()) >= 0.5 and min(accuracy.values()) <= 0.2, accuracy
+
+
+def test_models_info_prints_the_build_figures(tiny_model_dir: Path, loops_home: Path) -> None:
+    result = subprocess.run([*CLI, "models", "info", "tiny", "--home", str(loops_home)],
+                            capture_output=True, text=True, check=True, timeout=120)
+    recorded = tiny.build_info(tiny_model_dir)
+    assert f"parameters {recorded['parameters']:,}" in result.stdout
+    for family, value in recorded["heldout_accuracy"].items():
+        assert family in result.stdout and f"{value:.0%}" in result.stdout
+
+
 def test_model_loads_and_generates_offline(tiny_model_dir: Path) -> None:
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,7 +117,7 @@ def test_model_loads_and_generates_offline(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert type(model).__name__ == "Qwen3ForCausalLM"
-    assert model.config.vocab_size == len(tokenizer) == tiny.VOCAB_TARGET
+    assert model.config.vocab_size == len(tokenizer) <= tiny.VOCAB_TARGET
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Reverse the word: apple"}],
         add_generation_prompt=True, return_tensors="pt", return_dict=True,
