@@ -81,6 +81,9 @@ class RunContext:
     # Where a resumed run continues: the step already done and the data cursor.
     start_step: int = 0
     cursor: dict[str, Any] = field(default_factory=dict)
+    # The last value of each metric logged up to ``start_step`` (empty for a fresh
+    # run), so a resumed recipe reports the same final metrics as an unbroken one.
+    logged: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = None
     _sampling_client: Any = None
 

@@ -55,3 +55,7 @@ def assert_same_state(before: tuple[dict, dict, dict, int],
     assert before[1] == after[1], "step / counters"
     assert all(torch.equal(before[2][k], after[2][k]) for k in before[2]), "weights"
     assert before[3] == after[3], "policy version"
+
+
+# The runner's private data home (its daemon is stopped at the end of the session).
+from tests.runner.conftest import runner_home  # noqa: E402, F401

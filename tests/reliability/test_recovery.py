@@ -1,0 +1,133 @@
+"""Automatic recovery: the runner survives a trainer or control plane killed mid-run.
+
+The real CLI runs the sft recipe on the local stack; once a checkpoint exists,
+the trainer process (or the control-plane daemon) is killed with SIGKILL. The
+runner must retry on its own (``resume.auto_retries``): provision again (a new
+daemon adopts the surviving servers; a killed trainer is replaced), resume
+from the last checkpoint with its optimizer, data cursor and RNG, and finish
+with the final metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loops_runner.runner.local_daemon import find_control_plane
+from tests.runner.conftest import run_runner, runner_command, runner_env
+
+STEPS = 6
+ARGS = ["+recipe=sft", f"recipe.max_steps={STEPS}", "recipe.save_every=2", "seed=11",
+        "recipe.dataset.num_examples=400", "recipe.batch_size=16", "recipe.eval_every=3",
+        "recipe.dataset.eval_examples=32", "recipe.num_final_samples=1"]
+
+
+def _final_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())["final_metrics"]
+
+
+def _wait_for_checkpoint(work: Path, process: subprocess.Popen, min_step: int) -> Path:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for run_json in (work / "outputs" / "sft").glob("*/run.json"):
+            record = json.loads(run_json.read_text())
+            if any(c["step"] >= min_step for c in record.get("checkpoints", [])):
+                return run_json
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint before the run ended")
+
+
+def _trainer_pid(home: Path, run_id: str) -> int:
+    daemon = find_control_plane(home)
+    assert daemon is not None
+    headers = {"Authorization": f"Api-Key {daemon.api_key}"}
+    run = httpx.get(f"{daemon.url}/v1/loops/runs/{run_id}", headers=headers).json()["run"]
+    deployment = httpx.get(f"{daemon.url}/v1/loops/deployments/{run['deployment_id']}",
+                           headers=headers).json()["deployment"]
+    return int(deployment["pid"])
+
+
+@pytest.fixture(scope="module")
+def reference_metrics(tmp_path_factory: pytest.TempPathFactory, runner_home: Path) -> dict:
+    """The final metrics of the same command, never interrupted."""
+    work = tmp_path_factory.mktemp("reference")
+    reference = run_runner(*ARGS, cwd=work, home=runner_home)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    return _final_metrics(next((work / "outputs" / "sft").iterdir()))
+
+
+def _run_and_kill(work: Path, home: Path, victim: Callable[[str], int]) -> tuple[dict, str]:
+    """Start the runner, SIGKILL ``victim(run_id)`` after the first checkpoint, let it end."""
+    log_path = work / "runner.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(runner_command(*ARGS), cwd=work, env=runner_env(home),
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+        run_json = _wait_for_checkpoint(work, process, min_step=2)
+        os.kill(victim(json.loads(run_json.read_text())["run_id"]), signal.SIGKILL)
+        code = process.wait(timeout=300)
+    output = log_path.read_text()
+    assert code == 0, output[-4000:]
+    record = json.loads(run_json.read_text())
+    steps = [json.loads(line)["step"] for line in (run_json.parent / "metrics.jsonl")
+             .read_text().splitlines() if "train/loss" in line]
+    assert steps == list(range(1, STEPS + 1))  # one line per step, none lost or doubled
+    return record, output
+
+
+def _assert_recovered(record: dict, output: str, expected: dict) -> None:
+    assert "Retrying from its last checkpoint" in output and "Resuming from step" in output
+    assert record["status"] == "completed" and record["attempts"] == 2
+    for key, value in expected.items():
+        assert record["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+
+
+def test_killed_trainer_is_replaced_and_the_run_finishes_identically(
+        tmp_path: Path, runner_home: Path, reference_metrics: dict) -> None:
+    record, output = _run_and_kill(tmp_path, runner_home,
+                                   lambda run_id: _trainer_pid(runner_home, run_id))
+    _assert_recovered(record, output, reference_metrics)
+    assert len(set(record["run_ids"])) == 2  # a fresh run on a fresh (or restarted) trainer
+
+
+def test_killed_control_plane_is_restarted_and_the_run_finishes_identically(
+        tmp_path: Path, runner_home: Path, reference_metrics: dict) -> None:
+    killed: list[int] = []
+
+    def control_plane_pid(_run_id: str) -> int:
+        daemon = find_control_plane(runner_home)
+        assert daemon is not None
+        killed.append(daemon.pid)
+        return daemon.pid
+
+    record, output = _run_and_kill(tmp_path, runner_home, control_plane_pid)
+    _assert_recovered(record, output, reference_metrics)
+    daemon = find_control_plane(runner_home)
+    assert daemon is not None and daemon.pid != killed[0]  # the runner started a new one
+
+
+def test_only_service_failures_are_retried() -> None:
+    from loops_runner.runner.config import ConfigError
+    from loops_runner.runner.recovery import is_recoverable
+    from loops_runner.sdk.errors import ServerUnavailableError, UnknownRequestError
+
+    assert is_recoverable(UnknownRequestError("the trainer restarted"))
+    assert is_recoverable(ServerUnavailableError("no answer"))
+    assert is_recoverable(httpx.ConnectError("refused"))
+    try:  # a recipe that wraps the service failure in its own error
+        try:
+            raise httpx.ReadError("connection reset")
+        except httpx.ReadError as inner:
+            raise RuntimeError("eval failed") from inner
+    except RuntimeError as wrapped:
+        assert is_recoverable(wrapped)
+    assert not is_recoverable(ConfigError("recipe.learning_rate: must be > 0"))
+    assert not is_recoverable(ValueError("a bug in the recipe"))
+    assert not is_recoverable(KeyboardInterrupt())
