@@ -123,7 +123,8 @@ def create_app(service: TrainerService) -> FastAPI:
                 f"base model failed to load: {service.load_error}")
             return error_response(503, detail, "LOADING")
         return JSONResponse({"status": "ok", "base_model": service.base_model_id,
-                             "runs": len(service.known_runs)})
+                             "runs": len(service.known_runs),
+                             "operations": service.store.counts()})
 
     @app.get("/policy_version", openapi_extra={"parameters": [RUN_HEADER_DOC]},
              responses=answers({200: PolicyVersionResponse, **ERRORS}))

@@ -1,0 +1,84 @@
+"""Load: many clients on one trainer, many concurrent samples, bounded memory.
+
+Short versions of benchmarks/soak.py (which runs 8 x 200 ops and 2 minutes of
+64 concurrent samples and prints the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from loops_runner.servers.operations import Accepted, OperationStore
+from tests.reliability.load import rss_bytes, sampler_load, sequential_replay, trainer_load
+
+CLIENTS = 8
+OPS = 21
+SEED = 100
+
+
+def test_concurrent_clients_lose_and_duplicate_nothing_and_keep_run_order(
+        trainer_server) -> None:
+    url = trainer_server.url
+    asyncio.run(trainer_load(url, CLIENTS, 3, seed=SEED + 1000))  # warm-up: allocations settle
+    rss_warm = rss_bytes(trainer_server.pid)
+    results = asyncio.run(trainer_load(url, CLIENTS, OPS, seed=SEED))
+    rss_after = rss_bytes(trainer_server.pid)
+
+    all_ids = [op for result in results for op in result.operation_ids]
+    assert len(all_ids) == CLIENTS * OPS and len(set(all_ids)) == len(all_ids)  # none shared
+    for result in results:
+        assert all(o["status"] == "done" for o in result.outcomes), result.outcomes
+        assert result.replays_matched == len(range(0, OPS, 10))  # replays named the same op
+    # Per-run order: each client's outcomes equal a one-at-a-time replay of its stream
+    # (every forward after k optimizer steps sees exactly those k steps, no more, no less).
+    for client in (CLIENTS - 1,):
+        replay = asyncio.run(sequential_replay(url, client, OPS, SEED))
+        assert results[client].losses() == replay.losses(), client
+    assert rss_after < rss_warm * 1.10, f"trainer RSS grew {rss_after / rss_warm - 1:.1%}"
+
+
+def test_sixty_four_concurrent_samples(sampler_server) -> None:
+    asyncio.run(sampler_load(sampler_server.url, 64, 1))  # warm-up
+    rss_warm = rss_bytes(sampler_server.pid)
+    statuses = asyncio.run(sampler_load(sampler_server.url, 64, 3))
+    rss_after = rss_bytes(sampler_server.pid)
+    assert statuses == [200] * (64 * 3)
+    assert rss_after < rss_warm * 1.10, f"sampler RSS grew {rss_after / rss_warm - 1:.1%}"
+
+
+def test_operation_store_retention_stays_bounded_under_load() -> None:
+    """Thousands of concurrent submits: results and tombstones never pass their caps."""
+
+    async def scenario() -> dict[str, int]:
+        store = OperationStore(max_finished=50, max_tombstones=200,
+                               max_result_bytes=64 * 1024)
+        peak = {"finished": 0, "tombstones": 0, "bytes": 0}
+
+        async def one(index: int) -> None:
+            async def prepare() -> Accepted:
+                return Accepted(job=lambda: {"value": index, "pad": "x" * 500},
+                                lane=f"lane-{index % 4}")
+
+            response = await store.submit(kind="op", body=str(index).encode(),
+                                          key=f"key-{index}", prepare=prepare)
+            assert response.status_code == 202
+            counts = store.counts()
+            peak["finished"] = max(peak["finished"], counts["done"])
+            peak["tombstones"] = max(peak["tombstones"], counts["tombstones"])
+            peak["bytes"] = max(peak["bytes"], counts["result_bytes"])
+
+        for start in range(0, 3000, 300):
+            await asyncio.gather(*(one(i) for i in range(start, start + 300)))
+            await asyncio.sleep(0.05)
+        # A late replay of an evicted submit is still recognised, never re-run.
+        response = await store.submit(kind="op", body=b"2999", key="key-2999",
+                                      prepare=lambda: asyncio.sleep(0, Accepted(job=dict)))
+        assert response.status_code == 202
+        store.begin_shutdown()
+        store.close()
+        return peak
+
+    peak = asyncio.run(scenario())
+    assert 0 < peak["finished"] <= 51  # the cap, plus the one finishing as it is counted
+    assert peak["tombstones"] <= 200
+    assert peak["bytes"] <= 64 * 1024 + 1024
