@@ -7,6 +7,9 @@ Short versions of benchmarks/soak.py (which runs 8 x 200 ops and 2 minutes of
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import httpx
 
 from loops_runner.servers.operations import Accepted, OperationStore
 from tests.reliability.load import rss_bytes, sampler_load, sequential_replay, trainer_load
@@ -82,3 +85,51 @@ def test_operation_store_retention_stays_bounded_under_load() -> None:
     assert 0 < peak["finished"] <= 51  # the cap, plus the one finishing as it is counted
     assert peak["tombstones"] <= 200
     assert peak["bytes"] <= 64 * 1024 + 1024
+
+
+def test_idle_runs_move_to_disk_and_come_back_bit_identical(
+        tmp_path_factory, tiny_model_dir, trainer_server) -> None:
+    """A trainer capped at 2 resident runs serves 5; every run continues exactly.
+
+    The reference is the session trainer (no eviction at 5 runs): the same ops
+    give the same losses and weights there.
+    """
+    import shutil
+
+    import torch
+
+    from tests.servers import start_server
+    from tests.trainer.trainer_helpers import Trainer, datum
+
+    home = tmp_path_factory.mktemp("evicting_home")
+    shutil.copytree(tiny_model_dir.parent, home / tiny_model_dir.parent.name,
+                    dirs_exist_ok=True)
+    server = start_server(["trainer", "--base-model", "tiny"], home, "evicting-trainer.log",
+                          health_path="/health?base_model=tiny",
+                          env={"LOOPS_TRAINER_MAX_RESIDENT_RUNS": "2"})
+    try:
+        def train(trainer: Trainer, index: int) -> float:
+            loss = trainer.forward_backward([datum([5 + index, 9, 13, 17, 21, 25])])["loss"]
+            trainer.optim_step(1e-2)
+            return float(loss)
+
+        runs = [Trainer(server.url, f"evict-{i}") for i in range(5)]
+        tag = uuid.uuid4().hex[:6]
+        references = [Trainer(trainer_server.url, f"evict-ref-{i}-{tag}") for i in range(5)]
+        for trainer in (*runs, *references):
+            trainer.init(rank=4, seed=7)
+        for round_index in range(2):
+            for i, (trainer, reference) in enumerate(zip(runs, references, strict=True)):
+                assert train(trainer, i + round_index) == train(reference, i + round_index)
+        health = httpx.get(f"{server.url}/health", timeout=30).json()
+        assert health["runs"] == 5 and health["resident_runs"] == 2
+        assert (home / "runs" / "evict-0" / ".resident" / "state.safetensors").is_file()
+        for trainer, reference in zip(runs, references, strict=True):
+            weights, _ = trainer.tensors("adapter")  # brings an evicted run back
+            expected, _ = reference.tensors("adapter")
+            assert all(torch.equal(weights[k], expected[k]) for k in expected)
+            assert trainer.policy_version() == reference.policy_version() == 2
+        # Nothing on disk is listed as a checkpoint.
+        assert not list((home / "runs").glob("*/*/*/checkpoint.json"))
+    finally:
+        server.stop()

@@ -124,6 +124,7 @@ def create_app(service: TrainerService) -> FastAPI:
             return error_response(503, detail, "LOADING")
         return JSONResponse({"status": "ok", "base_model": service.base_model_id,
                              "runs": len(service.known_runs),
+                             "resident_runs": len(service.engine.runs),
                              "operations": service.store.counts()})
 
     @app.get("/policy_version", openapi_extra={"parameters": [RUN_HEADER_DOC]},
