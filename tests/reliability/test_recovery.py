@@ -134,3 +134,37 @@ def test_only_service_failures_are_retried() -> None:
     assert not is_recoverable(ConfigError("recipe.learning_rate: must be > 0"))
     assert not is_recoverable(ValueError("a bug in the recipe"))
     assert not is_recoverable(KeyboardInterrupt())
+
+
+def test_killed_sampler_is_restarted_and_serves_the_published_weights(
+        keyed_control_plane) -> None:
+    """kill -9 the paired sampler: the control plane restarts it on its port, it reads the
+    live pointer again, and the same client's next sample is the same greedy answer."""
+    from loops_runner.models import tiny
+    from loops_runner.sdk import AdamParams, ModelInput, SamplingParams, ServiceClient
+    from tests.reliability.conftest import API_KEY
+    from tests.reliability.load import datum
+
+    tiny.prepare(keyed_control_plane.home)
+    service = ServiceClient(api_key=API_KEY, base_url=keyed_control_plane.url)
+    training = service.create_lora_training_client(base_model="tiny", rank=4, seed=3,
+                                                   ready_timeout=240)
+    training.forward_backward([datum(1, 1)], loss_fn="cross_entropy").result()
+    training.optim_step(AdamParams(learning_rate=5e-2)).result()
+    sampling = training.save_weights_and_get_sampling_client(name="before-kill")
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    prompt = ModelInput.from_ints([5, 9, 13, 17])
+    before = sampling.sample(prompt=prompt, num_samples=1, sampling_params=params)
+
+    headers = keyed_control_plane.headers()
+    deployments = httpx.get(f"{keyed_control_plane.url}/v1/loops/deployments", headers=headers,
+                            timeout=30).json()["deployments"]
+    (sampler,) = [d for d in deployments if d["kind"] == "sampler" and d["pid"]]
+    os.kill(sampler["pid"], signal.SIGKILL)
+
+    after = sampling.sample(prompt=prompt, num_samples=1, sampling_params=params)
+    assert after.sequences[0].tokens == before.sequences[0].tokens
+    assert after.policy_version == before.policy_version
+    restarted = httpx.get(f"{keyed_control_plane.url}/v1/loops/deployments/{sampler['id']}",
+                          headers=headers, timeout=30).json()["deployment"]
+    assert restarted["restarts"] == 1 and restarted["pid"] != sampler["pid"]
