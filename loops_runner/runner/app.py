@@ -20,14 +20,8 @@ from rich.table import Table
 from loops_runner.runner.backends import build_service_client, remember_session
 from loops_runner.runner.config import ConfigError, RunnerConfig, validate_config, validate_section
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
-from loops_runner.runner.metrics import (
-    METRICS_FILE,
-    MetricsLogger,
-    latest_values,
-    truncate_after,
-)
+from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
-from loops_runner.runner.recovery import RETRY_PAUSE_S, describe, is_recoverable
 from loops_runner.runner.run_record import (
     RunRecord,
     config_hash,
@@ -110,13 +104,32 @@ def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord
 
 
 def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
-    """Run one job; after a service failure, retry it from its last checkpoint.
+    """Run one job; after a service failure, run it again from its last checkpoint.
 
-    A retry is a resume (``_attempt`` reads the run record again): a fresh
-    trainer loads the last checkpoint with its optimizer, and the data cursor
-    and RNG come back from the checkpoint record, so the result matches an
-    uninterrupted run. ``resume.auto_retries`` bounds the retries.
+    A retry is an ordinary resume (the next attempt reads ``run.json``): a
+    fresh trainer loads the last checkpoint with its optimizer, and the data
+    cursor and RNG come back from the checkpoint record, so the result matches
+    an uninterrupted run. ``resume.auto_retries`` bounds the retries.
     """
+    from loops_runner.runner.recovery import RETRY_PAUSE_S, describe, is_recoverable
+
+    console = console or Console()
+    retries_left = prepare(cfg)[0].resume.auto_retries  # a bad config is refused right here
+    while True:
+        try:
+            return _run_job_once(cfg, run_dir, console)
+        except Exception as error:
+            if retries_left <= 0 or not is_recoverable(error):
+                raise
+            retries_left -= 1
+            console.print(f"[yellow]The run failed: {describe(error)}[/yellow]\n"
+                          f"Retrying from its last checkpoint ({retries_left} automatic "
+                          "retries left after this one; resume.auto_retries)")
+            time.sleep(RETRY_PAUSE_S)
+
+
+def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
+                  ) -> dict[str, Any]:
     console = console or Console()
     config, recipe, recipe_cfg, raw = prepare(cfg)
     if config.dry_run:
@@ -128,23 +141,6 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     (run_dir / RESOLVED_CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
 
     digest = config_hash(raw)
-    retries_left = config.resume.auto_retries
-    while True:
-        try:
-            return _attempt(config, recipe, recipe_cfg, raw, digest, run_dir, console)
-        except Exception as error:
-            if retries_left <= 0 or not is_recoverable(error):
-                raise
-            retries_left -= 1
-            console.print(f"[yellow]The run failed: {describe(error)}[/yellow]\n"
-                          f"Retrying from its last checkpoint ({retries_left} automatic "
-                          "retries left after this one; resume.auto_retries)")
-            time.sleep(RETRY_PAUSE_S)
-
-
-def _attempt(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, raw: dict[str, Any],
-             digest: str, run_dir: Path, console: Console) -> dict[str, Any]:
-    """One attempt: resume point, provisioning, the recipe, the record."""
     previous = _resume_point(run_dir, config, digest)
     if previous is not None and previous.status == "completed" and not config.resume.fork:
         console.print(f"[green]Run in {run_dir} already completed[/green]; final metrics: "
@@ -200,7 +196,6 @@ def _attempt(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, raw: dict[st
         budget=Budget(config.max_steps, config.time_budget_s),
         start_step=checkpoint.step if checkpoint else 0,
         cursor=dict(checkpoint.cursor) if checkpoint else {},
-        logged=latest_values(metrics_path) if checkpoint else {},
     )
     try:
         final = recipe.run(ctx, recipe_cfg) or {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loops_runner.runner.config import RunnerConfig
-from loops_runner.runner.metrics import MetricsLogger
+from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, latest_values
 from loops_runner.runner.run_record import CheckpointRecord, RunRecord
 
 
@@ -89,6 +89,8 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.checkpointer = Checkpointer(self)
+        if self.start_step and not self.logged:
+            self.logged = latest_values(self.run_dir / METRICS_FILE)
 
     @property
     def seed(self) -> int:
