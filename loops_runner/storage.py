@@ -227,3 +227,49 @@ def iter_checkpoint_manifests(home: Path, run_id: str | None = None) -> Iterator
                 payload = read_json(manifest_path)
                 if isinstance(payload, dict):
                     yield payload
+
+
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint's files do not match its manifest: refused, never half-loaded."""
+
+
+def manifest_checksums(directory: Path) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+    """A checkpoint's manifest and its per-file sha256s; (None, None) for a plain PEFT folder.
+
+    A manifest that is present but unreadable, or lists no checksums, means a
+    damaged checkpoint: refusing it beats loading its files unverified.
+    """
+    path = directory / MANIFEST_FILE
+    if not path.exists():
+        return None, None
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointIntegrityError(
+            f"checkpoint manifest {path} is unreadable (corrupted): {exc}") from None
+    checksums = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(checksums, dict) or not all(
+            isinstance(value, str) for value in checksums.values()):
+        raise CheckpointIntegrityError(
+            f"checkpoint manifest {path} has no per-file sha256 list ('files')")
+    return manifest, checksums
+
+
+def verified_bytes(directory: Path, relative: str, checksums: dict[str, str] | None) -> bytes:
+    """A checkpoint file's bytes, checked against the manifest's sha256 when there is one."""
+    import hashlib
+
+    path = directory / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory} has no {relative}")
+    data = path.read_bytes()
+    if checksums is not None:
+        expected = checksums.get(relative)
+        if expected is None:
+            raise CheckpointIntegrityError(
+                f"checkpoint file {path} has no sha256 in its manifest (modified manifest)")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CheckpointIntegrityError(
+                f"checkpoint file {path} does not match its manifest checksum (corrupted or "
+                "modified)")
+    return data

@@ -182,7 +182,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     steps = total_steps(cfg, len(data.train), ctx.budget)
     ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
                       f"{steps} steps of {cfg.batch_size}")
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
     if ctx.start_step == 0:
         last["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
         ctx.log(0, {"eval/nll": last["eval/nll"]})

@@ -109,6 +109,32 @@ def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord
 
 
 def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Run one job; after a service failure, run it again from its last checkpoint.
+
+    A retry is an ordinary resume (the next attempt reads ``run.json``): a
+    fresh trainer loads the last checkpoint with its optimizer, and the data
+    cursor and RNG come back from the checkpoint record, so the result matches
+    an uninterrupted run. ``resume.auto_retries`` bounds the retries.
+    """
+    from loops_runner.runner.recovery import RETRY_PAUSE_S, describe, is_recoverable
+
+    console = console or Console()
+    retries_left = prepare(cfg)[0].resume.auto_retries  # a bad config is refused right here
+    while True:
+        try:
+            return _run_job_once(cfg, run_dir, console)
+        except Exception as error:
+            if retries_left <= 0 or not is_recoverable(error):
+                raise
+            retries_left -= 1
+            console.print(f"[yellow]The run failed: {describe(error)}[/yellow]\n"
+                          f"Retrying from its last checkpoint ({retries_left} automatic "
+                          "retries left after this one; resume.auto_retries)")
+            time.sleep(RETRY_PAUSE_S)
+
+
+def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
+                  ) -> dict[str, Any]:
     console = console or Console()
     config, recipe, recipe_cfg, raw = prepare(cfg)
     if config.dry_run:

@@ -66,6 +66,7 @@ class SessionSection(Section):
 class ResumeSection(Section):
     from_dir: str | None = None
     fork: bool = False
+    auto_retries: int = Field(default=2, ge=0)
 
 
 class RunnerConfig(Section):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loops_runner.runner.config import RunnerConfig
-from loops_runner.runner.metrics import MetricsLogger
+from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, latest_values
 from loops_runner.runner.run_record import CheckpointRecord, RunRecord
 
 
@@ -81,11 +81,16 @@ class RunContext:
     # Where a resumed run continues: the step already done and the data cursor.
     start_step: int = 0
     cursor: dict[str, Any] = field(default_factory=dict)
+    # The last value of each metric logged up to ``start_step`` (empty for a fresh
+    # run), so a resumed recipe reports the same final metrics as an unbroken one.
+    logged: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Any = None
     _sampling_client: Any = None
 
     def __post_init__(self) -> None:
         self.checkpointer = Checkpointer(self)
+        if self.start_step and not self.logged:
+            self.logged = latest_values(self.run_dir / METRICS_FILE)
 
     @property
     def seed(self) -> int:

@@ -42,6 +42,16 @@ def truncate_after(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def latest_values(path: Path) -> dict[str, Any]:
+    """The last value of every metric in a metrics file (a resumed run's history so far)."""
+    latest: dict[str, Any] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                latest.update({k: v for k, v in json.loads(line).items() if k != "step"})
+    return latest
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, wandb_cfg: WandbSection, *, run_name: str,
                  config: dict[str, Any], wandb_id: str | None = None,

@@ -45,7 +45,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from loops_runner.servers.common import error_response
-from loops_runner.wire.operations import OperationAccepted
+from loops_runner.servers.openapi import answers
+from loops_runner.wire.operations import OperationAccepted, OperationDone, OperationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -405,10 +406,14 @@ def _run_job(op: Operation) -> tuple[bytes, bool]:
         return error_body(exc), True
 
 
-def install_operation_routes(app: FastAPI, store: OperationStore) -> None:
-    """``GET /operations/{id}``: the long-poll (ids may hold any URL-encoded character)."""
+def install_operation_routes(app: FastAPI, store: OperationStore,
+                             errors: dict[int | str, Any] | None = None) -> None:
+    """``GET /operations/{id}``: the long-poll (ids may hold any URL-encoded character).
 
-    @app.get("/operations/{operation_id:path}")
+    ``errors`` maps statuses to the error model, for the OpenAPI document.
+    """
+    @app.get("/operations/{operation_id:path}",
+             responses=answers({200: OperationDone | OperationFailed, **(errors or {})}))
     async def get_operation(operation_id: str, request: Request) -> Response:
         return await store.poll(operation_id)
 

@@ -29,3 +29,18 @@ class VllmErrorBody(BaseModel):
     """The sampler's invalid-request body; clients never retry it (spec 2.2)."""
 
     error: VllmError
+
+
+class OpenAIError(BaseModel):
+    """An OpenAI-style error (``type`` is the class name: NotFoundError, ...)."""
+
+    type: str
+    message: str
+    param: str | None = None
+    code: int
+
+
+class OpenAIErrorBody(BaseModel):
+    """The sampler's OpenAI routes' error body (and its 404/405/501 answers)."""
+
+    error: OpenAIError

@@ -26,7 +26,9 @@ from loops_runner.servers.control_plane.service import (
     ControlPlane,
     invalid,
 )
+from loops_runner.servers.openapi import answers, json_body
 from loops_runner.wire.checkpoints import (
+    CheckpointFilesResponse,
     CheckpointListResponse,
     CheckpointSourceResponse,
     ValidateCheckpointRequest,
@@ -41,13 +43,28 @@ from loops_runner.wire.control_plane import (
     SamplerListResponse,
     SamplerResponse,
     SamplerStatusResponse,
+    ServerCapabilities,
     SessionResponse,
     TeamsResponse,
     TrainerDeploymentResponse,
 )
+from loops_runner.wire.errors import ErrorBody
 
 Body = TypeVar("Body", bound=BaseModel)
 LOOPS_ROOTS = ("/v1/loops", "/v1/teams/{team_id}/loops")
+ERRORS: dict[int | str, Any] = {"4XX": ErrorBody, 503: ErrorBody}
+
+
+def returns(model: Any) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route answering ``model`` (or one of our error bodies)."""
+    return answers({200: model, **ERRORS})
+
+
+def query(*names: str, integer: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` for optional query parameters a route reads by hand."""
+    kind = {"type": "integer", "minimum": 0} if integer else {"type": "string"}
+    return {"parameters": [{"name": name, "in": "query", "required": False, "schema": kind}
+                           for name in names]}
 
 
 async def parse_body(request: Request, model: type[Body], *, allow_empty: bool = False) -> Body:
@@ -88,11 +105,11 @@ def build_router(cp: ControlPlane) -> APIRouter:
     def team(request: Request) -> str | None:
         return request.path_params.get("team_id")
 
-    @router.get("/health")
+    @router.get("/health", responses=answers(ERRORS))
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/v1/teams")
+    @router.get("/v1/teams", responses=returns(TeamsResponse))
     async def teams() -> JSONResponse:
         return dump(TeamsResponse(teams=[LOCAL_TEAM]))
 
@@ -117,91 +134,106 @@ def build_router(cp: ControlPlane) -> APIRouter:
         body = await parse_body(request, CreateSamplerRequest)
         return dump(SamplerResponse(sampler=await cp.create_sampler(body, team(request))))
 
-    creates: dict[str, Callable[[Request], Awaitable[JSONResponse]]] = {
-        "/sessions": create_session,
-        "/trainers": create_trainer,
-        "/debug/trainers": create_trainer,
-        "/runs": create_run_with_sampler,
-        "/samplers": create_sampler,
-        "/debug/samplers": create_sampler,
+    CreateHandler = Callable[[Request], Awaitable[JSONResponse]]
+    creates: dict[str, tuple[CreateHandler, dict[str, Any], type[BaseModel]]] = {
+        "/sessions": (create_session, json_body(CreateSessionRequest, required=False),
+                      SessionResponse),
+        "/trainers": (create_trainer, json_body(CreateTrainerRequest), RunResponse),
+        "/debug/trainers": (create_trainer, json_body(CreateTrainerRequest), RunResponse),
+        "/runs": (create_run_with_sampler, json_body(CreateTrainerRequest), RunResponse),
+        "/samplers": (create_sampler, json_body(CreateSamplerRequest), SamplerResponse),
+        "/debug/samplers": (create_sampler, json_body(CreateSamplerRequest), SamplerResponse),
     }
     for root in LOOPS_ROOTS:
-        for suffix, handler in creates.items():
-            router.add_api_route(root + suffix, handler, methods=["POST"])
+        for suffix, (handler, body_doc, answer) in creates.items():
+            router.add_api_route(root + suffix, handler, methods=["POST"],
+                                 openapi_extra=body_doc, responses=returns(answer),
+                                 operation_id=f"create{(root + suffix).replace('/', '_')}")
 
     # -- reads ---------------------------------------------------------------------------
 
-    @router.get("/v1/loops/sessions/{session_id}")
+    @router.get("/v1/loops/sessions/{session_id}", responses=answers(ERRORS))
     async def get_session(session_id: str) -> JSONResponse:
         return JSONResponse(cp.get_session(session_id))
 
-    @router.get("/v1/loops/runs")
+    @router.get("/v1/loops/runs", responses=returns(RunListResponse),
+                openapi_extra=query("run_id", "base_model", "session_id"))
     async def list_runs(request: Request) -> JSONResponse:
         query = request.query_params
         runs = cp.list_runs(query.get("run_id"), query.get("base_model"),
                             query.get("session_id"))
         return dump(RunListResponse(runs=runs))
 
-    @router.get("/v1/loops/runs/{run_id}")
+    @router.get("/v1/loops/runs/{run_id}", responses=returns(RunResponse))
     async def get_run(run_id: str) -> JSONResponse:
         return dump(RunResponse(run=cp.get_run(run_id)))
 
-    @router.get("/v1/loops/samplers")
+    @router.get("/v1/loops/samplers", responses=returns(SamplerListResponse),
+                openapi_extra=query("session_id"))
     async def list_samplers(request: Request) -> JSONResponse:
         return dump(SamplerListResponse(
             samplers=cp.list_samplers(request.query_params.get("session_id"))))
 
-    @router.get("/v1/loops/samplers/{sampler_id}")
+    @router.get("/v1/loops/samplers/{sampler_id}", responses=returns(SamplerResponse))
     async def get_sampler(sampler_id: str) -> JSONResponse:
         return dump(SamplerResponse(sampler=cp.get_sampler(sampler_id)))
 
-    @router.get("/v1/loops/deployments")
+    @router.get("/v1/loops/deployments", responses=returns(DeploymentListResponse))
     async def list_deployments() -> JSONResponse:
         return dump(DeploymentListResponse(deployments=cp.list_deployments()))
 
-    @router.get("/v1/loops/deployments/{deployment_id}")
+    @router.get("/v1/loops/deployments/{deployment_id}",
+                responses=returns(TrainerDeploymentResponse))
     async def get_deployment(deployment_id: str) -> JSONResponse:
         return dump(TrainerDeploymentResponse(deployment=cp.get_deployment(deployment_id)))
 
-    @router.post("/v1/loops/deployments/{deployment_id}/deactivate")
+    @router.post("/v1/loops/deployments/{deployment_id}/deactivate",
+                 responses=returns(TrainerDeploymentResponse))
     async def deactivate(deployment_id: str) -> JSONResponse:
         return dump(TrainerDeploymentResponse(deployment=await cp.deactivate(deployment_id)))
 
-    @router.get("/v1/models/{model_id}/deployments/{deployment_id}")
+    @router.get("/v1/models/{model_id}/deployments/{deployment_id}",
+                responses=returns(SamplerStatusResponse))
     async def sampler_status(model_id: str, deployment_id: str) -> JSONResponse:
         return dump(SamplerStatusResponse(status=cp.sampler_model_status(model_id,
                                                                          deployment_id)))
 
-    @router.get("/v1/loops/capabilities")
+    @router.get("/v1/loops/capabilities", responses=returns(ServerCapabilities))
     async def capabilities() -> JSONResponse:
         return dump(await cp.capabilities())
 
     # -- checkpoints -------------------------------------------------------------------
 
-    @router.get("/v1/loops/checkpoints")
+    @router.get("/v1/loops/checkpoints", responses=returns(CheckpointListResponse),
+                openapi_extra=query("run_id", "checkpoint_path", "base_model"))
     async def list_checkpoints(request: Request) -> JSONResponse:
         query = request.query_params
         checkpoints = cp.list_checkpoints(query.get("run_id"), query.get("checkpoint_path"),
                                           query.get("base_model"))
         return dump(CheckpointListResponse(checkpoints=checkpoints))
 
-    @router.post("/v1/loops/checkpoints/validate")
+    @router.post("/v1/loops/checkpoints/validate", responses=answers(ERRORS),
+                 openapi_extra=json_body(ValidateCheckpointRequest))
     async def validate_checkpoint(request: Request) -> JSONResponse:
         cp.validate_checkpoint(await parse_body(request, ValidateCheckpointRequest))
         return JSONResponse({})
 
-    @router.get("/v1/loops/checkpoints/{checkpoint_id}/files")
+    @router.get("/v1/loops/checkpoints/{checkpoint_id}/files",
+                responses=returns(CheckpointFilesResponse),
+                openapi_extra=query("page_size", "page_token", integer=True))
     async def checkpoint_files(checkpoint_id: str, request: Request) -> JSONResponse:
         page_size = int_query(request, "page_size", MAX_FILE_PAGE_SIZE)
         page_token = int_query(request, "page_token", 0)
         base_url = str(request.base_url).rstrip("/")
         return dump(cp.checkpoint_files(checkpoint_id, page_size, page_token, base_url))
 
-    @router.get("/v1/loops/checkpoints/{checkpoint_id}/source")
+    @router.get("/v1/loops/checkpoints/{checkpoint_id}/source",
+                responses=returns(CheckpointSourceResponse))
     async def checkpoint_source(checkpoint_id: str) -> JSONResponse:
         return dump(CheckpointSourceResponse.model_validate(cp.checkpoint_source(checkpoint_id)))
 
-    @router.get("/files/{token}")
+    @router.get("/files/{token}", responses=answers(ERRORS) | {
+        200: {"content": {"application/octet-stream": {}}, "description": "the file"}})
     async def signed_file(token: str) -> Response:
         try:
             ref = cp.signer.verify(token)
@@ -234,5 +266,6 @@ def http_error_handler(request: Request, exc: Exception) -> Response:
                                    "control plane", "NOT_FOUND")
     if status == 405:
         return error_response(405, f"method {request.method} is not allowed on "
-                                   f"{request.url.path}", "METHOD_NOT_ALLOWED")
+                                   f"{request.url.path}", "METHOD_NOT_ALLOWED",
+                              headers=getattr(exc, "headers", None))
     return error_response(status, str(getattr(exc, "detail", "error")), "HTTP_ERROR")

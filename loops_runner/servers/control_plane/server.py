@@ -32,7 +32,9 @@ from loops_runner.servers.control_plane.routes import (
     request_validation_handler,
 )
 from loops_runner.servers.control_plane.service import ApiError, ControlPlane, Settings
+from loops_runner.servers.openapi import install_openapi
 from loops_runner.storage import atomic_write_json
+from loops_runner.wire.errors import ErrorBody
 
 logger = logging.getLogger("loops_runner.control_plane")
 
@@ -59,9 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
             await control_plane.close()
             (settings.home / INFO_FILE).unlink(missing_ok=True)
 
+    # The OpenAPI document is served like every route: behind the API key.
     app = FastAPI(title="loops-runner control plane", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None)
     app.state.control_plane = control_plane
+    install_openapi(app, ErrorBody)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, expected=settings.api_key)
     app.add_exception_handler(ApiError, api_error_handler)

@@ -34,7 +34,7 @@ from typing import Any
 from loops_runner import storage
 from loops_runner.models.registry import canonical_model_id
 from loops_runner.servers.sampler.engine import Engine
-from loops_runner.servers.sampler.lora import AdapterError
+from loops_runner.servers.sampler.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError
 from loops_runner.wire.names import check_storage_name
 
 logger = logging.getLogger("loops_runner.sampler.adapters")
@@ -322,7 +322,13 @@ class WeightStore:
         return entry
 
     def _load_checked(self, directory: Path, key: str) -> Any:
-        manifest = storage.read_json(directory / storage.MANIFEST_FILE)
+        try:
+            manifest, checksums = storage.manifest_checksums(directory)
+            for relative in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+                if checksums is not None and (directory / relative).is_file():
+                    storage.verified_bytes(directory, relative, checksums)
+        except storage.CheckpointIntegrityError as exc:
+            raise AdapterError(str(exc)) from exc
         if isinstance(manifest, dict) and manifest.get("base_model"):
             declared = str(manifest["base_model"])
             try:

@@ -18,6 +18,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loops_runner.servers.openapi import answers
+from loops_runner.servers.openapi import json_body as json_body_doc
 from loops_runner.servers.sampler.adapters import BadCheckpointError, ServedWeights
 from loops_runner.servers.sampler.engine import (
     GenerationJob,
@@ -43,6 +45,7 @@ from loops_runner.servers.sampler.state import (
     generate_while_connected,
     sampler_state,
 )
+from loops_runner.wire.errors import OpenAIErrorBody
 
 router = APIRouter()
 
@@ -232,7 +235,12 @@ async def _parse_body(request: Request, model: type[_Body]) -> _Body:
     return body
 
 
-@router.post("/v1/completions")
+OPENAI_ERRORS = answers({"4XX": OpenAIErrorBody}) | {
+    499: {"description": "the client went away before the answer"}}
+
+
+@router.post("/v1/completions", openapi_extra=json_body_doc(CompletionsRequest),
+             responses=OPENAI_ERRORS)
 async def completions(request: Request) -> Response:
     state = sampler_state(request)
     try:
@@ -342,7 +350,8 @@ def _chat_logprobs(state: SamplerState, output: GenerationOutput, index: int,
     return {"content": content}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body_doc(ChatCompletionsRequest),
+             responses=OPENAI_ERRORS)
 async def chat_completions(request: Request) -> Response:
     state = sampler_state(request)
     try:

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from loops_runner.servers.common import error_response, format_validation_errors, vllm_bad_request
+from loops_runner.servers.openapi import answers, header
+from loops_runner.servers.openapi import json_body as json_body_doc
 from loops_runner.servers.sampler.adapters import BadCheckpointError, BehindFloorError
 from loops_runner.servers.sampler.engine import GenerationJob
 from loops_runner.servers.sampler.lora import AdapterError
@@ -31,7 +33,14 @@ from loops_runner.servers.sampler.state import (
     generate_while_connected,
     sampler_state,
 )
-from loops_runner.wire.sampling import LiveUpdateRequest, LiveUpdateResponse, SampleRequest
+from loops_runner.wire.errors import ErrorBody, VllmErrorBody
+from loops_runner.wire.sampling import (
+    CompletionResponse,
+    LiveUpdateRequest,
+    LiveUpdateResponse,
+    SampleRequest,
+)
+from loops_runner.wire.training import PolicyVersionResponse
 
 logger = logging.getLogger("loops_runner.sampler.routes")
 router = APIRouter()
@@ -40,6 +49,7 @@ POLICY_VERSION_HEADER = "x-trainers-policy-version"
 CHECKPOINT_HEADER = "X-Checkpoint-Path"
 FLOOR_HEADER = "X-Min-Policy-Version"
 RUN_HEADER = "X-Run-Id"
+RUN_HEADER_DOC = header(RUN_HEADER, "sample from this run's live adapter")
 
 
 async def json_body(request: Request) -> Any:
@@ -70,7 +80,12 @@ def validation_failure(exc: ValidationError) -> InvalidRequest:
                           ".".join(location) if location else None)
 
 
-@router.post("/sample")
+@router.post("/sample", openapi_extra=json_body_doc(SampleRequest) | {"parameters": [
+    RUN_HEADER_DOC,
+    header(CHECKPOINT_HEADER, "sample from this published checkpoint (bt:// path)"),
+    header(FLOOR_HEADER, "wait (then 408) until the live adapter is at least this version"),
+]}, responses=answers({200: CompletionResponse, 400: VllmErrorBody, 408: ErrorBody})
+    | {499: {"description": "the client went away before the answer"}})
 async def sample(request: Request) -> Response:
     state = sampler_state(request)
     try:
@@ -107,7 +122,8 @@ async def sample(request: Request) -> Response:
                         headers={POLICY_VERSION_HEADER: str(weights.version)})
 
 
-@router.get("/trainers_policy_version")
+@router.get("/trainers_policy_version", openapi_extra={"parameters": [RUN_HEADER_DOC]},
+            responses=answers({200: PolicyVersionResponse, 400: VllmErrorBody}))
 async def trainers_policy_version(request: Request) -> Response:
     state = sampler_state(request)
     try:
@@ -148,7 +164,8 @@ async def wake() -> Response:
     return JSONResponse({"status": "awake"})
 
 
-@router.post("/internal/live")
+@router.post("/internal/live", openapi_extra=json_body_doc(LiveUpdateRequest),
+             responses=answers({200: LiveUpdateResponse, 422: ErrorBody}))
 async def internal_live(request: Request) -> Response:
     """Weight sync: load the published adapter, swap it in, then answer."""
     state = sampler_state(request)

@@ -32,11 +32,13 @@ from fastapi.responses import JSONResponse
 from loops_runner import storage
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
+from loops_runner.servers.openapi import allowed_methods, install_openapi
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine, EngineConfig, TorchEngine
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
+from loops_runner.wire.errors import OpenAIError, OpenAIErrorBody, VllmErrorBody
 
 logger = logging.getLogger("loops_runner.sampler")
 
@@ -129,12 +131,20 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
 
     app = FastAPI(title="loops-runner sampler", lifespan=lifespan)
     app.state.sampler = state
+    install_openapi(app, VllmErrorBody)
     app.include_router(routes.router)
     app.include_router(openai_routes.router)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)
-    async def not_offered(path: str) -> JSONResponse:
+    async def not_offered(path: str, request: Request) -> JSONResponse:
+        allowed = allowed_methods(app, request)
+        if allowed:
+            return JSONResponse(OpenAIErrorBody(error=OpenAIError(
+                type="MethodNotAllowed", code=405,
+                message=f"{request.method} is not allowed on /{path} (allowed: "
+                        f"{', '.join(allowed)})")).model_dump(exclude_none=True),
+                status_code=405, headers={"Allow": ", ".join(allowed)})
         # Never 404: the SDK retries a 404 on /sample and /v1/models for an hour.
         return JSONResponse({"error": {"type": "NotImplementedError", "code": 501,
                                        "message": f"this sampler does not offer /{path}"}},

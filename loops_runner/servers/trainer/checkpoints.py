@@ -43,6 +43,14 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
+class CheckpointWriteError(OSError):
+    """A save failed on the storage side (disk full, read-only, file-size limit).
+
+    Nothing of the run changed and the previous checkpoint of that name is
+    intact (the new one was being written to a staging folder).
+    """
+
+
 @dataclass
 class AdapterPayload:
     """What a checkpoint stores about one run's adapter."""
@@ -97,8 +105,28 @@ def write_checkpoint(
     ttl_seconds: int | None,
     optimizer: AdamState | None = None,
 ) -> Path:
-    """Write one checkpoint folder atomically; return its final path."""
+    """Write one checkpoint folder atomically; return its final path.
+
+    A storage failure raises ``CheckpointWriteError`` naming the cause; the
+    previous folder of that name is left exactly as it was.
+    """
     final = storage.checkpoint_dir(home, run_id, kind, name)
+    try:
+        return _write_checkpoint(final, run_id, kind, name, adapter, step=step,
+                                 ttl_seconds=ttl_seconds, optimizer=optimizer)
+    except OSError as exc:
+        cause = os.strerror(exc.errno) if exc.errno else str(exc)
+        previous = ("the previous checkpoint of that name is unchanged" if final.exists()
+                    else "no checkpoint of that name was written")
+        raise CheckpointWriteError(
+            exc.errno or 0, f"saving checkpoint {kind}/{name} of run {run_id!r} failed: {cause}"
+            f" ({exc.filename or final.parent}); {previous}. The run is unchanged: free space "
+            "or fix the folder's permissions, then save again") from exc
+
+
+def _write_checkpoint(final: Path, run_id: str, kind: storage.CheckpointKind, name: str,
+                      adapter: AdapterPayload, *, step: int, ttl_seconds: int | None,
+                      optimizer: AdamState | None) -> Path:
     storage.cleanup_stale(final.parent)  # leftovers of earlier interrupted saves
     files: dict[str, str] = {}
     with storage.atomic_directory(final) as staging:
@@ -160,38 +188,23 @@ def _manifest(run_id: str, kind: storage.CheckpointKind, name: str, adapter: Ada
 # -- reading -------------------------------------------------------------------
 
 
-def _read_verified(directory: Path, rel: str, checksums: dict[str, str] | None) -> bytes:
-    path = directory / rel
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {directory} has no {rel}")
-    data = path.read_bytes()
-    if checksums is not None:
-        expected = checksums.get(rel)
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError(f"checkpoint file {path} does not match its manifest checksum "
-                             "(corrupted or modified)")
-    return data
-
-
 def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoint:
     """Read (and verify) a checkpoint folder, or any PEFT LoRA adapter folder."""
-    manifest = storage.read_json(directory / storage.MANIFEST_FILE)
-    manifest = manifest if isinstance(manifest, dict) else None
-    checksums = manifest.get("files") if manifest else None
+    manifest, checksums = storage.manifest_checksums(directory)
     if not (directory / ADAPTER_WEIGHTS).is_file():
         pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = (f" (found {', '.join(sorted(pickles))}: pickled weights are never loaded; "
                 "convert them to safetensors)") if pickles else ""
         raise FileNotFoundError(f"checkpoint {directory} has no {ADAPTER_WEIGHTS}{hint}")
-    tensors = load_safetensors(_read_verified(directory, ADAPTER_WEIGHTS, checksums))
-    config = json.loads(_read_verified(directory, ADAPTER_CONFIG, checksums))
+    tensors = load_safetensors(storage.verified_bytes(directory, ADAPTER_WEIGHTS, checksums))
+    config = json.loads(storage.verified_bytes(directory, ADAPTER_CONFIG, checksums))
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"checkpoint {directory} is a {config.get('peft_type')} adapter, "
                          "not LoRA")
     rank = int(config.get("r", 0))
     state: dict[str, Any] | None = None
     if (directory / TRAINER_STATE).is_file():
-        state = json.loads(_read_verified(directory, TRAINER_STATE, checksums))
+        state = json.loads(storage.verified_bytes(directory, TRAINER_STATE, checksums))
     base_model = (manifest or {}).get("base_model") or (state or {}).get("base_model")
     step = int((state or {}).get("step", (manifest or {}).get("step", 0)))
     optimizer: AdamState | None = None
@@ -199,7 +212,7 @@ def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoin
         if state is None or not (directory / OPTIMIZER_FILE).is_file():
             raise ValueError(f"checkpoint {directory} holds no optimizer state (it is not a "
                              "save_state checkpoint); use load_state instead")
-        raw = load_safetensors(_read_verified(directory, OPTIMIZER_FILE, checksums))
+        raw = load_safetensors(storage.verified_bytes(directory, OPTIMIZER_FILE, checksums))
         optimizer = AdamState(step=int(state.get("adam_step", step)))
         for key, value in raw.items():
             slot, _, param = key.partition("/")

@@ -30,7 +30,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from loops_runner import storage
 from loops_runner.models.loading import LoadedModel
-from loops_runner.servers.trainer import checkpoints, publish
+from loops_runner.servers.trainer import checkpoints, publish, residency
 from loops_runner.servers.trainer.batching import (
     CUDA_BATCH_OVERHEAD_TOKENS,
     DEFAULT_BATCH_OVERHEAD_TOKENS,
@@ -128,28 +128,29 @@ class TrainerEngine:
         model_type = getattr(self.base.config, "model_type", "")
         self.plain_lm_head = model_type in PLAIN_LM_HEAD_TYPES
         self.peft: PeftModel | None = None
+        # Resident runs, least recently used first; idle ones beyond the cap
+        # live on disk (residency.py) and come back on their next operation.
         self.runs: dict[str, RunState] = {}
+        self.evicted: set[str] = set()
+        self.max_resident_runs = residency.max_resident_runs()
         self._active: str | None = None
         self._adapters_made = 0
 
     # -- runs ------------------------------------------------------------------
 
     def run(self, run_id: str) -> RunState:
-        state = self.runs.get(run_id)
+        state = self.runs.pop(run_id, None)
+        if state is None and run_id in self.evicted:
+            state = self._restore(run_id)
         if state is None:
             raise ValueError(f"unknown run {run_id!r}: send init_trainer_server first")
+        self.runs[run_id] = state  # most recently used last
+        self._evict_idle(keep=run_id)
         return state
 
-    def _activate(self, run: RunState) -> None:
-        assert self.peft is not None
-        if self._active != run.adapter:
-            self.peft.set_adapter(run.adapter)
-            self._active = run.adapter
-
-    def init_run(self, run_id: str, lora_rank: int, seed: int | None = None
-                 ) -> InitTrainerServerResponse:
-        """A fresh seeded adapter for ``run_id``; drops its optimizer, gradients and step."""
-        seed = DEFAULT_LORA_SEED if seed is None else seed
+    def _new_adapter(self, lora_rank: int, seed: int
+                     ) -> tuple[str, LoraConfig, dict[str, torch.nn.Parameter]]:
+        """A seeded adapter, made active; its PEFT name and parameters."""
         self._adapters_made += 1
         adapter = f"run{self._adapters_made}"
         config = LoraConfig(r=lora_rank, lora_alpha=self.lora_alpha,
@@ -165,16 +166,68 @@ class TrainerEngine:
                 self.peft.add_adapter(adapter, config)
         self.peft.set_adapter(adapter)
         self._active = adapter
-        previous = self.runs.get(run_id)
-        if previous is not None:
-            self.peft.delete_adapter(previous.adapter)
         marker = f".{adapter}."
         params = {name.replace(marker, "."): param
                   for name, param in self.peft.named_parameters() if marker in name}
         if not params:  # pragma: no cover - PEFT naming changed
             raise RuntimeError(f"no LoRA parameters found for adapter {adapter!r}")
+        return adapter, config, params
+
+    def _evict_idle(self, keep: str) -> None:
+        """Move least recently used runs without pending gradients to disk, over the cap."""
+        idle = [run_id for run_id, run in self.runs.items()
+                if run_id != keep and run.grad_count == 0 and run.grad_mode is None]
+        while len(self.runs) > self.max_resident_runs and idle:
+            run_id = idle.pop(0)
+            run = self.runs[run_id]
+            residency.save_evicted(
+                self.home, run_id,
+                residency.EvictedRun(run.rank, run.seed, run.step, run.optimizer.step),
+                dict(run.params), run.optimizer.exp_avg, run.optimizer.exp_avg_sq)
+            assert self.peft is not None
+            if self._active == run.adapter:
+                self._activate(self.runs[keep])
+            self.peft.delete_adapter(run.adapter)
+            del self.runs[run_id]
+            self.evicted.add(run_id)
+            logger.info("run %s idle: state moved to disk (%d runs resident)", run_id,
+                        len(self.runs))
+
+    def _restore(self, run_id: str) -> RunState:
+        meta, slots = residency.load_evicted(self.home, run_id)
+        adapter, config, params = self._new_adapter(meta.rank, meta.seed)
+        run = RunState(run_id, adapter, meta.rank, self.lora_alpha, meta.seed, config, params,
+                       step=meta.step)
+        with torch.no_grad():
+            for key, param in params.items():
+                param.copy_(slots["param"][key].to(param.device, param.dtype))
+        run.optimizer = AdamState(step=meta.adam_step)
+        for key, param in params.items():
+            if key in slots["exp_avg"]:
+                run.optimizer.exp_avg[key] = slots["exp_avg"][key].to(param.device)
+                run.optimizer.exp_avg_sq[key] = slots["exp_avg_sq"][key].to(param.device)
+        self.evicted.discard(run_id)
+        logger.info("run %s back in memory from disk (step %d)", run_id, meta.step)
+        return run
+
+    def _activate(self, run: RunState) -> None:
+        assert self.peft is not None
+        if self._active != run.adapter:
+            self.peft.set_adapter(run.adapter)
+            self._active = run.adapter
+
+    def init_run(self, run_id: str, lora_rank: int, seed: int | None = None
+                 ) -> InitTrainerServerResponse:
+        """A fresh seeded adapter for ``run_id``; drops its optimizer, gradients and step."""
+        seed = DEFAULT_LORA_SEED if seed is None else seed
+        adapter, config, params = self._new_adapter(lora_rank, seed)
+        previous = self.runs.pop(run_id, None)
+        if previous is not None:
+            self.peft.delete_adapter(previous.adapter)  # type: ignore[union-attr]
+        self.evicted.discard(run_id)
         self.runs[run_id] = RunState(run_id, adapter, lora_rank, self.lora_alpha, seed, config,
                                      params)
+        self._evict_idle(keep=run_id)
         publish.set_live(self.home, run_id, 0, None)
         return InitTrainerServerResponse(step=0, lora_rank=lora_rank)
 

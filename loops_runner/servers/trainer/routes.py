@@ -13,26 +13,46 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from loops_runner.servers.common import error_response, gateway_rejection
+from loops_runner.servers.openapi import (
+    allowed_methods,
+    answers,
+    header,
+    install_openapi,
+    json_body,
+)
 from loops_runner.servers.operations import (
     OperationRejected,
     idempotency_key,
     install_operation_routes,
 )
 from loops_runner.servers.trainer.service import TrainerService
-from loops_runner.wire.training import PolicyVersionResponse
+from loops_runner.wire.errors import ErrorBody
+from loops_runner.wire.operations import OperationAccepted
+from loops_runner.wire.training import (
+    ForwardBackwardRequest,
+    InitTrainerServerRequest,
+    LoadStateRequest,
+    OptimStepRequest,
+    PolicyVersionResponse,
+    SaveStateRequest,
+    SaveWeightsForSamplerRequest,
+)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # spec 4.6: the SDK chunks at 24 MiB; accept up to 32 MiB
 RUN_HEADER = "X-Run-Id"
-OPERATIONS = (
-    "init_trainer_server",
-    "forward",
-    "forward_backward",
-    "optim_step",
-    "save_state",
-    "save_weights_for_sampler",
-    "load_state",
-    "load_state_with_optimizer",
-)
+# Each operation and the wire model of its body (parsed by the service, off the loop).
+OPERATIONS = {
+    "init_trainer_server": InitTrainerServerRequest,
+    "forward": ForwardBackwardRequest,
+    "forward_backward": ForwardBackwardRequest,
+    "optim_step": OptimStepRequest,
+    "save_state": SaveStateRequest,
+    "save_weights_for_sampler": SaveWeightsForSamplerRequest,
+    "load_state": LoadStateRequest,
+    "load_state_with_optimizer": LoadStateRequest,
+}
+RUN_HEADER_DOC = header(RUN_HEADER, "the run this operation belongs to (or run_id in the body)")
+ERRORS = {"4XX": ErrorBody, 503: ErrorBody}
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -62,9 +82,10 @@ def create_app(service: TrainerService) -> FastAPI:
 
     app = FastAPI(title="loops-runner trainer", lifespan=lifespan)
     app.state.service = service
-    install_operation_routes(app, service.store)
+    install_openapi(app, ErrorBody)
+    install_operation_routes(app, service.store, ERRORS)
 
-    def add_submit_route(op: str) -> None:
+    def add_submit_route(op: str, body_model: type) -> None:
         async def submit(request: Request) -> Response:
             try:
                 body = await read_body(request)
@@ -79,12 +100,17 @@ def create_app(service: TrainerService) -> FastAPI:
                                               prepare=prepare)
 
         submit.__name__ = f"submit_{op}"
-        app.post(f"/{op}", status_code=202)(submit)
+        app.post(f"/{op}", status_code=202,
+                 openapi_extra=json_body(body_model) | {"parameters": [
+                     RUN_HEADER_DOC, header("Idempotency-Key", "replays return the same "
+                                            "operation and never run it twice")]},
+                 responses=answers({202: OperationAccepted, 409: ErrorBody, 413: ErrorBody,
+                                    **ERRORS}))(submit)
 
-    for op in OPERATIONS:
-        add_submit_route(op)
+    for op, body_model in OPERATIONS.items():
+        add_submit_route(op, body_model)
 
-    @app.get("/health")
+    @app.get("/health", responses=answers(ERRORS))
     async def health(base_model: str | None = None) -> Response:
         if base_model and not service.serves(base_model):
             return gateway_rejection(
@@ -97,9 +123,12 @@ def create_app(service: TrainerService) -> FastAPI:
                 f"base model failed to load: {service.load_error}")
             return error_response(503, detail, "LOADING")
         return JSONResponse({"status": "ok", "base_model": service.base_model_id,
-                             "runs": len(service.known_runs)})
+                             "runs": len(service.known_runs),
+                             "resident_runs": len(service.engine.runs),
+                             "operations": service.store.counts()})
 
-    @app.get("/policy_version")
+    @app.get("/policy_version", openapi_extra={"parameters": [RUN_HEADER_DOC]},
+             responses=answers({200: PolicyVersionResponse, **ERRORS}))
     async def policy_version(request: Request) -> Response:
         try:
             version = service.policy_version(request.headers.get(RUN_HEADER))
@@ -109,19 +138,28 @@ def create_app(service: TrainerService) -> FastAPI:
 
     # Diagnostics: read-only views of one run's tensors as safetensors, taken on
     # the engine thread after every operation accepted before the call.
-    @app.get("/debug/runs/{run_id}/gradients")
+    debug_answers = answers(ERRORS) | {200: {
+        "content": {"application/octet-stream": {}}, "description": "safetensors bytes"}}
+
+    @app.get("/debug/runs/{run_id}/gradients", responses=debug_answers)
     async def debug_gradients(run_id: str) -> Response:
         return await _debug_tensors(service, run_id, "gradient_buffer")
 
-    @app.get("/debug/runs/{run_id}/adapter")
+    @app.get("/debug/runs/{run_id}/adapter", responses=debug_answers)
     async def debug_adapter(run_id: str) -> Response:
         return await _debug_tensors(service, run_id, "adapter_weights")
 
     # Anything else is a feature this trainer lacks: 501, never 404, which the
-    # SDK would take for "still starting" and retry for an hour (spec 2.3).
+    # SDK would take for "still starting" and retry for an hour (spec 2.3); a
+    # known path with the wrong method is 405, as HTTP says.
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
                    include_in_schema=False)
     async def not_implemented(path: str, request: Request) -> Response:
+        allowed = allowed_methods(app, request)
+        if allowed:
+            return error_response(405, f"{request.method} is not allowed on /{path} (allowed: "
+                                  f"{', '.join(allowed)})", "METHOD_NOT_ALLOWED",
+                                  headers={"Allow": ", ".join(allowed)})
         return error_response(501, f"{request.method} /{path} is not implemented by this "
                               "trainer", "NOT_IMPLEMENTED")
 

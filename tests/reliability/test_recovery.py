@@ -1,0 +1,170 @@
+"""Automatic recovery: the runner survives a trainer and a control plane killed mid-run.
+
+The real CLI runs the sft recipe on the local stack; once a checkpoint exists,
+the trainer process (or the control-plane daemon) is killed with SIGKILL. The
+runner must retry on its own (``resume.auto_retries``): provision again (a new
+daemon adopts the surviving servers; a killed trainer is replaced), resume
+from the last checkpoint with its optimizer, data cursor and RNG, and finish
+with the final metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loops_runner.runner.local_daemon import find_control_plane
+from tests.runner.conftest import run_runner, runner_command, runner_env
+
+STEPS = 6
+ARGS = ["+recipe=sft", f"recipe.max_steps={STEPS}", "recipe.save_every=2", "seed=11",
+        "recipe.dataset.num_examples=400", "recipe.batch_size=16", "recipe.eval_every=3",
+        "recipe.dataset.eval_examples=32", "recipe.num_final_samples=1"]
+
+
+def _final_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())["final_metrics"]
+
+
+def _wait_for_checkpoint(work: Path, process: subprocess.Popen, min_step: int) -> Path:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for run_json in (work / "outputs" / "sft").glob("*/run.json"):
+            record = json.loads(run_json.read_text())
+            if any(c["step"] >= min_step for c in record.get("checkpoints", [])):
+                return run_json
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint before the run ended")
+
+
+def _trainer_pid(home: Path, run_id: str) -> int:
+    daemon = find_control_plane(home)
+    assert daemon is not None
+    headers = {"Authorization": f"Api-Key {daemon.api_key}"}
+    run = httpx.get(f"{daemon.url}/v1/loops/runs/{run_id}", headers=headers).json()["run"]
+    deployment = httpx.get(f"{daemon.url}/v1/loops/deployments/{run['deployment_id']}",
+                           headers=headers).json()["deployment"]
+    return int(deployment["pid"])
+
+
+@pytest.fixture(scope="module")
+def reference_metrics(tmp_path_factory: pytest.TempPathFactory, runner_home: Path) -> dict:
+    """The final metrics of the same command, never interrupted."""
+    work = tmp_path_factory.mktemp("reference")
+    reference = run_runner(*ARGS, cwd=work, home=runner_home)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    return _final_metrics(next((work / "outputs" / "sft").iterdir()))
+
+
+def _wait_for_attempt(run_json: Path, process: subprocess.Popen, attempt: int) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if json.loads(run_json.read_text()).get("attempts", 0) >= attempt:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"attempt {attempt} never started")
+
+
+def _control_plane_pid(home: Path) -> int:
+    daemon = find_control_plane(home)
+    assert daemon is not None
+    return daemon.pid
+
+
+def test_run_survives_a_killed_trainer_and_a_killed_control_plane(
+        tmp_path: Path, runner_home: Path, reference_metrics: dict) -> None:
+    """kill -9 the trainer after the first checkpoint, then the daemon in the next attempt.
+
+    The trainer's death surfaces at once (its operations are gone); the control
+    plane's at the next call to it (the final samples), after the last
+    checkpoint: the third attempt resumes at the final step and must still
+    report the uninterrupted run's final metrics.
+    """
+    log_path = tmp_path / "runner.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(runner_command(*ARGS), cwd=tmp_path,
+                                   env=runner_env(runner_home), stdout=log,
+                                   stderr=subprocess.STDOUT, text=True)
+        run_json = _wait_for_checkpoint(tmp_path, process, min_step=2)
+        first_run = json.loads(run_json.read_text())["run_id"]
+        os.kill(_trainer_pid(runner_home, first_run), signal.SIGKILL)
+        _wait_for_attempt(run_json, process, 2)
+        killed_daemon = _control_plane_pid(runner_home)
+        os.kill(killed_daemon, signal.SIGKILL)
+        code = process.wait(timeout=300)
+    output = log_path.read_text()
+    assert code == 0, output[-4000:]
+
+    record = json.loads(run_json.read_text())
+    assert record["status"] == "completed" and record["attempts"] == 3
+    assert output.count("Retrying from its last checkpoint") == 2
+    assert output.count("Resuming from step") == 2
+    assert len(set(record["run_ids"])) == 3  # each attempt got a fresh run
+    for key, value in reference_metrics.items():
+        assert record["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    steps = [json.loads(line)["step"] for line in (run_json.parent / "metrics.jsonl")
+             .read_text().splitlines() if "train/loss" in line]
+    assert steps == list(range(1, STEPS + 1))  # one line per step, none lost or doubled
+    daemon = find_control_plane(runner_home)
+    assert daemon is not None and daemon.pid != killed_daemon  # the runner started a new one
+
+
+def test_only_service_failures_are_retried() -> None:
+    from loops_runner.runner.config import ConfigError
+    from loops_runner.runner.recovery import is_recoverable
+    from loops_runner.sdk.errors import ServerUnavailableError, UnknownRequestError
+
+    assert is_recoverable(UnknownRequestError("the trainer restarted"))
+    assert is_recoverable(ServerUnavailableError("no answer"))
+    assert is_recoverable(httpx.ConnectError("refused"))
+    try:  # a recipe that wraps the service failure in its own error
+        try:
+            raise httpx.ReadError("connection reset")
+        except httpx.ReadError as inner:
+            raise RuntimeError("eval failed") from inner
+    except RuntimeError as wrapped:
+        assert is_recoverable(wrapped)
+    assert not is_recoverable(ConfigError("recipe.learning_rate: must be > 0"))
+    assert not is_recoverable(ValueError("a bug in the recipe"))
+    assert not is_recoverable(KeyboardInterrupt())
+
+
+def test_killed_sampler_is_restarted_and_serves_the_published_weights(
+        keyed_control_plane) -> None:
+    """kill -9 the paired sampler: the control plane restarts it on its port, it reads the
+    live pointer again, and the same client's next sample is the same greedy answer."""
+    from loops_runner.models import tiny
+    from loops_runner.sdk import AdamParams, ModelInput, SamplingParams, ServiceClient
+    from tests.reliability.conftest import API_KEY
+    from tests.reliability.load import datum
+
+    tiny.prepare(keyed_control_plane.home)
+    service = ServiceClient(api_key=API_KEY, base_url=keyed_control_plane.url)
+    training = service.create_lora_training_client(base_model="tiny", rank=4, seed=3,
+                                                   ready_timeout=240)
+    training.forward_backward([datum(1, 1)], loss_fn="cross_entropy").result()
+    training.optim_step(AdamParams(learning_rate=5e-2)).result()
+    sampling = training.save_weights_and_get_sampling_client(name="before-kill")
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    prompt = ModelInput.from_ints([5, 9, 13, 17])
+    before = sampling.sample(prompt=prompt, num_samples=1, sampling_params=params)
+
+    headers = keyed_control_plane.headers()
+    deployments = httpx.get(f"{keyed_control_plane.url}/v1/loops/deployments", headers=headers,
+                            timeout=30).json()["deployments"]
+    (sampler,) = [d for d in deployments if d["kind"] == "sampler" and d["pid"]]
+    os.kill(sampler["pid"], signal.SIGKILL)
+
+    after = sampling.sample(prompt=prompt, num_samples=1, sampling_params=params)
+    assert after.sequences[0].tokens == before.sequences[0].tokens
+    assert after.policy_version == before.policy_version
+    restarted = httpx.get(f"{keyed_control_plane.url}/v1/loops/deployments/{sampler['id']}",
+                          headers=headers, timeout=30).json()["deployment"]
+    assert restarted["restarts"] == 1 and restarted["pid"] != sampler["pid"]
