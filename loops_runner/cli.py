@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("action", choices=["status", "stop"])
     _add_home(daemon)
 
+    from loops_runner import checkpoint_cli
+
+    checkpoint_cli.add_commands(commands, _add_home)
+
     serve = commands.add_parser("serve", help="run a local Loops server")
     servers = serve.add_subparsers(dest="server", required=True)
     trainer = servers.add_parser("trainer", help="LoRA trainer (PyTorch + PEFT)")
@@ -140,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_list(args.home)
     if args.command == "daemon":
         return _daemon(args.action, args.home)
+    if args.command in ("export", "checkpoints"):
+        from loops_runner import checkpoint_cli
+
+        return checkpoint_cli.main(args)
     module = importlib.import_module(_SERVER_MODULES[args.server])
     module.serve(args)
     return 0
