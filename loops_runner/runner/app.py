@@ -18,7 +18,19 @@ from rich.console import Console
 from rich.table import Table
 
 from loops_runner.runner.backends import build_service_client, remember_session
-from loops_runner.runner.config import ConfigError, RunnerConfig, validate_config, validate_section
+from loops_runner.runner.checkpoint_refs import (
+    CheckpointInfo,
+    CheckpointRefError,
+    check_matches,
+    describe,
+)
+from loops_runner.runner.config import (
+    ConfigError,
+    LocalBackend,
+    RunnerConfig,
+    validate_config,
+    validate_section,
+)
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
@@ -103,6 +115,28 @@ def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord
     return record
 
 
+def _init_from(config: RunnerConfig, service: Any) -> CheckpointInfo | None:
+    if not config.init_from:
+        return None
+    home = _home(config) if isinstance(config.backend, LocalBackend) else None
+    try:
+        info = describe(config.init_from, home=home, service=service)
+        check_matches(info, config.model.base_model, config.model.rank, home)
+    except CheckpointRefError as error:
+        raise ConfigError(f"init_from: {error}") from None
+    return info
+
+
+def _load_weights(training: Any, path: str) -> None:
+    try:
+        training.load_state(path).result()
+    except BaseException:
+        close = getattr(training, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
 def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     config, recipe, recipe_cfg, raw = prepare(cfg)
@@ -147,9 +181,15 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     record.session_id = service.session_id
     timeouts = config.timeouts
     if checkpoint is None:
+        # Refused here, before a trainer is provisioned or a step is taken.
+        init = _init_from(config, service)
         training = service.create_lora_training_client(
             config.model.base_model, rank=config.model.rank, seed=config.seed,
             timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
+        if init is not None:
+            console.print(f"Initialising from {init.reference} ({init.path}); fresh optimizer")
+            _load_weights(training, init.path)
+            record.init_from = init.path
     else:
         console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
         training = service.create_training_client_from_state_with_optimizer(checkpoint.path)
