@@ -30,6 +30,14 @@ def add_commands(commands: Any, add_home: Any) -> None:
                              "folder with tokenizer and chat template")
     _add_backend(export, add_home)
 
+    serve = commands.add_parser(
+        "serve-checkpoint", help="serve a checkpoint through the sampler's OpenAI routes")
+    serve.add_argument("checkpoint", help="bt:// path, run dir (DIR@NAME) or checkpoint folder")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    _add_backend(serve, add_home)
+
     checkpoints = commands.add_parser("checkpoints", help="list or download checkpoints")
     actions = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
     listing = actions.add_parser("list", help="checkpoints of a run")
@@ -123,22 +131,60 @@ def checkpoints_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_copy(args: argparse.Namespace, path: str, scratch: Path) -> Path:
+    """The checkpoint's folder on this machine: in the data home, or downloaded to scratch."""
+    from loops_runner.runner.checkpoint_refs import local_folder
+
+    folder = None if args.base_url else local_folder(path, loops_home(args.home))
+    if folder is not None and folder.is_dir():
+        return folder
+    return _download(_service(args), path, scratch / "checkpoint")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_checkpoint(args: argparse.Namespace) -> int:
+    from loops_runner.checkpoint_export import ExportError, stage_for_serving
+    from loops_runner.runner.checkpoint_refs import CheckpointRefError, resolve_path
+    from loops_runner.servers.sampler import server
+
+    home = loops_home(args.home)
+    try:
+        path = resolve_path(args.checkpoint)
+        with tempfile.TemporaryDirectory(prefix="loops-serve-") as scratch:
+            run_id, base_model, version = stage_for_serving(
+                _local_copy(args, path, Path(scratch)), home)
+    except (CheckpointRefError, ExportError) as error:
+        raise SystemExit(f"loops-runner: {error}") from None
+    port = args.port or _free_port(args.host)
+    print(f"serving {path} (base {base_model}, step {version})", flush=True)
+    print(f"base URL: http://{args.host}:{port}/v1", flush=True)
+    print("model: default", flush=True)
+    server.serve(argparse.Namespace(
+        base_model=base_model, host=args.host, port=port, home=str(home), device=args.device,
+        dtype="auto", run_id=run_id, floor_wait=None, default_max_tokens=None,
+        max_batch_rows=None, threads=None))
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     from loops_runner.checkpoint_export import ExportError, check_destination, export_folder
-    from loops_runner.runner.checkpoint_refs import CheckpointRefError, local_folder, resolve_path
+    from loops_runner.runner.checkpoint_refs import CheckpointRefError, resolve_path
 
     home = loops_home(args.home)
     dest = Path(args.to).expanduser()
     try:
         check_destination(dest)
         path = resolve_path(args.checkpoint)
-        folder = None if args.base_url else local_folder(path, home)
-        if folder is not None and folder.is_dir():
-            result = export_folder(folder, dest, merge=args.merge, home=home)
-        else:
-            with tempfile.TemporaryDirectory(prefix="loops-download-") as scratch:
-                fetched = _download(_service(args), path, Path(scratch) / "checkpoint")
-                result = export_folder(fetched, dest, merge=args.merge, home=home)
+        with tempfile.TemporaryDirectory(prefix="loops-download-") as scratch:
+            result = export_folder(_local_copy(args, path, Path(scratch)), dest,
+                                   merge=args.merge, home=home)
     except (CheckpointRefError, ExportError) as error:
         raise SystemExit(f"loops-runner: {error}") from None
     kind = "merged model" if result.merged else "PEFT adapter"
@@ -150,6 +196,8 @@ def export(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.command == "export":
         return export(args)
+    if args.command == "serve-checkpoint":
+        return serve_checkpoint(args)
     if args.checkpoints_command == "list":
         return checkpoints_list(args)
     return checkpoints_download(args)

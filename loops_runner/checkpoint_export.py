@@ -59,7 +59,7 @@ def verified_adapter(folder: Path) -> Any:
                           f"it: {error}") from None
 
 
-def _write_peft(loaded: Any, folder: Path, staging: Path) -> None:
+def write_peft(loaded: Any, folder: Path, staging: Path) -> None:
     from safetensors.torch import save_file
 
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
@@ -110,9 +110,36 @@ def export_folder(folder: Path, dest: Path, *, merge: bool, home: Path | None) -
     with storage.atomic_directory(dest) as staging:
         if merge:
             with tempfile.TemporaryDirectory(prefix="loops-export-") as scratch:
-                _write_peft(loaded, folder, Path(scratch))
+                write_peft(loaded, folder, Path(scratch))
                 _write_merged(Path(scratch), base_path, set(loaded.tensors), staging)
         else:
-            _write_peft(loaded, folder, staging)
+            write_peft(loaded, folder, staging)
         files = sorted(p.name for p in staging.iterdir())
     return ExportResult(dest, merge, loaded.base_model, loaded.rank, files)
+
+
+def stage_for_serving(folder: Path, home: Path) -> tuple[str, str, int]:
+    """Copy a verified checkpoint where a sampler serves it as a run's live adapter.
+
+    Returns ``(run_id, base_model, version)``: a sampler started with
+    ``--run-id run_id`` serves it under the OpenAI model name ``default``.
+    A run's live adapter (not a pinned ``bt://`` path) because OpenAI-style
+    tools want a plain model name.
+    """
+    import hashlib
+
+    loaded = verified_adapter(folder)
+    if not loaded.base_model:
+        raise ExportError(f"checkpoint {folder} does not say its base model; cannot serve it")
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    run_id, name = f"served-{digest}", "checkpoint"
+    version = max(1, loaded.step)
+    final = storage.checkpoint_dir(home, run_id, "sampler_weights", name)
+    with storage.atomic_directory(final) as staging:
+        write_peft(loaded, folder, staging)
+        storage.atomic_write_json(staging / storage.MANIFEST_FILE, {
+            "kind": "sampler_weights", "run_id": run_id, "checkpoint_id": name,
+            "base_model": loaded.base_model, "lora_rank": loaded.rank, "step": loaded.step,
+            "source": str(folder)})
+    storage.write_live(home, run_id, version, name)
+    return run_id, loaded.base_model, version

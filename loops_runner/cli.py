@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_list(args.home)
     if args.command == "daemon":
         return _daemon(args.action, args.home)
-    if args.command in ("export", "checkpoints"):
+    if args.command in ("export", "checkpoints", "serve-checkpoint"):
         from loops_runner import checkpoint_cli
 
         return checkpoint_cli.main(args)
