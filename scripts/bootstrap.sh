@@ -33,6 +33,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     echo "Installing ${torch_spec} ..." >&2
     "${pip[@]}" install "$torch_spec"
 fi
-echo "Installing loops-runner (editable, with the local stack and test tools) ..." >&2
-"${pip[@]}" install -e ".[local,dev]"
+echo "Installing loops-runner (editable, with the local stack, test tools and eval frameworks) ..." >&2
+"${pip[@]}" install -e ".[local,dev,eval-frameworks]"
 echo "$want" > "$stamp"
