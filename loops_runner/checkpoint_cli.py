@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def checkpoints_list(args: argparse.Namespace) -> int:
         table.add_row(item.path or item.id, str(item.step), str(item.target), item.base_model,
                       str(item.lora_adapter_config.rank), f"{item.size_bytes / 1e6:.2f} MB",
                       item.created_at.isoformat(timespec="seconds"))
-    Console().print(table)
+    # Piped output (scripts, grep) gets whole paths, not a table cut to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     return 0
 
 

@@ -104,3 +104,36 @@ def test_eval_recipe_compares_base_and_checkpoint_on_the_same_prompts(
                for a in accuracy)
     assert len({tuple(s["prompt"] for s in a["samples"]) for a in accuracy}) == 1
     assert models[2]["results"][0]["model"].startswith("bt://loops:")
+
+
+def test_checkpoints_list_download_and_export_of_a_run_dir(sft_run: Path, tmp_path: Path,
+                                                           runner_home: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    from tests.runner.conftest import runner_env
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "loops_runner.cli", *args, "--home",
+                               str(runner_home)], capture_output=True, text=True, timeout=300,
+                              env=runner_env(runner_home))
+
+    record = json.loads((sft_run / "run.json").read_text())
+    listed = cli("checkpoints", "list", str(sft_run))
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for checkpoint in record["checkpoints"]:
+        assert checkpoint["path"].rsplit("/", 1)[-1] in listed.stdout
+    dest = tmp_path / "step3"
+    fetched = cli("checkpoints", "download", f"{sft_run}@3", "--to", str(dest))
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    manifest = json.loads((dest / "checkpoint.json").read_text())
+    assert manifest["step"] == 3
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
+    again = cli("checkpoints", "download", f"{sft_run}@3", "--to", str(dest))
+    assert again.returncode != 0 and "already has files" in again.stderr
+    exported = cli("export", str(sft_run), "--to", str(tmp_path / "peft"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert record["checkpoints"][-1]["path"] in exported.stdout
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
