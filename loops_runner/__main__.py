@@ -22,6 +22,11 @@ def main(cfg: DictConfig) -> Any:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if cfg.get("pipeline") is not None:
+            from loops_runner.runner.pipeline import run_pipeline
+
+            overrides = list(HydraConfig.get().overrides.task)
+            return sweep_value(cfg, run_pipeline(cfg, run_dir, overrides))
         return sweep_value(cfg, run_job(cfg, run_dir))
     except ConfigError as error:
         print(f"loops-runner: {error}", file=sys.stderr)

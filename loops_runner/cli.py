@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "sweep dir; required for several run dirs)")
     report.add_argument("--no-png", action="store_true", help="write the HTML page only")
 
+    from loops_runner import checkpoint_cli
+
+    checkpoint_cli.add_commands(commands, _add_home)
+
     serve = commands.add_parser("serve", help="run a local Loops server")
     servers = serve.add_subparsers(dest="server", required=True)
     trainer = servers.add_parser("trainer", help="LoRA trainer (PyTorch + PEFT)")
@@ -209,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _daemon(args.action, args.home)
     if args.command == "report":
         return _report(args.paths, args.out, not args.no_png)
+    if args.command in ("export", "checkpoints", "serve-checkpoint"):
+        from loops_runner import checkpoint_cli
+
+        return checkpoint_cli.main(args)
     module = importlib.import_module(_SERVER_MODULES[args.server])
     module.serve(args)
     return 0

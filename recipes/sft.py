@@ -6,9 +6,11 @@ Reads top to bottom:
    hold out an eval split, render everything with the tokenizer's chat template;
 2. train: length-grouped batches, a warmup + decay learning-rate schedule, and
    futures submitted ahead so the trainer never waits for the client;
-3. evaluate NLL on the held-out split every ``eval_every`` steps, checkpoint
-   every ``save_every`` steps (resumable: the data cursor is the step);
-4. publish the adapter to the sampler and log a few sample completions.
+3. evaluate every ``eval_every`` steps (and before the first step): NLL on the
+   held-out split, plus the ``evaluators`` (default: greedy accuracy on the task
+   registry's held-out questions, through the sampler); checkpoint every
+   ``save_every`` steps (resumable: the data cursor is the step);
+4. log a few of the final evaluation's samples, marked ✓/✗ by the scorer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import RenderedExample, TrainOn, prompt_tokens, render
 from loops_runner.data.sources import DataFormat, load_conversations
+from loops_runner.eval import (
+    EvalResult,
+    EvalTarget,
+    EvaluatorConfig,
+    SamplingEvaluator,
+    run_evaluators,
+    sampler_for_current_weights,
+)
+from loops_runner.eval import eval_nll as nll_of
 from loops_runner.runner.context import Budget, RunContext
 from loops_runner.sdk import AdamParams, ModelInput, SamplingParams
 
@@ -61,6 +72,7 @@ class Config(BaseModel):
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     eval_every: int = Field(default=25, ge=0)
+    evaluators: list[EvaluatorConfig] = Field(default_factory=lambda: [SamplingEvaluator()])
     save_every: int = Field(default=50, ge=0)
     pipeline_depth: int = Field(default=2, ge=1)
     num_final_samples: int = Field(default=4, ge=0)
@@ -152,19 +164,19 @@ def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
 
 def eval_nll(ctx: RunContext, examples: list[RenderedExample], batch_size: int) -> float:
     """Mean negative log-likelihood per trained token on ``examples``."""
-    futures = [ctx.training_client.forward([e.to_datum() for e in examples[i:i + batch_size]],
-                                           "cross_entropy")
-               for i in range(0, len(examples), batch_size)]
-    total, count = 0.0, 0.0
-    for start, future in zip(range(0, len(examples), batch_size), futures, strict=True):
-        for example, output in zip(examples[start:start + batch_size],
-                                   future.result().loss_fn_outputs, strict=True):
-            for logprob, weight in zip(output["logprobs"].tolist(), example.weights[1:],
-                                       strict=True):
-                if weight and not math.isnan(logprob):
-                    total -= weight * logprob
-                    count += weight
-    return total / max(count, 1.0)
+    return nll_of(ctx.training_client, examples, batch_size)
+
+
+def evaluate(ctx: RunContext, cfg: Config, step: int) -> tuple[dict[str, float], list[EvalResult]]:
+    """Run the recipe's evaluators on the weights of ``step`` (published to the sampler)."""
+    if not cfg.evaluators:
+        return {}, []
+    target = EvalTarget(model=f"{ctx.record.run_id or ctx.run_dir.name}@step-{step}",
+                        tokenizer=ctx.tokenizer, training_client=ctx.training_client,
+                        sampler=lambda: sampler_for_current_weights(ctx.training_client,
+                                                                    f"eval-step-{step}"))
+    results = run_evaluators(cfg.evaluators, target, step=step, run_dir=ctx.run_dir)
+    return {k: v for r in results for k, v in r.metrics.items()}, results
 
 
 @dataclass
@@ -183,15 +195,19 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
                       f"{steps} steps of {cfg.batch_size}")
     last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
+    final_results: list[EvalResult] = []
     if ctx.start_step == 0:
+        # Step 0 is the base model: the "before" of every before/after comparison.
         last["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
-        ctx.log(0, {"eval/nll": last["eval/nll"]})
+        scores, _ = evaluate(ctx, cfg, 0)
+        last.update(scores)
+        ctx.log(0, {"eval/nll": last["eval/nll"], **scores})
     ctx.metrics.start_progress(steps, completed=ctx.start_step)
     in_flight: deque[InFlight] = deque()
     previous_done = time.monotonic()
 
     def finish(item: InFlight) -> None:
-        nonlocal previous_done
+        nonlocal previous_done, final_results
         output = item.forward_backward.result()
         optim = item.optim.result()
         now = time.monotonic()
@@ -206,6 +222,8 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
         step = item.step
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
             metrics["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
+            scores, final_results = evaluate(ctx, cfg, step)
+            metrics.update(scores)
         last.update(metrics)
         ctx.log(step, metrics)
         if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
@@ -240,27 +258,37 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     final = {k: v for k, v in last.items() if not k.startswith("time/")}
     final["steps"] = step
     if step == steps and cfg.num_final_samples:
-        final_samples(ctx, cfg, data)
+        final_samples(ctx, cfg, data, final_results)
     return final
 
 
-def final_samples(ctx: RunContext, cfg: Config, data: SftData) -> None:
-    """Publish the adapter and log greedy samples for a few eval prompts."""
-    sampler = ctx.publish("final")
-    params = SamplingParams(max_tokens=cfg.sample_max_tokens, temperature=cfg.sample_temperature,
-                            seed=ctx.seed)
-    rows = []
-    for conversation in data.eval_conversations[:cfg.num_final_samples]:
-        messages = conversation["messages"]
-        prompt = ModelInput.from_ints(prompt_tokens(ctx.tokenizer, messages))
-        sequence = sampler.sample(prompt, 1, params).sequences[0]
-        completion = ctx.tokenizer.decode(sequence.tokens, skip_special_tokens=True)
-        rows.append([messages[-2]["content"], messages[-1]["content"], completion])
+def final_samples(ctx: RunContext, cfg: Config, data: SftData,
+                  results: list[EvalResult]) -> None:
+    """Log a few final completions: the last evaluation's, marked ✓/✗ by its scorer.
+
+    Without a sampling evaluator, publish the adapter and answer a few eval prompts.
+    """
+    scored = next((r.samples for r in results if r.samples), None)
+    if scored is not None:
+        rows = [[s["prompt"], str(s["answer"]), s["completion"], s["score"]]
+                for s in scored[:cfg.num_final_samples]]
+    else:
+        sampler = ctx.publish("final")
+        params = SamplingParams(max_tokens=cfg.sample_max_tokens,
+                                temperature=cfg.sample_temperature, seed=ctx.seed)
+        rows = []
+        for conversation in data.eval_conversations[:cfg.num_final_samples]:
+            messages = conversation["messages"]
+            prompt = ModelInput.from_ints(prompt_tokens(ctx.tokenizer, messages))
+            sequence = sampler.sample(prompt, 1, params).sequences[0]
+            completion = ctx.tokenizer.decode(sequence.tokens, skip_special_tokens=True)
+            rows.append([messages[-2]["content"], messages[-1]["content"], completion, None])
     with (ctx.run_dir / "samples.jsonl").open("w") as handle:
-        for prompt_text, reference, completion in rows:
+        for prompt_text, reference, completion, score in rows:
             handle.write(json.dumps({"prompt": prompt_text, "reference": reference,
-                                     "completion": completion}) + "\n")
-    ctx.metrics.log_table("samples", ["prompt", "reference", "completion"], rows)
-    for prompt_text, reference, completion in rows:
-        ctx.metrics.print(f"[bold]{prompt_text}[/bold] -> {completion!r} (reference "
+                                     "completion": completion, "score": score}) + "\n")
+    ctx.metrics.log_table("samples", ["prompt", "reference", "completion", "score"], rows)
+    for prompt_text, reference, completion, score in rows:
+        mark = "" if score is None else ("✓ " if score >= 1.0 else "✗ ")
+        ctx.metrics.print(f"{mark}[bold]{prompt_text}[/bold] -> {completion!r} (reference "
                           f"{reference!r})")

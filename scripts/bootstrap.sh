@@ -34,6 +34,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     echo "Installing ${torch_spec} ..." >&2
     "${pip[@]}" install "$torch_spec"
 fi
-echo "Installing loops-runner (editable, with the local stack, sweep launchers and test tools) ..." >&2
-"${pip[@]}" install -e ".[local,sweeps,dev]"
+echo "Installing loops-runner (editable, with the local stack, sweep launchers, eval frameworks and test tools) ..." >&2
+"${pip[@]}" install -e ".[local,sweeps,dev,eval-frameworks]"
 echo "$want" > "$stamp"

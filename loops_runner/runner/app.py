@@ -22,7 +22,19 @@ from loops_runner.runner.backends import (
     provisioning_turn,
     remember_session,
 )
-from loops_runner.runner.config import ConfigError, RunnerConfig, validate_config, validate_section
+from loops_runner.runner.checkpoint_refs import (
+    CheckpointInfo,
+    CheckpointRefError,
+    check_matches,
+    describe,
+)
+from loops_runner.runner.config import (
+    ConfigError,
+    LocalBackend,
+    RunnerConfig,
+    validate_config,
+    validate_section,
+)
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
@@ -108,6 +120,28 @@ def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord
     return record
 
 
+def _init_from(config: RunnerConfig, service: Any) -> CheckpointInfo | None:
+    if not config.init_from:
+        return None
+    home = _home(config) if isinstance(config.backend, LocalBackend) else None
+    try:
+        info = describe(config.init_from, home=home, service=service)
+        check_matches(info, config.model.base_model, config.model.rank, home)
+    except CheckpointRefError as error:
+        raise ConfigError(f"init_from: {error}") from None
+    return info
+
+
+def _load_weights(training: Any, path: str) -> None:
+    try:
+        training.load_state(path).result()
+    except BaseException:
+        close = getattr(training, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
 def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Run one job; after a service failure, run it again from its last checkpoint.
 
@@ -148,21 +182,29 @@ def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
 
 
 def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
-               console: Console) -> tuple[Any, Any]:
-    """The service client and a training client: fresh, or restored from ``checkpoint``."""
+               console: Console) -> tuple[Any, Any, CheckpointInfo | None]:
+    """The service client, a training client (fresh, restored from ``checkpoint``, or
+    initialised from ``init_from``) and the init_from checkpoint when one was loaded."""
+    init = None
     with provisioning_turn(config):
         service = build_service_client(config)
         timeouts = config.timeouts
         if checkpoint is None:
+            # Refused here, before a trainer is provisioned or a step is taken.
+            init = _init_from(config, service)
             training = service.create_lora_training_client(
                 config.model.base_model, rank=config.model.rank, seed=config.seed,
                 timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
+            if init is not None:
+                console.print(f"Initialising from {init.reference} ({init.path}); "
+                              "fresh optimizer")
+                _load_weights(training, init.path)
         else:
             console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
             training = service.create_training_client_from_state_with_optimizer(
                 checkpoint.path)
         remember_session(config, service.session_id)
-    return service, training
+    return service, training, init
 
 
 def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
@@ -198,8 +240,10 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     else:
         truncate_after(metrics_path, checkpoint.step)
 
-    service, training = _provision(config, checkpoint, console)
+    service, training, init = _provision(config, checkpoint, console)
     record.session_id = service.session_id
+    if init is not None:
+        record.init_from = init.path
     if training.run_id:
         record.run_ids.append(training.run_id)
     record.save(run_dir)

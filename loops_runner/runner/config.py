@@ -84,6 +84,7 @@ class RunnerConfig(Section):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)
+    init_from: str | None = None
 
 
 _UNION_TAGS = frozenset({"local", "baseten", "external"})

@@ -41,6 +41,8 @@ class RunRecord(BaseModel):
     run_ids: list[str] = Field(default_factory=list)
     wandb_id: str | None = None
     checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    # The checkpoint whose weights this run started from (init_from), as resolved.
+    init_from: str | None = None
     final_metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     attempts: int = 0

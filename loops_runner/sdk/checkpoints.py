@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -94,9 +95,12 @@ def _check_empty(dest: Path) -> None:
                               "empty directory")
 
 
-def download(control_plane: ControlPlane, checkpoint_id: str,
-             dest_dir: str | Path) -> CheckpointDownload:
-    """Fetch every file of a checkpoint into ``dest_dir`` (which must be empty)."""
+def download(control_plane: ControlPlane, checkpoint_id: str, dest_dir: str | Path,
+             progress: Callable[[int, int], None] | None = None) -> CheckpointDownload:
+    """Fetch every file of a checkpoint into ``dest_dir`` (which must be empty).
+
+    ``progress(bytes_so_far, total_bytes)`` is called as blocks arrive.
+    """
     source = control_plane.checkpoint_source(checkpoint_id).source
     if isinstance(source, VolumeCheckpointSource):
         raise NotImplementedError(
@@ -110,6 +114,7 @@ def download(control_plane: ControlPlane, checkpoint_id: str,
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     written = 0
+    total = sum(entry.size_bytes for entry in files)
     # Signed URLs carry their own authorisation: no client headers at all.
     with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as client:
         for entry in files:
@@ -126,5 +131,7 @@ def download(control_plane: ControlPlane, checkpoint_id: str,
                 with open(partial, "wb") as handle:
                     for block in response.iter_bytes():
                         written += handle.write(block)
+                        if progress is not None:
+                            progress(written, total)
             partial.replace(target)
     return CheckpointDownload(dest_dir=dest, file_count=len(files), bytes_written=written)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from loops_runner.sdk import checkpoints
@@ -289,6 +290,10 @@ class ServiceClient:
     async def list_checkpoints_async(self, run_id: str) -> list[Checkpoint]:
         return await asyncio.to_thread(self.list_checkpoints, run_id)
 
+    def get_checkpoint_by_path(self, path: str) -> Checkpoint:
+        """The registry entry of the ``bt://`` path (base model, rank, step); ValueError if none."""
+        return self._cp("get_checkpoint_by_path").checkpoint_by_path(path)
+
     def get_checkpoint_archive_url(
             self, checkpoint_id: str | None = None, page_size: int = 1000, page_token: int = 0,
             *, name: str | None = None, run_id: str | None = None,
@@ -304,11 +309,16 @@ class ServiceClient:
 
     def download_checkpoint(self, checkpoint_id: str | None = None, *, dest_dir: str,
                             name: str | None = None, run_id: str | None = None,
-                            target: CheckpointTarget | str | None = None) -> CheckpointDownload:
-        """Write a checkpoint's files into the empty directory ``dest_dir``."""
+                            target: CheckpointTarget | str | None = None,
+                            progress: Callable[[int, int], None] | None = None,
+                            ) -> CheckpointDownload:
+        """Write a checkpoint's files into the empty directory ``dest_dir``.
+
+        ``progress(bytes_so_far, total_bytes)`` is called as the files arrive.
+        """
         control_plane = self._cp("download_checkpoint")
         resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
-        return checkpoints.download(control_plane, resolved, dest_dir)
+        return checkpoints.download(control_plane, resolved, dest_dir, progress)
 
     async def download_checkpoint_async(self, checkpoint_id: str | None = None, *,
                                         dest_dir: str, name: str | None = None,

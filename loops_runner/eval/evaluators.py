@@ -1,0 +1,238 @@
+"""Sampling and NLL evaluators: configs, the math, and the ``evals.jsonl`` record."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EVALS_FILE = "evals.jsonl"
+Scorer = Callable[[dict[str, Any], str], float]
+
+
+class SamplingEvaluator(BaseModel):
+    """Generate answers to task prompts and score them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sampling"] = "sampling"
+    name: str = "accuracy"            # metric name: eval/<name>, eval/<name>/pass@k
+    source: str = "tasks"             # "tasks" (registry, held-out split) or a .jsonl of rows
+    scorer: str | None = None         # dotted path of score(row, completion); default: registry
+    families: list[str] | None = None  # registry families (null = all)
+    num_prompts: int = Field(default=64, ge=1)
+    n: int = Field(default=1, ge=1)   # samples per prompt
+    pass_at: list[int] = Field(default_factory=lambda: [1])
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=16, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _pass_at_fits(self) -> SamplingEvaluator:
+        too_big = [k for k in self.pass_at if not 1 <= k <= self.n]
+        if too_big:
+            raise ValueError(f"pass_at {too_big} must lie between 1 and n={self.n}")
+        if self.source != "tasks" and self.scorer is None:
+            raise ValueError(f"source {self.source!r} needs a scorer: a dotted path to "
+                             "score(row, completion) -> float")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "n": self.n, "seed": self.seed,
+                "num_prompts": self.num_prompts, "source": self.source}
+
+
+class NllEvaluator(BaseModel):
+    """Mean negative log-likelihood per assistant token on held-out conversations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["nll"] = "nll"
+    name: str = "task_nll"
+    source: str = "tasks"             # "tasks" (registry held-out answers) or a .jsonl of chats
+    num_examples: int = Field(default=64, ge=1)
+    max_length: int = Field(default=256, ge=2)
+    batch_size: int = Field(default=32, ge=1)
+
+    def settings(self) -> dict[str, Any]:
+        return {"num_examples": self.num_examples, "source": self.source}
+
+
+EvaluatorConfig = Annotated[SamplingEvaluator | NllEvaluator, Field(discriminator="kind")]
+
+
+@dataclass
+class EvalTarget:
+    """The weights under evaluation: a trainer run holding them and a sampler serving them."""
+
+    model: str  # base model name, checkpoint path or "step N of <run>"
+    tokenizer: Any
+    training_client: Any
+    sampler: Callable[[], Any]  # returns a sampling client serving exactly these weights
+
+
+@dataclass
+class EvalResult:
+    evaluator: str
+    model: str
+    metrics: dict[str, float]
+    settings: dict[str, Any]
+    step: int | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"evaluator": self.evaluator, "model": self.model, "step": self.step,
+                "metrics": self.metrics, "settings": self.settings,
+                "seconds": round(self.seconds, 3), "samples": self.samples[:8]}
+
+
+# -- rows and scorers ------------------------------------------------------------
+
+
+def load_scorer(path: str) -> Scorer:
+    module_name, _, function_name = path.replace(":", ".").rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"scorer {path!r} cannot be imported: {error}") from None
+    if not callable(function):
+        raise ValueError(f"scorer {path!r} is not callable")
+    return function  # type: ignore[no-any-return]
+
+
+def task_rows(cfg: SamplingEvaluator | NllEvaluator, count: int) -> list[dict[str, Any]]:
+    if cfg.source == "tasks":
+        from loops_runner.tasks import sample_rows
+
+        families = getattr(cfg, "families", None)
+        return sample_rows(count, split="heldout", families=families, unique=True,
+                           seed=getattr(cfg, "seed", 0))
+    from loops_runner.data.sources import load_rows
+
+    return load_rows(cfg.source)[:count]
+
+
+def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    if "messages" in row:
+        return [m for m in row["messages"] if m["role"] != "assistant"] or row["messages"]
+    from loops_runner.tasks import as_messages
+
+    return as_messages(row)
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k of one prompt: chance that k of its n samples hold a correct one."""
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
+
+
+# -- running -----------------------------------------------------------------------
+
+
+async def _sample_all(sampler: Any, prompts: Sequence[Any], n: int, params: Any) -> list[Any]:
+    # All prompts in flight at once: the sampler batches them into one decode.
+    return list(await asyncio.gather(*(sampler.sample_async(p, n, params) for p in prompts)))
+
+
+def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
+    from loops_runner.data.chat import prompt_tokens
+    from loops_runner.sdk import ModelInput, SamplingParams
+    from loops_runner.tasks import score as registry_score
+
+    started = time.monotonic()
+    scorer = load_scorer(cfg.scorer) if cfg.scorer else registry_score
+    rows = task_rows(cfg, cfg.num_prompts)
+    prompts = [ModelInput.from_ints(prompt_tokens(target.tokenizer, row_messages(row)))
+               for row in rows]
+    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, seed=cfg.seed)
+    responses = asyncio.run(_sample_all(target.sampler(), prompts, cfg.n, params))
+    scores_P: list[list[float]] = []
+    samples = []
+    for row, response in zip(rows, responses, strict=True):
+        completions = [target.tokenizer.decode(s.tokens, skip_special_tokens=True).strip()
+                       for s in response.sequences]
+        scores = [float(scorer(row, completion)) for completion in completions]
+        scores_P.append(scores)
+        samples.append({"prompt": row.get("prompt", ""), "answer": row.get("answer"),
+                        "completion": completions[0], "score": scores[0]})
+    flat = [s for scores in scores_P for s in scores]
+    metrics = {f"eval/{cfg.name}": sum(flat) / len(flat)}
+    for k in cfg.pass_at:
+        if k == 1 and cfg.n == 1:
+            continue
+        values = [pass_at_k(cfg.n, sum(1 for s in scores if s >= 1.0), k) for scores in scores_P]
+        metrics[f"eval/{cfg.name}/pass@{k}"] = sum(values) / len(values)
+    return EvalResult(cfg.name, target.model, metrics, cfg.settings(), samples=samples,
+                      seconds=time.monotonic() - started)
+
+
+def eval_nll(training_client: Any, examples: Sequence[Any], batch_size: int) -> float:
+    """Mean negative log-likelihood per trained token of rendered ``examples``."""
+    futures = [training_client.forward([e.to_datum() for e in examples[i:i + batch_size]],
+                                       "cross_entropy")
+               for i in range(0, len(examples), batch_size)]
+    total, count = 0.0, 0.0
+    for start, future in zip(range(0, len(examples), batch_size), futures, strict=True):
+        for example, output in zip(examples[start:start + batch_size],
+                                   future.result().loss_fn_outputs, strict=True):
+            # logprobs[i] scores token i+1, hence the weights shifted by one.
+            for logprob, weight in zip(output["logprobs"].tolist(), example.weights[1:],
+                                       strict=True):
+                if weight and not math.isnan(logprob):
+                    total -= weight * logprob
+                    count += weight
+    return total / max(count, 1.0)
+
+
+def run_nll(cfg: NllEvaluator, target: EvalTarget) -> EvalResult:
+    from loops_runner.data.chat import render
+    from loops_runner.tasks import as_conversation
+
+    started = time.monotonic()
+    rows = task_rows(cfg, cfg.num_examples)
+    chats = [as_conversation(r)["messages"] if cfg.source == "tasks" else r["messages"]
+             for r in rows]
+    examples = [render(target.tokenizer, chat, "assistant", cfg.max_length) for chat in chats]
+    examples = [e for e in examples if e.trained_tokens > 0]
+    value = eval_nll(target.training_client, examples, cfg.batch_size)
+    return EvalResult(cfg.name, target.model, {f"eval/{cfg.name}": value}, cfg.settings(),
+                      seconds=time.monotonic() - started)
+
+
+def run_evaluators(evaluators: Sequence[SamplingEvaluator | NllEvaluator], target: EvalTarget,
+                   *, step: int | None, run_dir: Path | None) -> list[EvalResult]:
+    """Run each evaluator on ``target``; append every result (with settings) to evals.jsonl."""
+    results = []
+    for cfg in evaluators:
+        result = run_sampling(cfg, target) if isinstance(cfg, SamplingEvaluator) \
+            else run_nll(cfg, target)
+        result.step = step
+        results.append(result)
+        if run_dir is not None:
+            with (run_dir / EVALS_FILE).open("a") as handle:
+                handle.write(json.dumps(result.record()) + "\n")
+    return results
+
+
+def sampler_for_current_weights(training_client: Any, name: str) -> Any:
+    """A sampling client serving exactly the run's current weights.
+
+    Saved as a sampler checkpoint and pinned by path rather than published
+    live: a run just loaded from a checkpoint is at step 0, and a live publish
+    at version 0 means "the base model".
+    """
+    saved = training_client.save_weights_for_sampler(name).result()
+    return training_client.create_sampling_client(saved.path)
