@@ -152,3 +152,32 @@ def test_prompt_rows_accept_messages_or_prompt_and_name_bad_rows() -> None:
         prompt_messages({"text": "hi"}, "r3")
     with pytest.raises(DataError, match="r4: field 'messages' ends with an assistant turn"):
         prompt_messages({"messages": [*messages, {"role": "assistant", "content": "a"}]}, "r4")
+
+
+def test_too_many_failed_episodes_stop_the_run_with_the_first_errors() -> None:
+    from loops_runner.rl.rollouts import RolloutBatch
+    from loops_runner.rl.types import TrajectoryGroup
+    from recipes.rl import Config, RolloutErrorRate, check_error_rate
+
+    def batch(failed: int) -> RolloutBatch:
+        trajectories = [Trajectory(error="step: KeyError: 'x'") for _ in range(failed)]
+        trajectories += [Trajectory() for _ in range(4 - failed)]
+        return RolloutBatch(step=0, groups=[TrajectoryGroup(trajectories)], sample_s=0.0,
+                            policy_version=0)
+
+    cfg = Config(max_rollout_error_frac=0.5)
+    check_error_rate(batch(2), cfg, step=1)  # half failed: at the limit, not past it
+    with pytest.raises(RolloutErrorRate, match=r"step 3: 3 of 4 episodes failed, more than "
+                       r"recipe.max_rollout_error_frac=0.5. First errors: step: KeyError"):
+        check_error_rate(batch(3), cfg, step=3)
+
+
+def test_rl_config_refuses_a_reward_without_prompts_and_an_env_with_a_reward() -> None:
+    from pydantic import ValidationError
+
+    from recipes.rl import Config
+
+    with pytest.raises(ValidationError, match=r"recipe\.reward and recipe\.prompts go together"):
+        Config(reward="x:score")
+    with pytest.raises(ValidationError, match=r"set either recipe\.env"):
+        Config(reward="x:score", prompts="p.jsonl", env="y:make_dataset")
