@@ -10,7 +10,7 @@ sampling with ``sample(n=G)`` vs G single-sample calls in a row.
   Goal: ≥ 3×.
 
     .venv/bin/python benchmarks/rl_async.py [--steps 8] [--groups 8] [--group-size 8]
-        [--max-tokens 16] [--rounds 3] [--home DIR]
+        [--max-tokens 16] [--rounds 2] [--threads 1] [--home DIR]
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def bench_steps(args: argparse.Namespace, home: Path, work: Path) -> None:
               f"recipe.group_size={args.group_size}", f"recipe.max_tokens={args.max_tokens}",
               "recipe.save_every=0", "recipe.num_groups_to_log=0"]
     print("warming up the local daemon, trainer and sampler ...", flush=True)
-    run_rl(work, home, [*common, "recipe.max_steps=2"], "warmup")
+    run_rl(work, home, [*common, "recipe.max_steps=2"], "warmup", threads=args.threads)
     results: dict[int, list[float]] = {0: [], 1: []}
     for round_number in range(args.rounds):
         for k in (0, 1):
             metrics = run_rl(work, home, [*common, f"recipe.max_steps_off_policy={k}",
-                                          f"seed={round_number}"], f"k{k}-r{round_number}")
+                                          f"seed={round_number}"], f"k{k}-r{round_number}",
+                             threads=args.threads)
             results[k].append(steps_per_second(metrics))
             staleness = max(m["rollout/staleness"] for m in metrics)
             print(f"  round {round_number + 1}, max_steps_off_policy={k}: "
@@ -97,6 +98,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--home", default=None, help="data home (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the trainer (the daemon inherits it); 1 keeps "
+                             "a trainer and a sampler working at once from stalling each "
+                             "other on a small CPU (0 = torch's choice)")
     parser.add_argument("--skip-steps", action="store_true", help="only the sampling part")
     args = parser.parse_args()
 

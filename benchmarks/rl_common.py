@@ -29,13 +29,20 @@ def write_scratch_task(work: Path, prompts: int = 64) -> list[str]:
 
 
 def run_rl(work: Path, home: Path, overrides: list[str], name: str,
-           timeout: float = 900) -> list[dict]:
-    """One CLI run in its own run dir; its metrics.jsonl lines."""
+           timeout: float = 900, threads: int | None = None) -> list[dict]:
+    """One CLI run in its own run dir; its metrics.jsonl lines.
+
+    ``threads`` caps torch threads in the runner and the servers it starts (a
+    trainer and a sampler busy at the same time on a small CPU otherwise stall
+    each other's thread barriers).
+    """
     run_dir = work / "runs" / name
     command = [sys.executable, "-m", "loops_runner", "+recipe=rl", *overrides,
                f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "LOOPS_HOME": str(home), "PYTHONPATH": str(REPO),
            "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
                             timeout=timeout)
     if result.returncode != 0:

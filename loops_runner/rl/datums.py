@@ -13,8 +13,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from loops_runner.data.chat import next_token_datum
 from loops_runner.rl.types import Trajectory
-from loops_runner.wire import Datum, ModelInput, TensorData
+from loops_runner.wire import Datum
 
 
 @dataclass
@@ -34,18 +35,9 @@ class TokenSequence:
         self.weights.extend([1.0 if trained else 0.0] * len(tokens))
 
     def to_datum(self) -> Datum:
-        # Position i of the input predicts token i + 1: every per-token input is
-        # shifted by one so it lines up with its target.
-        n = len(self.tokens) - 1
-        return Datum(
-            model_input=ModelInput.from_ints(self.tokens[:-1]),
-            loss_fn_inputs={
-                "target_tokens": TensorData(data=self.tokens[1:], dtype="int64", shape=[n]),
-                "logprobs": TensorData(data=self.logprobs[1:], dtype="float32", shape=[n]),
-                "advantages": TensorData(data=self.advantages[1:], dtype="float32", shape=[n]),
-                "weights": TensorData(data=self.weights[1:], dtype="float32", shape=[n]),
-            },
-        )
+        return next_token_datum(self.tokens, {"logprobs": self.logprobs,
+                                              "advantages": self.advantages,
+                                              "weights": self.weights})
 
 
 def trajectory_sequences(trajectory: Trajectory,

@@ -4,12 +4,9 @@ another directory."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-from tests.runner.conftest import run_runner, runner_command, runner_env
+from tests.runner.conftest import kill_after_checkpoint, run_runner, runner_env
 
 ROLLOUT_KEYS = {"step", "policy_version", "group", "prompt", "completions", "rewards",
                 "advantages"}
@@ -171,21 +168,8 @@ def test_killed_rl_run_resumes_from_its_checkpoint(tmp_path: Path, runner_home: 
             "recipe.max_steps=4", "recipe.save_every=2", "recipe.groups_per_batch=1",
             "recipe.group_size=2"]
     env = {**runner_env(runner_home), "REWARD_SLEEP_S": "0.25"}  # time to kill it mid-run
-    process = subprocess.Popen(runner_command(*args), cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_json = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        found = list((tmp_path / "outputs" / "rl").glob("*/run.json"))
-        if found:
-            run_json = found[0]
-            if any(c["step"] >= 2 for c in json.loads(run_json.read_text())["checkpoints"]):
-                break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert run_json is not None
+    run_json = kill_after_checkpoint(args, cwd=tmp_path, home=runner_home, recipe="rl", step=2,
+                                     env=env)
 
     resumed = run_runner(*args, cwd=tmp_path, home=runner_home)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
