@@ -7,7 +7,8 @@ one-sided p-value (scipy when installed, else the normal approximation, which is
 close at these sample sizes). Acceptance: last > first with p < 0.01, within 3 minutes
 of wall time per run on 2 cores.
 
-    .venv/bin/python benchmarks/rl_learning.py [--home DIR] [--modes 0,1] [overrides...]
+    .venv/bin/python benchmarks/rl_learning.py [--home DIR] [--modes 0,1]
+        [--task arithmetic|digits] [overrides...]
 
 Extra arguments are passed to the CLI (e.g. ``recipe.learning_rate=1e-3``).
 """
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_common import run_rl, stop_daemon
+from rl_common import run_rl, stop_daemon, write_scratch_task
 
 WINDOW = 5
 
@@ -60,6 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=None, help="data home (default: a temporary one)")
     parser.add_argument("--modes", default="0,1", help="max_steps_off_policy values to run")
+    parser.add_argument("--task", choices=["arithmetic", "digits"], default="arithmetic",
+                        help="arithmetic: the bundled task (needs a model that knows some "
+                             "arithmetic); digits: a scratch reward (share of digits in the "
+                             "reply) that any model can learn, a check of the machinery")
     args, overrides = parser.parse_known_args()
 
     from loops_runner.models import tiny
@@ -67,6 +72,8 @@ def main() -> None:
     home = Path(args.home or tempfile.mkdtemp(prefix="loops-bench-rl-"))
     tiny.prepare(home)
     work = Path(tempfile.mkdtemp(prefix="loops-bench-rl-learn-"))
+    if args.task == "digits":
+        overrides = [*write_scratch_task(work), *overrides]
     try:
         for k in (int(x) for x in args.modes.split(",")):
             started = time.monotonic()
