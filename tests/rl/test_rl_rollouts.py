@@ -10,6 +10,7 @@ import pytest
 
 from loops_runner.rl.datums import mean_abs_logprob_diff, sampled_logprobs_D, trajectory_sequences
 from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
+from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
 from loops_runner.rl.rollouts import RolloutSettings, rollout_batch, rollout_group
 from loops_runner.rl.types import Env, EnvGroupBuilder, StepResult
 from loops_runner.sdk import ServiceClient
@@ -129,3 +130,15 @@ def test_env_errors_and_overlong_prompts_fail_only_their_episodes(policy, tokeni
                                       settings(tokenizer, max_context=40)))
     assert group.trajectories_G[2].error == (
         "sample: ValueError: prompt of 50 tokens does not fit the model's context of 40 tokens")
+
+
+def test_reference_logprobs_score_every_token_like_the_sampler(policy, tokenizer) -> None:
+    builder = problem(tokenizer, lambda reply: 0.0)
+    group = asyncio.run(rollout_group(builder, 2, policy, settings(tokenizer, max_tokens=8)))
+    sequences_D = [s for t in group.trajectories_G for s in trajectory_sequences(t, 1.0)]
+    # The policy here is the base model itself, so the KL estimate is ~0.
+    reference_D = asyncio.run(reference_logprobs_D(policy, sequences_D))
+    for sequence, reference_T in zip(sequences_D, reference_D, strict=True):
+        assert len(reference_T) == len(sequence.tokens) and reference_T[0] is None
+    kl = apply_kl_penalty(sequences_D, reference_D, coef=1.0)
+    assert abs(kl) <= 1e-3
