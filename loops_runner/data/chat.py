@@ -17,6 +17,17 @@ from loops_runner.wire import Datum, ModelInput, TensorData
 TrainOn = Literal["assistant", "all"]
 
 
+def next_token_datum(tokens: list[int], per_token: dict[str, list[float]]) -> Datum:
+    """Next-token layout: position i of the input predicts target i, so every
+    per-token input (weights, logprobs, advantages) is shifted by one to line up
+    with its target."""
+    n = len(tokens) - 1
+    inputs = {"target_tokens": TensorData(data=tokens[1:], dtype="int64", shape=[n])}
+    for name, values in per_token.items():
+        inputs[name] = TensorData(data=values[1:], dtype="float32", shape=[n])
+    return Datum(model_input=ModelInput.from_ints(tokens[:-1]), loss_fn_inputs=inputs)
+
+
 @dataclass(frozen=True)
 class RenderedExample:
     tokens: list[int]
@@ -27,15 +38,7 @@ class RenderedExample:
         return int(sum(self.weights[1:]))
 
     def to_datum(self) -> Datum:
-        """Next-token layout: position i of the input predicts target i."""
-        n = len(self.tokens) - 1
-        return Datum(
-            model_input=ModelInput.from_ints(self.tokens[:-1]),
-            loss_fn_inputs={
-                "target_tokens": TensorData(data=self.tokens[1:], dtype="int64", shape=[n]),
-                "weights": TensorData(data=self.weights[1:], dtype="float32", shape=[n]),
-            },
-        )
+        return next_token_datum(self.tokens, {"weights": self.weights})
 
 
 def _template_tokens(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:

@@ -96,3 +96,29 @@ def trainer_urls(home: Path, run_dirs: Iterable[Path]) -> set[str]:
         assert response.status_code == 200, response.text
         urls.add(response.json()["run"]["base_url"])
     return urls
+
+
+def kill_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str, step: int,
+                          env: dict[str, str] | None = None, timeout: float = 240) -> Path:
+    """Start the CLI, SIGKILL it once a checkpoint at ``step`` or later is recorded; the
+    run's ``run.json``."""
+    import json
+    import signal
+
+    process = subprocess.Popen(runner_command(*args), cwd=cwd, env=env or runner_env(home),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_json = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list((cwd / "outputs" / recipe).glob("*/run.json"))
+        if found:
+            run_json = found[0]
+            checkpoints = json.loads(run_json.read_text()).get("checkpoints", [])
+            if any(c["step"] >= step for c in checkpoints):
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert run_json is not None
+    return run_json

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from loops_runner.runner.local_daemon import find_control_plane
 from tests.runner.conftest import (
+    kill_after_checkpoint,
     run_runner,
-    runner_command,
-    runner_env,
     trainer_urls,
     write_user_recipe,
 )
@@ -85,22 +82,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path
 
     work = tmp_path / "killed"
     work.mkdir()
-    process = subprocess.Popen(runner_command(*args), cwd=work, env=runner_env(runner_home),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_json = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        found = list((work / "outputs" / "sft").glob("*/run.json"))
-        if found:
-            run_json = found[0]
-            checkpoints = json.loads(run_json.read_text()).get("checkpoints", [])
-            if any(c["step"] >= 4 for c in checkpoints):
-                break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert run_json is not None
+    run_json = kill_after_checkpoint(args, cwd=work, home=runner_home, recipe="sft", step=4)
     assert json.loads(run_json.read_text())["status"] == "running"
 
     resumed = run_runner(*args, cwd=work, home=runner_home)
