@@ -15,13 +15,15 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
+    from loops_runner.data.sources import DataError
     from loops_runner.runner.app import run_job, sweep_value
     from loops_runner.runner.config import ConfigError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return sweep_value(cfg, run_job(cfg, run_dir))
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
+        # One line for the user: Hydra would add a traceback and its HYDRA_FULL_ERROR hint.
         print(f"loops-runner: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # fail this sweep job only; Hydra goes on with the next

@@ -109,6 +109,8 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
     if config.dry_run:
         _print_plan(config, recipe, recipe_cfg, console)
         return {}
+    # Bad data must stop the run before any server is provisioned or file written.
+    data = recipe.prepare_data(recipe_cfg, config.seed) if recipe.prepare_data else None
     if config.resume.from_dir:
         run_dir = Path(config.resume.from_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
         metrics=metrics, record=record, rng=rng,
         budget=Budget(config.max_steps, config.time_budget_s),
         start_step=checkpoint.step if checkpoint else 0,
-        cursor=dict(checkpoint.cursor) if checkpoint else {},
+        cursor=dict(checkpoint.cursor) if checkpoint else {}, data=data,
     )
     try:
         final = recipe.run(ctx, recipe_cfg) or {}

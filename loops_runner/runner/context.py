@@ -81,6 +81,8 @@ class RunContext:
     # Where a resumed run continues: the step already done and the data cursor.
     start_step: int = 0
     cursor: dict[str, Any] = field(default_factory=dict)
+    # What the recipe's prepare_data returned (None when it has none).
+    data: Any = None
     _tokenizer: Any = None
     _sampling_client: Any = None
 
