@@ -97,6 +97,7 @@ class MetricsLogger:
             return
         # Keep the last value of each shown metric: eval only comes every N steps.
         for key, label, fmt in (("train/loss", "loss", "{:.4f}"), ("eval/nll", "eval", "{:.4f}"),
+                                ("rollout/reward_mean", "reward", "{:.3f}"),
                                 ("time/tokens_per_s", "tok/s", "{:.0f}")):
             if isinstance(metrics.get(key), int | float):
                 self._status[label] = f"{label} {fmt.format(metrics[key])}"

@@ -49,20 +49,20 @@ def builtin_recipe_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def _load_file_module(path: Path) -> ModuleType:
+def _load_file_module(path: Path, field: str) -> ModuleType:
     if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist")
-    name = f"loops_user_recipe_{path.stem}"
+        raise ConfigError(f"{field}: file {str(path)!r} does not exist")
+    name = f"loops_user_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import recipe file {str(path)!r}")
+        raise ConfigError(f"{field}: cannot import file {str(path)!r}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-def _import_module(name: str, target: str) -> ModuleType:
+def _import_module(name: str, target: str, field: str) -> ModuleType:
     # The user's working directory holds their recipes: make it importable the
     # way `python -m` would, also when launched through a console script.
     cwd = str(Path.cwd())
@@ -71,27 +71,39 @@ def _import_module(name: str, target: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
-        raise ConfigError(f"recipe._target_ {target!r}: cannot import module {name!r} "
+        raise ConfigError(f"{field} {target!r}: cannot import module {name!r} "
                           f"({error}); is its folder on PYTHONPATH or the working directory?"
                           ) from None
+
+
+def load_callable(target: str, field: str,
+                  default_name: str) -> tuple[ModuleType, Callable[..., Any]]:
+    """Resolve a user's ``module.function``, ``module:function`` or ``path.py[:function]``.
+
+    Modules are found from the working directory, like recipes; errors name ``field``.
+    """
+    if not target:
+        raise ConfigError(f"{field} is empty; it names a function")
+    if ":" in target:
+        module_part, function_name = target.rsplit(":", 1)
+    elif target.endswith(".py"):
+        module_part, function_name = target, default_name
+    else:
+        module_part, _, function_name = target.rpartition(".")
+    if module_part.endswith(".py") or "/" in module_part:
+        module = _load_file_module(Path(module_part).expanduser().resolve(), field)
+    else:
+        module = _import_module(module_part, target, field)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ConfigError(f"{field} {target!r}: {module.__name__} has no callable "
+                          f"{function_name!r}")
+    return module, function
 
 
 def load_recipe(target: str) -> Recipe:
     """Resolve ``_target_`` to the recipe module and its ``run`` function."""
     if not target:
         raise ConfigError("recipe._target_ is empty; it names the recipe's run function")
-    if ":" in target:
-        module_part, function_name = target.rsplit(":", 1)
-    elif target.endswith(".py"):
-        module_part, function_name = target, "run"
-    else:
-        module_part, _, function_name = target.rpartition(".")
-    if module_part.endswith(".py") or "/" in module_part:
-        module = _load_file_module(Path(module_part).expanduser().resolve())
-    else:
-        module = _import_module(module_part, target)
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ConfigError(f"recipe._target_ {target!r}: {module.__name__} has no callable "
-                          f"{function_name!r}")
+    module, function = load_callable(target, "recipe._target_", "run")
     return Recipe(target, module, function)

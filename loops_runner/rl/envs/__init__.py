@@ -1,0 +1,1 @@
+"""Bundled RL tasks: task-registry problems, guess-the-number, a calculator tool."""

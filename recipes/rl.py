@@ -1,0 +1,288 @@
+"""Reinforcement learning with group-centred advantages (GRPO-style), sync or off-policy.
+
+Reads top to bottom:
+
+1. build the dataset of groups: the bundled arithmetic task, the user's env
+   (``recipe.env=module:make_dataset``) or the user's reward function on a prompt
+   file (``recipe.reward=module:score`` + ``recipe.prompts=data.jsonl``);
+2. per step, sample ``groups_per_batch`` prompts × ``group_size`` episodes from the
+   current policy's sampler (one ``sample(n=group_size)`` per prompt, all at once;
+   with ``max_steps_off_policy: k >= 1`` the next batches are sampled while this
+   one trains, from at most ``k`` versions back);
+3. score them, centre each group's rewards on its mean (drop groups whose rewards
+   are all equal), optionally subtract a KL penalty against the base model;
+4. forward_backward + optim_step on exactly the sampled tokens, with the sampler's
+   logprobs for the importance ratio (``importance_sampling``, ``ppo``, ``cispo``
+   or ``dro``);
+5. publish the new weights, so the next samples come from the new policy;
+6. log ``rollout/*``, ``kl/*``, ``optim/*`` and ``time/*``, the first groups'
+   transcripts to ``rollouts.jsonl``, and checkpoint every ``save_every`` steps
+   (resumable: the data cursor is the step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from loops_runner.rl import plugins
+from loops_runner.rl.advantages import group_advantages, is_constant
+from loops_runner.rl.datasets import DatasetSetup
+from loops_runner.rl.datums import (
+    TokenSequence,
+    mean_abs_logprob_diff,
+    sampled_logprobs_D,
+    trajectory_sequences,
+)
+from loops_runner.rl.envs import tasks as task_envs
+from loops_runner.rl.pipeline import RolloutPipeline
+from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
+from loops_runner.rl.reporting import (
+    ROLLOUTS_FILE,
+    error_lines,
+    rollout_metrics,
+    transcript,
+    write_transcripts,
+)
+from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
+from loops_runner.rl.types import RLDataset
+from loops_runner.runner.context import RunContext
+from loops_runner.runner.metrics import truncate_after
+from loops_runner.sdk import AdamParams
+
+PolicyLoss = Literal["importance_sampling", "ppo", "cispo", "dro"]
+OPTIM_METRICS = ("grad_norm", "grad_norm_clipped", "update_norm")
+POLICY_NAME = "rl-policy"
+
+# -- configuration (validated, and the user's data and plug-ins loaded, before anything
+#    is provisioned) --------------------------------------------------------------------
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env: str | None = None
+    env_args: dict[str, Any] = Field(default_factory=dict)
+    reward: str | None = None
+    prompts: str | None = None
+    prompts_split: str = "train"
+
+    groups_per_batch: int = Field(default=8, ge=1)
+    group_size: int = Field(default=8, ge=2)
+    max_steps: int = Field(default=30, ge=1)
+    max_steps_off_policy: int = Field(default=0, ge=0)
+
+    max_tokens: int = Field(default=8, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_turns: int = Field(default=8, ge=1)
+
+    loss_fn: PolicyLoss = "importance_sampling"
+    loss_fn_config: dict[str, float] = Field(default_factory=dict)
+    normalize_advantages_by_std: bool = False
+    kl_penalty_coef: float = Field(default=0.0, ge=0)
+
+    learning_rate: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip_norm: float = Field(default=1.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+
+    max_rollout_error_frac: float = Field(default=0.5, ge=0, le=1)
+    num_groups_to_log: int = Field(default=2, ge=0)
+    save_every: int = Field(default=20, ge=0)
+
+    _prompt_rows: list[dict[str, Any]] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _plug_ins_load(self) -> Config:
+        # Fail at validation, before a trainer is provisioned, on a missing file, a
+        # bad row or a reward/env that cannot be imported.
+        if (self.reward is None) != (self.prompts is None):
+            raise ValueError("recipe.reward and recipe.prompts go together: the reward "
+                             "function scores replies to the prompts")
+        if self.reward is not None and self.env is not None:
+            raise ValueError("set either recipe.env (your dataset of envs) or recipe.reward "
+                             "with recipe.prompts, not both")
+        if self.reward is not None and self.prompts is not None:
+            plugins.load_reward(self.reward)
+            self._prompt_rows = plugins.load_prompt_rows(self.prompts, self.prompts_split)
+        elif self.env is not None:
+            plugins.load_dataset_factory(self.env)
+        return self
+
+
+def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
+    """What ``dry_run=true`` prints."""
+    source = cfg.env or (f"{cfg.reward} on {cfg.prompts}" if cfg.reward else
+                         "bundled arithmetic (task registry)")
+    return {"env": source, "steps": budget.steps(cfg.max_steps),
+            "episodes per step": f"{cfg.groups_per_batch} groups × {cfg.group_size}",
+            "loss": cfg.loss_fn, "off-policy steps": cfg.max_steps_off_policy}
+
+
+# -- 1. the dataset ---------------------------------------------------------------
+
+
+def build_dataset(cfg: Config, tokenizer: Any, seed: int) -> RLDataset:
+    setup = DatasetSetup(tokenizer=tokenizer, groups_per_batch=cfg.groups_per_batch, seed=seed)
+    if cfg.reward is not None and cfg.prompts is not None:
+        rows = cfg._prompt_rows or plugins.load_prompt_rows(cfg.prompts, cfg.prompts_split)
+        return plugins.reward_dataset(rows, plugins.load_reward(cfg.reward), cfg.reward, setup,
+                                      cfg.prompts)
+    factory = plugins.load_dataset_factory(cfg.env) if cfg.env else task_envs.make_dataset
+    dataset = factory(setup, **cfg.env_args)
+    if not isinstance(dataset, RLDataset) or len(dataset) < 1:
+        raise TypeError(f"recipe.env {cfg.env!r} returned {type(dataset).__name__}; expected a "
+                        "non-empty loops_runner.rl.types.RLDataset")
+    return dataset
+
+
+def model_context(ctx: RunContext) -> int:
+    limit = getattr(ctx.training_client.get_info(), "max_seq_len", None)
+    tokenizer_limit = getattr(ctx.tokenizer, "model_max_length", None)
+    known = [int(x) for x in (limit, tokenizer_limit) if isinstance(x, int) and 0 < x < 10**8]
+    return min(known) if known else 2048
+
+
+# -- 3. advantages and datums ------------------------------------------------------
+
+
+@dataclass
+class TrainingBatch:
+    sequences_D: list[TokenSequence]
+    advantages_by_group: list[list[float]]
+    constant_groups: int
+
+
+def training_batch(batch: RolloutBatch, cfg: Config) -> TrainingBatch:
+    sequences_D: list[TokenSequence] = []
+    advantages_by_group: list[list[float]] = []
+    constant = 0
+    for group in batch.groups:
+        rewards_G = group.rewards_G()
+        advantages_G = group_advantages(rewards_G,
+                                        normalize_std=cfg.normalize_advantages_by_std)
+        advantages_by_group.append(advantages_G)
+        if is_constant(rewards_G):
+            constant += 1
+            continue
+        for trajectory, advantage in zip(group.trajectories_G, advantages_G, strict=True):
+            if not trajectory.failed and trajectory.transitions:
+                sequences_D.extend(trajectory_sequences(trajectory, advantage))
+    return TrainingBatch(sequences_D, advantages_by_group, constant)
+
+
+class RolloutErrorRate(RuntimeError):
+    """Too many episodes failed: the env or reward is broken, not unlucky."""
+
+
+def check_error_rate(batch: RolloutBatch, cfg: Config, step: int) -> None:
+    episodes = [t for g in batch.groups for t in g.trajectories_G]
+    failed = sum(t.failed for t in episodes)
+    if episodes and failed / len(episodes) > cfg.max_rollout_error_frac:
+        raise RolloutErrorRate(
+            f"step {step}: {failed} of {len(episodes)} episodes failed, more than "
+            f"recipe.max_rollout_error_frac={cfg.max_rollout_error_frac}. First errors: "
+            + " | ".join(error_lines(batch)))
+
+
+# -- the loop -----------------------------------------------------------------------
+
+
+def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+    dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed)
+    steps = ctx.budget.steps(cfg.max_steps)
+    settings = RolloutSettings(
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_turns=cfg.max_turns, max_context=model_context(ctx), seed=ctx.seed,
+        decode=lambda tokens: ctx.tokenizer.decode(tokens, skip_special_tokens=True))
+    reference = ctx.sampling_client if cfg.kl_penalty_coef > 0 else None
+    adam = AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2,
+                      weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
+    loss_fn_config = dict(cfg.loss_fn_config) or None
+    truncate_after(ctx.run_dir / ROLLOUTS_FILE, ctx.start_step)
+    ctx.metrics.print(f"RL: {cfg.groups_per_batch} groups × {cfg.group_size} per step, "
+                      f"{steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
+
+    async def sample_step(step: int, policy: Any) -> RolloutBatch:
+        builders = dataset.get_batch(step % len(dataset))
+        return await rollout_batch(builders, cfg.group_size, policy, settings, step=step)
+
+    policy = ctx.publish(POLICY_NAME)
+    version = policy.min_policy_version or 0
+    pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
+                               last_step=steps, max_ahead=cfg.max_steps_off_policy)
+    ctx.metrics.start_progress(steps, completed=ctx.start_step)
+    last: dict[str, Any] = {}
+    step = ctx.start_step
+    step_started = time.monotonic()
+    try:
+        while step < steps:
+            # 2. rollouts (already sampled ahead in off-policy mode)
+            batch = pipeline.next_batch()
+            check_error_rate(batch, cfg, step + 1)
+            metrics = rollout_metrics(batch, version)
+            for line in error_lines(batch):
+                ctx.metrics.print(f"[yellow]step {step + 1} episode error:[/yellow] {line}")
+
+            # 3. advantages, KL penalty, datums
+            train = training_batch(batch, cfg)
+            metrics["rollout/constant_groups"] = float(train.constant_groups)
+            if reference is not None and train.sequences_D:
+                reference_D = asyncio.run(reference_logprobs_D(reference, train.sequences_D))
+                metrics["kl/reference"] = apply_kl_penalty(train.sequences_D, reference_D,
+                                                           cfg.kl_penalty_coef)
+            datums_D = [s.to_datum() for s in train.sequences_D]
+
+            # 4. train on exactly the sampled tokens
+            train_started = time.monotonic()
+            if datums_D:
+                backward = ctx.training_client.forward_backward(datums_D, cfg.loss_fn,
+                                                                loss_fn_config=loss_fn_config)
+                optim = ctx.training_client.optim_step(adam)
+                output = backward.result()
+                trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
+                metrics["kl/sample_train"] = mean_abs_logprob_diff(
+                    sampled_logprobs_D(train.sequences_D), trainer_D)
+                metrics.update({f"train/{k}": v for k, v in (output.metrics or {}).items()})
+                metrics.update({f"optim/{k}": v for k, v in (optim.result().metrics or {}).items()
+                                if k in OPTIM_METRICS})
+                metrics["optim/lr"] = cfg.learning_rate
+            metrics["train/datums"] = float(len(datums_D))
+            metrics["time/train_s"] = time.monotonic() - train_started
+
+            # 5. weight sync: the next samples come from the new policy
+            step += 1
+            if datums_D:
+                policy = ctx.publish(POLICY_NAME)
+                version = policy.min_policy_version or version
+            pipeline.publish(policy, step)
+
+            # 6. log, transcripts, checkpoint
+            now = time.monotonic()
+            metrics["time/step_s"] = now - step_started
+            step_started = now
+            write_transcripts(ctx.run_dir, [
+                transcript(step, index, group, advantages_G)
+                for index, (group, advantages_G) in enumerate(
+                    zip(batch.groups, train.advantages_by_group, strict=True))
+                if index < cfg.num_groups_to_log])
+            ctx.log(step, metrics)
+            last = metrics
+            if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
+                ctx.checkpointer.save(step, {"step": step})
+            if ctx.budget.time_exhausted() and step < steps:
+                ctx.checkpointer.save(step, {"step": step})
+                ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+                break
+    finally:
+        pipeline.close()
+        ctx.metrics.stop_progress()
+    final = {k: v for k, v in last.items() if not k.startswith("time/")}
+    final["steps"] = step
+    return final
