@@ -264,9 +264,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
         last.update(metrics)
         if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
             ctx.checkpointer.save(step, {"step": step})
-        if ctx.budget.time_exhausted() and step < steps:
-            ctx.checkpointer.save(step, {"step": step})
-            ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        if ctx.out_of_time(step, steps):
             break
     ctx.metrics.stop_progress()
     final = {k: v for k, v in last.items() if not k.startswith("time/")}

@@ -189,6 +189,17 @@ def task_accuracy(ctx: RunContext, cfg: Config, sampler: Any, pairs: list[Render
                                                   cfg.sample_max_tokens)}
 
 
+def starting_policy(ctx: RunContext) -> Any:
+    """A sampler of the policy before any update: the reference of DPO.
+
+    Before the first step, publishing gives the run's own sampler at version 0,
+    which serves the base model; that saves a second sampler process. A resumed
+    run has moved on, so it asks for a base-model sampler (only when the cache
+    of reference logprobs is gone).
+    """
+    return ctx.publish("reference") if ctx.start_step == 0 else ctx.sampling_client
+
+
 @dataclass
 class InFlight:
     step: int  # 1-based number of the optimizer step
@@ -213,7 +224,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     # Chosen and rejected of the same pair share the prompt, so sequences dedupe well.
     sequences = [e.tokens for r in train_P + eval_P for e in (r.chosen, r.rejected)]
     reference = reference_logprobs(ctx.base_model, sequences, ctx.run_dir,
-                                   lambda: ctx.sampling_client)
+                                   lambda: starting_policy(ctx))
     steps = total_steps(cfg, len(train_P), ctx.budget)
     ctx.metrics.print(f"DPO: {len(train_P)} train / {len(eval_P)} eval pairs, {steps} steps of "
                       f"{cfg.batch_size}; reference logprobs: {reference.computed} sequences "
@@ -222,7 +233,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     last: dict[str, Any] = {}
     if ctx.start_step == 0:
         last.update(eval_preferences(ctx, cfg, eval_P, reference))
-        base_accuracy = task_accuracy(ctx, cfg, ctx.sampling_client, eval_P)
+        base_accuracy = task_accuracy(ctx, cfg, starting_policy(ctx), eval_P)
         last.update({f"{k}_base": v for k, v in base_accuracy.items()} | base_accuracy)
         ctx.log(0, last)
     ctx.metrics.start_progress(steps, completed=ctx.start_step)
@@ -259,9 +270,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
             ctx.log(item.step, metrics)
             if (cfg.save_every and item.step % cfg.save_every == 0) or item.step == steps:
                 ctx.checkpointer.save(item.step, {"step": item.step})
-        if ctx.budget.time_exhausted() and step < steps:
-            ctx.checkpointer.save(step, {"step": step})
-            ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        if ctx.out_of_time(step, steps):
             break
 
     ctx.metrics.stop_progress()

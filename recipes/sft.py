@@ -210,9 +210,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
         drain = boundary(step) or ctx.budget.time_exhausted()
         while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
             finish(in_flight.popleft())
-        if ctx.budget.time_exhausted() and step < steps:
-            ctx.checkpointer.save(step, {"step": step})
-            ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        if ctx.out_of_time(step, steps):
             break
 
     ctx.metrics.stop_progress()

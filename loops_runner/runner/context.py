@@ -118,3 +118,11 @@ class RunContext:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         self.metrics.log(step, metrics)
+
+    def out_of_time(self, step: int, steps: int) -> bool:
+        """True, after a resumable checkpoint at ``step``, when the time budget ends the run."""
+        if step >= steps or not self.budget.time_exhausted():
+            return False
+        self.checkpointer.save(step, {"step": step})
+        self.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        return True
