@@ -63,14 +63,15 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     teacher_dir = tmp_path / "teacher"
     sft = run_runner("+recipe=sft", "recipe.max_steps=4", "recipe.dataset.num_examples=200",
                      "recipe.batch_size=16", "recipe.eval_every=0", "recipe.num_final_samples=0",
-                     f"hydra.run.dir={teacher_dir}", cwd=tmp_path, home=runner_home)
+                     f"hydra.run.dir={teacher_dir}", cwd=tmp_path, home=runner_home,
+                     timeout=600)
     assert sft.returncode == 0, sft.stdout[-2000:] + sft.stderr[-2000:]
     run_dir = tmp_path / "distill"
     result = run_runner("+recipe=distill", f"recipe.teacher={teacher_dir}", "recipe.max_steps=3",
                         "recipe.prompts_per_step=4", "recipe.group_size=2",
                         "recipe.prompts.eval_prompts=8", "recipe.task_eval_prompts=4",
                         "recipe.eval_every=0", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                        home=runner_home)
+                        home=runner_home, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     start, end = lines[0], lines[-1]

@@ -18,7 +18,7 @@ def test_dpo_trains_and_computes_reference_logprobs_once(tmp_path: Path,
                                                          runner_home: Path) -> None:
     run_dir = tmp_path / "dpo"
     first = run_runner(*QUICK, "recipe.epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                       home=runner_home)
+                       home=runner_home, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     record = json.loads((run_dir / "run.json").read_text())
     final = record["final_metrics"]
@@ -42,7 +42,8 @@ def test_dpo_trains_and_computes_reference_logprobs_once(tmp_path: Path,
 
     # One more epoch, resumed from the last checkpoint: the cache answers every reference.
     resumed = run_runner(*QUICK, "recipe.epochs=3", "resume.fork=true",
-                         f"hydra.run.dir={run_dir}", cwd=tmp_path, home=runner_home)
+                         f"hydra.run.dir={run_dir}", cwd=tmp_path, home=runner_home,
+                         timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming from step 4" in resumed.stdout
     final = json.loads((run_dir / "run.json").read_text())["final_metrics"]
