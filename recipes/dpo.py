@@ -181,7 +181,9 @@ def eval_preferences(ctx: RunContext, cfg: Config, pairs: list[RenderedPair],
     return {name: total / len(pairs) for name, total in totals.items()}
 
 
-def task_accuracy(ctx: RunContext, cfg: Config, sampler: Any, pairs: list[RenderedPair]) -> dict:
+def task_accuracy(ctx: RunContext, cfg: Config, sampler: Any,
+                  pairs: list[RenderedPair]) -> dict[str, float]:
+    """Greedy ``eval/task_accuracy`` on the held-out pairs' task rows (bundled pairs only)."""
     rows = [r.pair.task for r in pairs if r.pair.task is not None][:cfg.task_eval_prompts]
     if not rows:
         return {}
@@ -218,7 +220,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                           f"{dropped_train + dropped_eval} empty or identical after rendering)"
                           + (f"; first problem: {pairs.first_problem}" if pairs.first_problem
                              else ""))
-    if len(train_P) < 1 or not eval_P:
+    if not train_P or not eval_P:
         raise DataError(f"{cfg.dataset.source}: no usable pairs after rendering "
                         f"(train {len(train_P)}, eval {len(eval_P)})")
     # Chosen and rejected of the same pair share the prompt, so sequences dedupe well.
