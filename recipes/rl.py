@@ -218,7 +218,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
                                last_step=steps, max_ahead=cfg.max_steps_off_policy)
     ctx.metrics.start_progress(steps, completed=ctx.start_step)
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
     step = ctx.start_step
     step_started = time.monotonic()
     try:

@@ -2,8 +2,9 @@
 
 Reads top to bottom:
 
-1. load conversations (built-in synthetic data, JSONL, or a Hugging Face dataset),
-   hold out an eval split, render everything with the tokenizer's chat template;
+1. load conversations (built-in synthetic data, any local file ``datasets`` reads, or a
+   dataset name) before anything is provisioned, hold out an eval split, render
+   everything with the tokenizer's chat template;
 2. train: length-grouped batches, a warmup + decay learning-rate schedule, and
    futures submitted ahead so the trainer never waits for the client;
 3. evaluate every ``eval_every`` steps (and before the first step): NLL on the
@@ -16,18 +17,17 @@ Reads top to bottom:
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import RenderedExample, TrainOn, prompt_tokens, render
-from loops_runner.data.sources import DataFormat, load_conversations
+from loops_runner.data.sources import Conversation, DataFormat, SourceConfig, load_conversations
 from loops_runner.eval import (
     EvalResult,
     EvalTarget,
@@ -37,40 +37,28 @@ from loops_runner.eval import (
     sampler_for_current_weights,
 )
 from loops_runner.eval import eval_nll as nll_of
+from loops_runner.optim import OptimConfig, adam_params, learning_rate
 from loops_runner.runner.context import Budget, RunContext
-from loops_runner.sdk import AdamParams, ModelInput, SamplingParams
+from loops_runner.sdk import ModelInput, SamplingParams
 
 # -- configuration (validated before anything starts) --------------------------
 
 
-class DatasetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DatasetConfig(SourceConfig):  # source, split and column mapping come from SourceConfig
     source: str = "synthetic"
     format: DataFormat = "auto"
-    split: str = "train"
     num_examples: int = Field(default=2000, ge=2)
     eval_examples: int = Field(default=64, ge=1)
     max_length: int = Field(default=256, ge=2)
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from OptimConfig
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     train_on: TrainOn = "assistant"
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=150, ge=1)
     length_grouping: int = Field(default=8, ge=1)
-    learning_rate: float = Field(default=2e-3, gt=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(default=10, ge=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip_norm: float = Field(default=1.0, ge=0)
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.95, ge=0, lt=1)
     eval_every: int = Field(default=25, ge=0)
     evaluators: list[EvaluatorConfig] = Field(default_factory=lambda: [SamplingEvaluator()])
     save_every: int = Field(default=50, ge=0)
@@ -90,10 +78,15 @@ class SftData:
     eval_conversations: list[dict[str, Any]]
 
 
-def load_data(cfg: Config, tokenizer: Any, seed: int) -> SftData:
-    conversations = load_conversations(cfg.dataset.source, cfg.dataset.format,
-                                       split=cfg.dataset.split,
-                                       num_examples=cfg.dataset.num_examples, seed=seed)
+def prepare_data(cfg: Config, seed: int) -> list[Conversation]:
+    """Read and check every conversation; the runner calls this before provisioning."""
+    return load_conversations(cfg.dataset.source, cfg.dataset.format, split=cfg.dataset.split,
+                              num_examples=cfg.dataset.num_examples, seed=seed,
+                              columns=cfg.dataset.columns)
+
+
+def load_data(cfg: Config, tokenizer: Any, seed: int,
+              conversations: list[Conversation]) -> SftData:
     order = list(range(len(conversations)))
     random.Random(seed).shuffle(order)
     held_out = min(cfg.dataset.eval_examples, len(order) // 2)
@@ -126,26 +119,12 @@ def batch_for_step(step: int, data: SftData, cfg: Config, seed: int) -> list[Ren
     return [data.train[i] for i in batches[index % len(batches)]]
 
 
-def learning_rate(step: int, cfg: Config, steps: int) -> float:
-    """Linear warmup to the peak, then constant / linear / cosine decay to the floor."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.learning_rate
-    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
-    if cfg.lr_schedule == "linear":
-        shape = 1 - progress
-    else:
-        shape = 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
-
-
 def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
     """What ``dry_run=true`` prints."""
     result: dict[str, Any] = {"dataset": cfg.dataset.source, "batch size": cfg.batch_size}
     if tokenizer is None:
         return result
-    data = load_data(cfg, tokenizer, seed=0)
+    data = load_data(cfg, tokenizer, 0, prepare_data(cfg, 0))
     steps = total_steps(cfg, len(data.train), budget)
     mean_tokens = sum(len(e.tokens) for e in data.train) / max(1, len(data.train))
     saves = [s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0]
@@ -190,7 +169,7 @@ class InFlight:
 
 
 def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
-    data = load_data(cfg, ctx.tokenizer, ctx.seed)
+    data = load_data(cfg, ctx.tokenizer, ctx.seed, ctx.data)
     steps = total_steps(cfg, len(data.train), ctx.budget)
     ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
                       f"{steps} steps of {cfg.batch_size}")
@@ -237,8 +216,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     while step < steps:
         batch = batch_for_step(step, data, cfg, ctx.seed)
         lr = learning_rate(step, cfg, steps)
-        adam = AdamParams(learning_rate=lr, beta1=cfg.beta1, beta2=cfg.beta2,
-                          weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
+        adam = adam_params(cfg, lr)
         in_flight.append(InFlight(
             step + 1,
             ctx.training_client.forward_backward([e.to_datum() for e in batch], "cross_entropy"),
@@ -249,9 +227,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
         drain = boundary(step) or ctx.budget.time_exhausted()
         while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
             finish(in_flight.popleft())
-        if ctx.budget.time_exhausted() and step < steps:
-            ctx.checkpointer.save(step, {"step": step})
-            ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        if ctx.out_of_time(step, steps):
             break
 
     ctx.metrics.stop_progress()

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from loops_runner.data.synthetic import conversations
 
 Conversation = dict[str, list[dict[str, str]]]
@@ -32,6 +34,17 @@ _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "
 
 class DataError(ValueError):
     pass
+
+
+class SourceConfig(BaseModel):
+    """Where a recipe's rows come from: the YAML ``dataset:`` keys every recipe shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1)
+    split: str = "train"
+    # {their column: our field}, e.g. {question: prompt, answer: completion}
+    columns: dict[str, str] = Field(default_factory=dict)
 
 
 def _read_jsonl(path: Path) -> list[Row]:

@@ -174,11 +174,13 @@ def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
     if config.dry_run:
         _print_plan(config, recipe, recipe_cfg, console)
         return {}
+    # Bad data must stop the run before any server is provisioned or file written.
+    data = recipe.prepare_data(recipe_cfg, config.seed) if recipe.prepare_data else None
     if config.resume.from_dir:
         run_dir = Path(config.resume.from_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with claim_run_dir(run_dir):
-        return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console)
+        return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console, data)
 
 
 def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
@@ -208,7 +210,8 @@ def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
 
 
 def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
-                        raw: dict[str, Any], run_dir: Path, console: Console) -> dict[str, Any]:
+                        raw: dict[str, Any], run_dir: Path, console: Console,
+                        data: Any = None) -> dict[str, Any]:
     (run_dir / RESOLVED_CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
 
     digest = config_hash(raw)
@@ -259,7 +262,7 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         metrics=metrics, record=record, rng=rng,
         budget=Budget(config.max_steps, config.time_budget_s),
         start_step=checkpoint.step if checkpoint else 0,
-        cursor=dict(checkpoint.cursor) if checkpoint else {},
+        cursor=dict(checkpoint.cursor) if checkpoint else {}, data=data,
     )
     try:
         final = recipe.run(ctx, recipe_cfg) or {}

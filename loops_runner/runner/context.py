@@ -84,6 +84,8 @@ class RunContext:
     # The last value of each metric logged up to ``start_step`` (empty for a fresh
     # run), so a resumed recipe reports the same final metrics as an unbroken one.
     logged: dict[str, Any] = field(default_factory=dict)
+    # What the recipe's prepare_data returned (None when it has none).
+    data: Any = None
     _tokenizer: Any = None
     _sampling_client: Any = None
 
@@ -121,3 +123,11 @@ class RunContext:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         self.metrics.log(step, metrics)
+
+    def out_of_time(self, step: int, steps: int) -> bool:
+        """True, after a resumable checkpoint at ``step``, when the time budget ends the run."""
+        if step >= steps or not self.budget.time_exhausted():
+            return False
+        self.checkpointer.save(step, {"step": step})
+        self.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
+        return True

@@ -2,7 +2,9 @@
 
 A recipe is a plain module with ``run(ctx, cfg) -> dict`` (final metrics). It
 may define a pydantic ``Config`` (its section schema, validated before anything
-starts) and ``plan(cfg, tokenizer) -> dict`` (what ``dry_run=true`` prints).
+starts), ``prepare_data(cfg, seed)`` (reads and checks its data before anything
+is provisioned; the result reaches ``run`` as ``ctx.data``) and
+``plan(cfg, tokenizer) -> dict`` (what ``dry_run=true`` prints).
 ``_target_`` is a dotted path (``recipes.sft.run``, ``my_pkg.recipe.run``), a
 ``module:function`` pair, or a file path (``path/to/recipe.py:run``).
 """
@@ -31,6 +33,10 @@ class Recipe:
     @property
     def config_schema(self) -> Any | None:
         return getattr(self.module, "Config", None)
+
+    @property
+    def prepare_data(self) -> Callable[..., Any] | None:
+        return getattr(self.module, "prepare_data", None)
 
     @property
     def plan(self) -> Callable[..., dict[str, Any]] | None:

@@ -1,0 +1,47 @@
+"""Optimizer settings every training recipe shares: AdamW knobs and the LR schedule.
+
+One pydantic base (:class:`OptimConfig`) so a recipe's YAML keys, their
+validation and the schedule's math live in one place; a recipe subclasses it
+and overrides a default (e.g. its peak ``learning_rate``) where it differs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loops_runner.sdk import AdamParams
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(default=2e-3, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(default=10, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip_norm: float = Field(default=1.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+
+
+def learning_rate(step: int, cfg: OptimConfig, steps: int) -> float:
+    """Linear warmup to the peak, then constant / linear / cosine decay to the floor."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        shape = 1 - progress
+    else:
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def adam_params(cfg: OptimConfig, lr: float) -> AdamParams:
+    return AdamParams(learning_rate=lr, beta1=cfg.beta1, beta2=cfg.beta2,
+                      weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)

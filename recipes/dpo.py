@@ -1,0 +1,287 @@
+"""Direct preference optimisation (DPO) on chosen/rejected pairs.
+
+Reads top to bottom:
+
+1. load and check the pairs before anything is provisioned (the bundled task
+   pairs, or any file or dataset with prompt/chosen/rejected columns), render
+   both sides with the chat template, loss on the response tokens only;
+2. compute the base policy's log-probabilities of every sequence once
+   (cached in the run dir: a second epoch or a resumed run reuses them);
+3. train: each step takes a batch of pairs, builds (chosen, rejected) datums
+   with their reference logprobs, and submits the trainer's ``dpo`` loss and
+   an optimizer step, futures ahead so the trainer never waits;
+4. evaluate held-out preference accuracy and margin every ``eval_every`` steps
+   and at the end, checkpoint every ``save_every`` steps (the cursor is the step);
+5. with the bundled task pairs: greedy task accuracy on held-out prompts,
+   before and after training, so a gain in preference never hides a lost skill.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from loops_runner.data.preferences import (
+    TASKS_SOURCE,
+    PairSet,
+    PreferencePair,
+    RenderedPair,
+    load_pairs,
+    render_pair,
+    task_pairs,
+)
+from loops_runner.data.reference_logprobs import ReferenceLogprobs, reference_logprobs
+from loops_runner.data.sources import DataError, SourceConfig
+from loops_runner.optim import OptimConfig, adam_params, learning_rate
+from loops_runner.runner.context import Budget, RunContext
+from loops_runner.tasks.accuracy import greedy_accuracy
+from loops_runner.wire import Datum, TensorData
+
+# -- configuration (validated before anything starts) --------------------------
+
+
+class DatasetConfig(SourceConfig):  # source, split and column mapping come from SourceConfig
+    source: str = TASKS_SOURCE
+    num_pairs: int = Field(default=1024, ge=2)
+    eval_pairs: int = Field(default=64, ge=1)
+    eval_split: str | None = None
+    max_length: int = Field(default=256, ge=2)
+
+
+class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from OptimConfig
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    beta: float = Field(default=0.1, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    batch_size: int = Field(default=16, ge=1)
+    epochs: int = Field(default=2, ge=1)
+    max_steps: int | None = Field(default=60, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    warmup_steps: int = Field(default=5, ge=0)
+    eval_every: int = Field(default=10, ge=0)
+    save_every: int = Field(default=20, ge=0)
+    pipeline_depth: int = Field(default=2, ge=1)
+    task_eval_prompts: int = Field(default=32, ge=0)
+    sample_max_tokens: int = Field(default=16, ge=1)
+
+
+# -- data ------------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    """What ``prepare_data`` read: checked pairs, before any tokenizer is involved."""
+
+    train: list[PreferencePair]
+    eval: list[PreferencePair]
+    bad_rows: int = 0
+    first_problem: str | None = None
+
+
+def prepare_data(cfg: Config, seed: int) -> Pairs:
+    """Read and check every pair; the runner calls this before provisioning."""
+    ds = cfg.dataset
+    if ds.source == TASKS_SOURCE:
+        return Pairs(task_pairs(ds.num_pairs, "train", seed),
+                     task_pairs(ds.eval_pairs, "heldout", seed))
+    loaded = load_pairs(ds.source, split=ds.split, columns=ds.columns)
+    if ds.eval_split is not None:
+        held = load_pairs(ds.source, split=ds.eval_split, columns=ds.columns)
+        return Pairs(loaded.pairs, held.pairs, loaded.bad_rows + held.bad_rows,
+                     loaded.first_problem or held.first_problem)
+    return _hold_out(loaded, ds.eval_pairs, seed)
+
+
+def _hold_out(loaded: PairSet, eval_pairs: int, seed: int) -> Pairs:
+    order = list(range(len(loaded.pairs)))
+    random.Random(seed).shuffle(order)
+    held = min(eval_pairs, len(order) // 2)
+    if held == 0:
+        raise DataError("the preference data has fewer than 2 valid pairs")
+    return Pairs([loaded.pairs[i] for i in order[held:]], [loaded.pairs[i] for i in order[:held]],
+                 loaded.bad_rows, loaded.first_problem)
+
+
+def render_all(tokenizer: Any, pairs: list[PreferencePair], max_length: int
+               ) -> tuple[list[RenderedPair], int]:
+    """Rendered pairs, and how many were dropped (no response token left, or identical)."""
+    rendered = [render_pair(tokenizer, pair, max_length) for pair in pairs]
+    kept = [r for r in rendered if r is not None]
+    return kept, len(rendered) - len(kept)
+
+
+def steps_per_epoch(cfg: Config, num_pairs: int) -> int:
+    return max(1, num_pairs // cfg.batch_size)
+
+
+def total_steps(cfg: Config, num_pairs: int, budget: Budget) -> int:
+    natural = cfg.epochs * steps_per_epoch(cfg, num_pairs)
+    return budget.steps(min(cfg.max_steps, natural) if cfg.max_steps else natural)
+
+
+def batch_for_step(step: int, pairs: list[RenderedPair], cfg: Config,
+                   seed: int) -> list[RenderedPair]:
+    """The batch of a 0-based step. A pure function of the step: resuming needs no state."""
+    epoch, index = divmod(step, steps_per_epoch(cfg, len(pairs)))
+    order = list(range(len(pairs)))
+    random.Random(f"{seed}-dpo-epoch-{epoch}").shuffle(order)
+    return [pairs[i] for i in order[index * cfg.batch_size:(index + 1) * cfg.batch_size]]
+
+
+def pair_datums(batch_P: list[RenderedPair], reference: ReferenceLogprobs) -> list[Datum]:
+    """Chosen then rejected for each pair: the order the trainer's dpo loss pairs rows by."""
+    datums_D = []
+    for rendered in batch_P:
+        for example in (rendered.chosen, rendered.rejected):
+            datum = example.to_datum()
+            ref_T = reference.targets(example.tokens)
+            datum.loss_fn_inputs["ref_logprobs"] = TensorData(data=ref_T, dtype="float32",
+                                                              shape=[len(ref_T)])
+            datums_D.append(datum)
+    return datums_D
+
+
+def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
+    """What ``dry_run=true`` prints."""
+    data = prepare_data(cfg, 0)
+    result: dict[str, Any] = {"dataset": cfg.dataset.source,
+                              "train / eval pairs": f"{len(data.train)} / {len(data.eval)}",
+                              "beta": cfg.beta}
+    result["steps"] = total_steps(cfg, len(data.train), budget)
+    return result
+
+
+# -- training --------------------------------------------------------------------
+
+METRIC_NAMES = ("dpo/accuracy", "dpo/margin", "dpo/chosen_reward", "dpo/rejected_reward")
+
+
+def dpo_metrics(output: Any) -> dict[str, float]:
+    metrics = {"dpo/loss": output.loss}
+    metrics.update({name: output.metrics[name] for name in METRIC_NAMES if name in output.metrics})
+    return metrics
+
+
+def eval_preferences(ctx: RunContext, cfg: Config, pairs: list[RenderedPair],
+                     reference: ReferenceLogprobs) -> dict[str, float]:
+    """Held-out ``eval/dpo/*``: the dpo loss's metrics without a gradient, pair-weighted."""
+    loss_config = {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing}
+    starts = range(0, len(pairs), cfg.batch_size)
+    futures = [ctx.training_client.forward(pair_datums(pairs[i:i + cfg.batch_size], reference),
+                                           "dpo", loss_config) for i in starts]
+    totals: dict[str, float] = {}
+    for start, future in zip(starts, futures, strict=True):
+        weight = len(pairs[start:start + cfg.batch_size])
+        for name, value in dpo_metrics(future.result()).items():
+            totals[f"eval/{name}"] = totals.get(f"eval/{name}", 0.0) + weight * value
+    return {name: total / len(pairs) for name, total in totals.items()}
+
+
+def task_accuracy(ctx: RunContext, cfg: Config, sampler: Any,
+                  pairs: list[RenderedPair]) -> dict[str, float]:
+    """Greedy ``eval/task_accuracy`` on the held-out pairs' task rows (bundled pairs only)."""
+    rows = [r.pair.task for r in pairs if r.pair.task is not None][:cfg.task_eval_prompts]
+    if not rows:
+        return {}
+    return {"eval/task_accuracy": greedy_accuracy(sampler, ctx.tokenizer, rows,
+                                                  cfg.sample_max_tokens)}
+
+
+def starting_policy(ctx: RunContext) -> Any:
+    """A sampler of the policy before any update: the reference of DPO.
+
+    Before the first step, publishing gives the run's own sampler at version 0,
+    which serves the base model; that saves a second sampler process. A resumed
+    run has moved on, so it asks for a base-model sampler (only when the cache
+    of reference logprobs is gone).
+    """
+    return ctx.publish("reference") if ctx.start_step == 0 else ctx.sampling_client
+
+
+@dataclass
+class InFlight:
+    step: int  # 1-based number of the optimizer step
+    forward_backward: Any
+    optim: Any
+    learning_rate: float
+
+
+def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+    pairs: Pairs = ctx.data
+    train_P, dropped_train = render_all(ctx.tokenizer, pairs.train, cfg.dataset.max_length)
+    eval_P, dropped_eval = render_all(ctx.tokenizer, pairs.eval, cfg.dataset.max_length)
+    skipped = pairs.bad_rows + dropped_train + dropped_eval
+    if skipped:
+        ctx.metrics.print(f"DPO: skipped {skipped} pairs ({pairs.bad_rows} invalid rows, "
+                          f"{dropped_train + dropped_eval} empty or identical after rendering)"
+                          + (f"; first problem: {pairs.first_problem}" if pairs.first_problem
+                             else ""))
+    if not train_P or not eval_P:
+        raise DataError(f"{cfg.dataset.source}: no usable pairs after rendering "
+                        f"(train {len(train_P)}, eval {len(eval_P)})")
+    # Chosen and rejected of the same pair share the prompt, so sequences dedupe well.
+    sequences = [e.tokens for r in train_P + eval_P for e in (r.chosen, r.rejected)]
+    reference = reference_logprobs(ctx.base_model, sequences, ctx.run_dir,
+                                   lambda: starting_policy(ctx))
+    steps = total_steps(cfg, len(train_P), ctx.budget)
+    ctx.metrics.print(f"DPO: {len(train_P)} train / {len(eval_P)} eval pairs, {steps} steps of "
+                      f"{cfg.batch_size}; reference logprobs: {reference.computed} sequences "
+                      f"computed, cache {reference.path.name}")
+    loss_config = {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing}
+    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
+    if ctx.start_step == 0:
+        last.update(eval_preferences(ctx, cfg, eval_P, reference))
+        base_accuracy = task_accuracy(ctx, cfg, starting_policy(ctx), eval_P)
+        last.update({f"{k}_base": v for k, v in base_accuracy.items()} | base_accuracy)
+        ctx.log(0, last)
+    ctx.metrics.start_progress(steps, completed=ctx.start_step)
+    in_flight: deque[InFlight] = deque()
+
+    def boundary(step: int) -> bool:
+        return bool(step == steps or (cfg.eval_every and step % cfg.eval_every == 0)
+                    or (cfg.save_every and step % cfg.save_every == 0))
+
+    step = ctx.start_step
+    step_started = time.monotonic()
+    while step < steps:
+        batch_P = batch_for_step(step, train_P, cfg, ctx.seed)
+        lr = learning_rate(step, cfg, steps)
+        in_flight.append(InFlight(
+            step + 1,
+            ctx.training_client.forward_backward(pair_datums(batch_P, reference), "dpo",
+                                                 loss_config),
+            ctx.training_client.optim_step(adam_params(cfg, lr)), lr))
+        step += 1
+        # Eval and checkpoints must see exactly this step's weights: drain first.
+        drain = boundary(step) or ctx.budget.time_exhausted()
+        while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
+            item = in_flight.popleft()
+            metrics = dpo_metrics(item.forward_backward.result())
+            optim = item.optim.result().metrics or {}
+            metrics.update({"optim/lr": item.learning_rate,
+                            "time/step_s": time.monotonic() - step_started})
+            metrics.update({f"optim/{k}": v for k, v in optim.items() if k == "grad_norm"})
+            step_started = time.monotonic()
+            if (cfg.eval_every and item.step % cfg.eval_every == 0) or item.step == steps:
+                metrics.update(eval_preferences(ctx, cfg, eval_P, reference))
+            last.update(metrics)
+            ctx.log(item.step, metrics)
+            if (cfg.save_every and item.step % cfg.save_every == 0) or item.step == steps:
+                ctx.checkpointer.save(item.step, {"step": item.step})
+        if ctx.out_of_time(step, steps):
+            break
+
+    ctx.metrics.stop_progress()
+    final = {k: v for k, v in last.items() if not k.startswith("time/")}
+    if step == steps:
+        accuracy = task_accuracy(ctx, cfg, ctx.publish("final"), eval_P)
+        if accuracy:
+            ctx.log(step, accuracy)
+            final.update(accuracy)
+    final["steps"] = step
+    final["reference/computed_sequences"] = reference.computed
+    return final
