@@ -27,6 +27,7 @@ from loops_runner.sdk.errors import (
     OperationTimeoutError,
     RequestRejectedError,
     SamplerTerminatedError,
+    TrainerTerminatedError,
 )
 from loops_runner.sdk.http import (
     RUN_ID_HEADER,
@@ -72,18 +73,21 @@ class SamplerEndpoint:
     model_id: str | None = None
     deployment_id: str | None = None
     base_checkpoint: str | None = None
+    # The control plane's own name of the model it serves (a local name is
+    # answered with its directory): what the tokenizer loads from.
+    served_model: str | None = None
 
     @classmethod
     def from_info(cls, info: SamplerInfo) -> SamplerEndpoint:
         assert info.base_url is not None
         if info.model_id is None:
             return cls(info.base_url.rstrip("/"), "serverless", info.id,
-                       base_checkpoint=info.base_checkpoint)
+                       base_checkpoint=info.base_checkpoint, served_model=info.base_model)
         if info.deployment_id is None:
             raise LoopsError(f"sampler {info.id} has a model_id but no deployment_id",
                              operation="create_sampler")
         return cls(info.base_url.rstrip("/"), "dedicated", info.id, info.model_id,
-                   info.deployment_id, info.base_checkpoint)
+                   info.deployment_id, info.base_checkpoint, info.base_model)
 
     @property
     def queued(self) -> bool:
@@ -124,9 +128,10 @@ def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
             if endpoint.kind == "dedicated" and endpoint.deployment_id:
                 status = _trainer_status(control_plane, endpoint.deployment_id)
                 if status in TRAINER_TERMINAL_STATES:
-                    raise LoopsError(
+                    raise TrainerTerminatedError(
                         f"trainer deployment {endpoint.deployment_id} is {status}; it will "
-                        "not become ready", run_id=run_id, operation="wait_for_trainer")
+                        "not become ready", deployment_id=endpoint.deployment_id,
+                        status=status, run_id=run_id, operation="wait_for_trainer")
             try:
                 response = client.get(url)
             except httpx.TransportError as exc:
@@ -181,7 +186,8 @@ def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
             if status in SAMPLER_TERMINAL_STATES:
                 raise SamplerTerminatedError(
                     f"sampler deployment {endpoint.deployment_id} is {status}; it will not "
-                    "become ready", operation="wait_for_sampler")
+                    "become ready", deployment_id=endpoint.deployment_id, status=status,
+                    operation="wait_for_sampler")
             if status == SAMPLER_SCALED_TO_ZERO and not woken:
                 _wake(control_plane, endpoint)
                 woken = True
