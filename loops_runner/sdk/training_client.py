@@ -49,6 +49,7 @@ from loops_runner.wire import (
     Checkpoint,
     CheckpointFilesResponse,
     CheckpointTarget,
+    CreateSamplerRequest,
     Datum,
     ForwardBackwardOutput,
     InitTrainerServerResponse,
@@ -122,6 +123,7 @@ class TrainingClient:
         base_checkpoint: str | None = None,
         seed: int | None = None,
         heartbeat_interval: float = heartbeat_module.INTERVAL,
+        sampler_num_replicas: int | None = None,
     ) -> None:
         self._endpoint = (TrainerEndpoint(trainer_url.rstrip("/"))
                           if isinstance(trainer_url, str) else trainer_url)
@@ -136,6 +138,7 @@ class TrainingClient:
         self._max_seq_len = max_seq_len
         self._base_checkpoint = base_checkpoint
         self._seed = seed
+        self._sampler_num_replicas = sampler_num_replicas
         self._control_plane = ControlPlane(api_base_url, api_key) if api_base_url else None
         if isinstance(paired_sampling_deployment, str):
             paired_sampling_deployment = SamplerEndpoint(paired_sampling_deployment.rstrip("/"))
@@ -332,9 +335,16 @@ class TrainingClient:
 
     async def _send_plan_async(self, plan: _ForwardPlan) -> Any:
         bodies = self._chunk_bodies(plan)
-        outcomes = await asyncio.gather(
-            *(self._conn.submit_async(plan.op, body, run_id=self._run_id) for body in bodies),
-            return_exceptions=True)
+        # The same cap as the thread pool of the sync twin: at most
+        # CHUNK_UPLOADS bodies of up to 24 MiB in flight at once.
+        uploads = asyncio.Semaphore(CHUNK_UPLOADS)
+
+        async def upload(body: bytes) -> OperationRef:
+            async with uploads:
+                return await self._conn.submit_async(plan.op, body, run_id=self._run_id)
+
+        outcomes = await asyncio.gather(*(upload(body) for body in bodies),
+                                        return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise self._chunk_failure(plan, errors, len(outcomes) - len(errors))
@@ -538,7 +548,7 @@ class TrainingClient:
     # -- publishing for samplers ---------------------------------------------------------
 
     def save_weights_for_sampler(
-            self, name: str, ttl_seconds: int | None = None,
+            self, name: str = "default", ttl_seconds: int | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Write a sampler-ready adapter as ``sampler_weights/<name>`` (no hot-swap)."""
         fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds,
@@ -546,7 +556,7 @@ class TrainingClient:
         return self._issue("save_weights_for_sampler", fields, SaveWeightsForSamplerResponse)
 
     async def save_weights_for_sampler_async(
-            self, name: str, ttl_seconds: int | None = None,
+            self, name: str = "default", ttl_seconds: int | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds,
                                     bump_version=False)
@@ -561,8 +571,9 @@ class TrainingClient:
             if self._control_plane is None or self._run_id is None:
                 raise _needs_control_plane(what, self._run_id)
             logger.info("creating the paired sampler of run %s", self._run_id)
-            info = self._control_plane.create_sampler(
-                {"session_id": self._session_id, "run_id": self._run_id})
+            info = self._control_plane.create_sampler(CreateSamplerRequest(
+                session_id=self._session_id, run_id=self._run_id,
+                num_replicas=self._sampler_num_replicas))
             self._paired = SamplerEndpoint.from_info(info)
             return self._paired
 
