@@ -57,7 +57,7 @@ def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
                          operation=what) from exc
 
 
-class ControlPlane:
+class ControlPlaneClient:
     """A thin, typed wrapper of the control plane's routes."""
 
     def __init__(self, base_url: str, api_key: str | None, team_id: str | None = None) -> None:

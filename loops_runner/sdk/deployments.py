@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
@@ -116,7 +116,7 @@ class _Backoff:
         return True
 
 
-def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
+def wait_for_trainer(control_plane: ControlPlaneClient, endpoint: TrainerEndpoint, *,
                      base_model: str, run_id: str, ready_timeout: float | None) -> None:
     """Probe ``/health`` (and, if dedicated, the deployment status) until ready."""
     headers = {**base_headers(control_plane.api_key), RUN_ID_HEADER: run_id}
@@ -149,7 +149,7 @@ def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
                     run_id=run_id, operation="wait_for_trainer")
 
 
-def _trainer_status(control_plane: ControlPlane, deployment_id: str) -> str | None:
+def _trainer_status(control_plane: ControlPlaneClient, deployment_id: str) -> str | None:
     # /health is the readiness signal; the status only aborts early, so a
     # control-plane blip is tolerated.
     try:
@@ -159,7 +159,7 @@ def _trainer_status(control_plane: ControlPlane, deployment_id: str) -> str | No
         return None
 
 
-def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
+def wait_for_sampler(control_plane: ControlPlaneClient, endpoint: SamplerEndpoint,
                      ready_timeout: float | None) -> None:
     """Poll a dedicated sampler's deployment status until ACTIVE (spec 3.7).
 
@@ -199,7 +199,7 @@ def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
                 operation="wait_for_sampler")
 
 
-def _wake(control_plane: ControlPlane, endpoint: SamplerEndpoint) -> None:
+def _wake(control_plane: ControlPlaneClient, endpoint: SamplerEndpoint) -> None:
     url = endpoint.base_url.removesuffix("/sync") + "/wake"
     logger.info("sampler %s is scaled to zero; waking it", endpoint.sampler_id)
     with make_client(headers=base_headers(control_plane.api_key), timeout=30.0) as client:
@@ -216,7 +216,7 @@ class ReadinessGate:
     sample tries again.
     """
 
-    def __init__(self, control_plane: ControlPlane | None, endpoint: SamplerEndpoint,
+    def __init__(self, control_plane: ControlPlaneClient | None, endpoint: SamplerEndpoint,
                  ready_timeout: float | None, *, armed: bool) -> None:
         self._control_plane = control_plane
         self._endpoint = endpoint

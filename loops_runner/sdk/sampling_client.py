@@ -27,7 +27,7 @@ from pydantic import RootModel
 
 from loops_runner.sdk import retry
 from loops_runner.sdk.completions import parse_completions, sample_body
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.deployments import ReadinessGate, SamplerEndpoint, wait_for_sampler
 from loops_runner.sdk.errors import (
     LoopsError,
@@ -87,7 +87,7 @@ class SamplingClient:
         checkpoint_path: str | None = None,
         run_id: str | None = None,
         session_id: str | None = None,
-        control_plane: ControlPlane | None = None,
+        control_plane: ControlPlaneClient | None = None,
         base_checkpoint: str | None = None,
     ) -> None:
         self._endpoint = SamplerEndpoint(endpoint.rstrip("/")) if isinstance(endpoint, str) \

@@ -24,7 +24,7 @@ import logging
 from typing import Any
 
 from loops_runner.sdk import checkpoints, options
-from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlane
+from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient
 from loops_runner.sdk.deployments import (
     SamplerEndpoint,
     TrainerEndpoint,
@@ -82,7 +82,8 @@ class ServiceClient:
             logger.warning("trainers and samplers of this client run on spot capacity: a spot "
                            "run stops when its GPUs are reclaimed; save checkpoints")
         self._local: tuple[str, str] | None = None
-        self._control_plane: ControlPlane | None = ControlPlane(self._base_url, self._api_key)
+        self._control_plane: ControlPlaneClient | None = ControlPlaneClient(self._base_url,
+                                                                            self._api_key)
         team = team or _env(options.TEAM_ENV)
         if team is not None:
             self._control_plane.team_id = self._control_plane.team_id_of(team)
@@ -121,7 +122,7 @@ class ServiceClient:
     def availability_model(self) -> AvailabilityModel:
         return self._availability_model
 
-    def _cp(self, what: str) -> ControlPlane:
+    def _cp(self, what: str) -> ControlPlaneClient:
         if self._control_plane is None:
             raise UnsupportedOperationError(
                 "not available on ServiceClient.local(...): it has no control plane; use "

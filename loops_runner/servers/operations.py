@@ -45,11 +45,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from loops_runner.servers.common import error_response
+from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER
 from loops_runner.wire.operations import OperationAccepted
 
 logger = logging.getLogger(__name__)
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY_HEADER
 # Keys become operation ids and URL path segments; the SDK sends 32 hex chars
 # (or a dashed UUID). Anything printable and short is accepted.
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,256}$")

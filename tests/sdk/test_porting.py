@@ -29,7 +29,7 @@ from loops_runner.sdk import (
     TrainerTerminatedError,
     TrainingClient,
 )
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.deployments import SamplerEndpoint
 from tests.sdk.helpers import LR, batch
 
@@ -224,7 +224,7 @@ def test_terminal_deployments_and_timeouts_carry_the_official_attributes(
                  body={"status": "DEPLOY_FAILED"})
     endpoint = SamplerEndpoint(front.url, "dedicated", "sampler-s", "model-s", "dep-s")
     sampler = SamplingClient(base_model="tiny", endpoint=endpoint,
-                             control_plane=ControlPlane(front.url, None))
+                             control_plane=ControlPlaneClient(front.url, None))
     with pytest.raises(SamplerTerminatedError) as failed:
         asyncio.run(sampler.ensure_ready_async(10.0))
     assert (failed.value.deployment_id, failed.value.status) == ("dep-s", "DEPLOY_FAILED")

@@ -31,15 +31,16 @@ from loops_runner.servers.sampler.state import (
     generate_while_connected,
     sampler_state,
 )
+from loops_runner.wire import headers as wire_headers
 from loops_runner.wire.sampling import LiveUpdateRequest, LiveUpdateResponse, SampleRequest
 
 logger = logging.getLogger("loops_runner.sampler.routes")
 router = APIRouter()
 
-POLICY_VERSION_HEADER = "x-trainers-policy-version"
-CHECKPOINT_HEADER = "X-Checkpoint-Path"
-FLOOR_HEADER = "X-Min-Policy-Version"
-RUN_HEADER = "X-Run-Id"
+POLICY_VERSION_HEADER = wire_headers.POLICY_VERSION_RESPONSE_HEADER
+CHECKPOINT_HEADER = wire_headers.CHECKPOINT_PATH_HEADER
+FLOOR_HEADER = wire_headers.MIN_POLICY_VERSION_HEADER
+RUN_HEADER = wire_headers.RUN_ID_HEADER
 
 
 async def json_body(request: Request) -> Any:

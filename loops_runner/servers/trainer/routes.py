@@ -19,10 +19,11 @@ from loops_runner.servers.operations import (
     install_operation_routes,
 )
 from loops_runner.servers.trainer.service import TrainerService
+from loops_runner.wire.headers import RUN_ID_HEADER
 from loops_runner.wire.training import PolicyVersionResponse
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # spec 4.6: the SDK chunks at 24 MiB; accept up to 32 MiB
-RUN_HEADER = "X-Run-Id"
+RUN_HEADER = RUN_ID_HEADER
 OPERATIONS = (
     "init_trainer_server",
     "forward",
