@@ -114,11 +114,8 @@ class SampleTimeoutError(LoopsError, TimeoutError):
         super().__init__(message, **context)
 
 
-class SamplerTerminatedError(LoopsError, RuntimeError):
-    """The sampler's deployment reached a terminal state; it will not serve.
-
-    ``deployment_id`` and ``status`` name the deployment and its state.
-    """
+class DeploymentTerminatedError(LoopsError, RuntimeError):
+    """A deployment reached a terminal state; ``deployment_id`` and ``status`` say which."""
 
     def __init__(self, message: str, *, deployment_id: str | None = None,
                  status: str | None = None, **context: str | None) -> None:
@@ -127,18 +124,15 @@ class SamplerTerminatedError(LoopsError, RuntimeError):
         super().__init__(message, **context)
 
 
-class TrainerTerminatedError(LoopsError, RuntimeError):
+class SamplerTerminatedError(DeploymentTerminatedError):
+    """The sampler's deployment reached a terminal state; it will not serve."""
+
+
+class TrainerTerminatedError(DeploymentTerminatedError):
     """The trainer's deployment ended (FAILED, STOPPED, PREEMPTED) while a client waited.
 
-    A ``RuntimeError``, as in the Baseten SDK; ``deployment_id`` and
-    ``status`` name the deployment and its state.
+    A ``RuntimeError``, as in the Baseten SDK.
     """
-
-    def __init__(self, message: str, *, deployment_id: str | None = None,
-                 status: str | None = None, **context: str | None) -> None:
-        self.deployment_id = deployment_id
-        self.status = status
-        super().__init__(message, **context)
 
 
 class OperationTimeoutError(LoopsError, TimeoutError):
