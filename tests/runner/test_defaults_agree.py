@@ -30,6 +30,11 @@ def _yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+def _list_of_models(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) \
+        and all(isinstance(item, BaseModel) for item in value)
+
+
 def disagreements(stated: dict[str, Any], schema: type[BaseModel], where: str) -> list[str]:
     found = []
     for key, value in stated.items():
@@ -44,6 +49,14 @@ def disagreements(stated: dict[str, Any], schema: type[BaseModel], where: str) -
         default = field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel) and isinstance(value, dict):
             found += disagreements(value, type(default), f"{where}.{key}")
+        elif _list_of_models(default) and isinstance(value, list) \
+                and len(value) == len(default) and all(isinstance(v, dict) for v in value):
+            # e.g. a recipe's default evaluators: each stated item against its model.
+            for index, (item, model) in enumerate(zip(value, default, strict=True)):
+                found += [f"{where}.{key}[{index}].{name}: YAML says {stated!r}, "
+                          f"{type(model).__name__} {getattr(model, name, None)!r}"
+                          for name, stated in item.items()
+                          if getattr(model, name, None) != stated]
         elif value != default:
             found.append(f"{where}.{key}: YAML says {value!r}, {schema.__name__} {default!r}")
     return found
@@ -75,6 +88,19 @@ def test_each_recipe_yaml_states_its_config_defaults(path: Path) -> None:
     stated = _yaml(path)
     module = importlib.import_module(stated["_target_"].rsplit(".", 1)[0])
     assert disagreements(stated, module.Config, f"recipe/{path.stem}") == []
+
+
+def test_a_list_of_models_is_compared_item_by_item() -> None:
+    class Item(BaseModel):
+        n: int = 1
+        m: int = 2
+
+    class Holder(BaseModel):
+        items: list[Item] = [Item(), Item(n=3)]
+
+    assert disagreements({"items": [{"n": 1}, {"n": 3, "m": 2}]}, Holder, "h") == []
+    assert disagreements({"items": [{"n": 1}, {"n": 4}]}, Holder, "h") == [
+        "h.items[1].n: YAML says 4, Item 3"]
 
 
 def test_a_disagreement_is_reported_with_both_values() -> None:
