@@ -20,52 +20,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from loops_runner.wire.names import check_storage_name
 
-CheckpointKind = Literal["weights", "sampler_weights"]
-CHECKPOINT_KINDS: tuple[CheckpointKind, ...] = ("weights", "sampler_weights")
-_BT_PATH = re.compile(r"^bt://loops:([^/]+)/(weights|sampler_weights|sequences)/([^/]+)/?$")
+# The bt:// grammar is the wire's (the client builds the same strings); the
+# servers keep importing it from here, next to where the paths map to folders.
+from loops_runner.wire.paths import (  # noqa: F401
+    CHECKPOINT_KINDS,
+    BtPath,
+    CheckpointKind,
+    bt_path,
+    parse_bt_path,
+)
 
 LIVE_FILE = "LIVE.json"
 PAIRED_SAMPLER_FILE = "paired_sampler.json"
 LOCAL_RUN_ID = "local"
-
-
-@dataclass(frozen=True)
-class BtPath:
-    run_id: str
-    kind: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"bt://loops:{self.run_id}/{self.kind}/{self.name}"
-
-
-def parse_bt_path(path: str) -> BtPath:
-    """Parse ``bt://loops:<run>/<kind>/<name>``; a trailing ``/`` is allowed."""
-    match = _BT_PATH.fullmatch(path.strip())
-    if match is None:
-        raise ValueError(
-            f"checkpoint path {path!r} is not of the form "
-            "bt://loops:<run_id>/weights/<name> or bt://loops:<run_id>/sampler_weights/<name>"
-        )
-    run_id, kind, name = match.groups()
-    check_storage_name(run_id)
-    check_storage_name(name)
-    return BtPath(run_id, kind, name)
-
-
-def bt_path(run_id: str, kind: CheckpointKind, name: str) -> str:
-    return str(BtPath(check_storage_name(run_id), kind, check_storage_name(name)))
 
 
 def runs_root(home: Path) -> Path:

@@ -105,8 +105,23 @@ class RunContext:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = self.training_client.get_tokenizer()
+            self._tokenizer = self._load_tokenizer()
         return self._tokenizer
+
+    def _load_tokenizer(self) -> Any:
+        # The client knows no local model names (``tiny``); servers reached
+        # without a control plane (backend=external) keep the configured name,
+        # so the runner resolves it here, in the configured data home.
+        from loops_runner.models.registry import REGISTRY, resolve_model
+
+        name = self.training_client.base_model
+        if name not in REGISTRY:
+            return self.training_client.get_tokenizer()
+        from loops_runner.home import loops_home
+        from loops_runner.sdk.tokenizer import load_tokenizer
+
+        home = loops_home(getattr(self.config.backend, "home", None))
+        return load_tokenizer(resolve_model(name, home).load_path)
 
     @property
     def sampling_client(self) -> Any:

@@ -25,7 +25,9 @@ KEY_FILE = "api_key"
 
 
 @dataclass(frozen=True)
-class ControlPlane:
+class DaemonControlPlane:
+    """The runner's background control plane process: where it listens and its pid."""
+
     url: str
     api_key: str
     pid: int
@@ -59,18 +61,18 @@ def _answers(url: str, api_key: str) -> bool:
     return response.status_code == 200
 
 
-def find_control_plane(home: Path) -> ControlPlane | None:
+def find_control_plane(home: Path) -> DaemonControlPlane | None:
     state = read_json(runner_dir(home) / STATE_FILE)
     if not isinstance(state, dict):
         return None
     api_key = user_api_key(home)
     pid, url = int(state.get("pid", 0)), str(state.get("url", ""))
     if pid and pid_running(pid) and url and _answers(url, api_key):
-        return ControlPlane(url, api_key, pid, started_now=False)
+        return DaemonControlPlane(url, api_key, pid, started_now=False)
     return None
 
 
-def ensure_control_plane(home: Path, idle_timeout_s: float) -> ControlPlane:
+def ensure_control_plane(home: Path, idle_timeout_s: float) -> DaemonControlPlane:
     """Find the running daemon for ``home`` or start one."""
     with FileLock(str(runner_dir(home) / "control_plane.lock")):
         found = find_control_plane(home)
@@ -83,7 +85,7 @@ def ensure_control_plane(home: Path, idle_timeout_s: float) -> ControlPlane:
             home / "logs" / "control-plane.log",
         )
         atomic_write_json(runner_dir(home) / STATE_FILE, {"url": server.url, "pid": server.pid})
-        return ControlPlane(server.url, api_key, server.pid, started_now=True)
+        return DaemonControlPlane(server.url, api_key, server.pid, started_now=True)
 
 
 def stop_control_plane(home: Path) -> bool:

@@ -11,6 +11,7 @@ import it on first use; transformers and wandb are imported on first use too.
 
 import logging as _logging
 
+from loops_runner import __version__
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
@@ -20,10 +21,19 @@ from loops_runner.sdk.errors import (
     SampleTimeoutError,
     ServerShutdownError,
     ServerUnavailableError,
+    TrainerTerminatedError,
     UnknownRequestError,
     UnsupportedOperationError,
 )
 from loops_runner.sdk.futures import APIFuture
+from loops_runner.sdk.operation import (
+    DedicatedTrainerDeployment,
+    LocalTrainerDeployment,
+    Operation,
+    SamplerOperationContext,
+    ServerlessTrainerDeployment,
+    TrainerOperationContext,
+)
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.service_client import ServiceClient
 from loops_runner.sdk.training_client import TrainingClient
@@ -32,19 +42,27 @@ from loops_runner.sdk.types import __all__ as _type_names
 
 __all__ = [
     "APIFuture",
+    "DedicatedTrainerDeployment",
+    "LocalTrainerDeployment",
     "LoopsError",
+    "Operation",
     "OperationTimeoutError",
     "RemoteOpError",
     "RequestRejectedError",
     "SampleTimeoutError",
+    "SamplerOperationContext",
     "SamplerTerminatedError",
     "SamplingClient",
     "ServerShutdownError",
     "ServerUnavailableError",
+    "ServerlessTrainerDeployment",
     "ServiceClient",
+    "TrainerOperationContext",
+    "TrainerTerminatedError",
     "TrainingClient",
     "UnknownRequestError",
     "UnsupportedOperationError",
+    "__version__",
     *_type_names,
 ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import RequestRejectedError
 from loops_runner.sdk.http import raise_for_status
 from loops_runner.sdk.types import CheckpointDownload
@@ -41,7 +41,7 @@ def resolve_name(name: str, candidates: list[Checkpoint],
     raise ValueError(f"no checkpoint named {name!r}{scope} in this run (known: {known})")
 
 
-def resolve_id(control_plane: ControlPlane, checkpoint_id: str | None, name: str | None,
+def resolve_id(control_plane: ControlPlaneClient, checkpoint_id: str | None, name: str | None,
                run_id: str | None, target: CheckpointTarget | str | None) -> str:
     if name is not None:
         if checkpoint_id is not None:
@@ -56,7 +56,7 @@ def resolve_id(control_plane: ControlPlane, checkpoint_id: str | None, name: str
     return checkpoint_id
 
 
-def files_page(control_plane: ControlPlane, checkpoint_id: str, page_size: int,
+def files_page(control_plane: ControlPlaneClient, checkpoint_id: str, page_size: int,
                page_token: int) -> CheckpointFilesResponse:
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
@@ -71,7 +71,7 @@ def files_page(control_plane: ControlPlane, checkpoint_id: str, page_size: int,
         raise
 
 
-def all_files(control_plane: ControlPlane, checkpoint_id: str) -> list[CheckpointFile]:
+def all_files(control_plane: ControlPlaneClient, checkpoint_id: str) -> list[CheckpointFile]:
     files: list[CheckpointFile] = []
     token: int | None = 0
     while token is not None:
@@ -95,7 +95,7 @@ def _check_empty(dest: Path) -> None:
                               "empty directory")
 
 
-def download(control_plane: ControlPlane, checkpoint_id: str, dest_dir: str | Path,
+def download(control_plane: ControlPlaneClient, checkpoint_id: str, dest_dir: str | Path,
              progress: Callable[[int, int], None] | None = None) -> CheckpointDownload:
     """Fetch every file of a checkpoint into ``dest_dir`` (which must be empty).
 

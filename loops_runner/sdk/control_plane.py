@@ -3,7 +3,11 @@
 Control-plane calls are never retried (spec 2.4): one attempt, 300 s for
 creates and 60 s otherwise; any error status raises ``RequestRejectedError``
 with the server's message. Requests carry only ``Authorization``,
-``User-Agent`` and ``X-Baseten-Accept-Error``.
+``User-Agent`` and ``X-Baseten-Accept-Error``. Request bodies are the wire
+models the control plane validates (``loops_runner.wire``), dumped without
+unset optional fields. Creates go under the team's root when a team is
+named, and through the ``/debug/`` route when a scope other than
+``default`` is asked for, as the Baseten SDK does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from loops_runner.wire import (
     CheckpointFilesResponse,
     CheckpointListResponse,
     CheckpointSourceResponse,
+    CreateSamplerRequest,
+    CreateSessionRequest,
+    CreateTrainerRequest,
     RunInfo,
     RunResponse,
     SamplerInfo,
@@ -28,11 +35,18 @@ from loops_runner.wire import (
     ServerCapabilities,
     SessionResponse,
     TrainerDeploymentResponse,
+    ValidateCheckpointRequest,
 )
+from loops_runner.wire.control_plane import TeamsResponse
 
 CREATE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
 DEFAULT_BASE_URL = "https://api.baseten.co"
+
+
+def _dump(request: BaseModel) -> dict[str, Any]:
+    """A request model as its JSON body; optional fields left unset are not sent."""
+    return request.model_dump(mode="json", exclude_none=True)
 
 
 def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
@@ -43,16 +57,22 @@ def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
                          operation=what) from exc
 
 
-class ControlPlane:
+class ControlPlaneClient:
     """A thin, typed wrapper of the control plane's routes."""
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+    def __init__(self, base_url: str, api_key: str | None, team_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self.team_id = team_id
 
     @property
-    def loops_root(self) -> str:
-        return f"{self.base_url}/v1/loops"
+    def create_root(self) -> str:
+        """Where creates go: the team's root when a team is named (spec 3)."""
+        return "/v1/loops" if self.team_id is None else f"/v1/teams/{self.team_id}/loops"
+
+    def _create_path(self, resource: str, scoped: bool) -> str:
+        return f"{self.create_root}/debug/{resource}" if scoped \
+            else f"{self.create_root}/{resource}"
 
     def _request(self, method: str, path: str, *, what: str, timeout: float = READ_TIMEOUT,
                  json: Any = None, params: dict[str, Any] | None = None,
@@ -65,15 +85,28 @@ class ControlPlane:
 
     # -- sessions, runs, samplers ------------------------------------------------------
 
+    def team_id_of(self, team_name: str) -> str:
+        """The id of the team named ``team_name`` (matched here, by exact name)."""
+        response = self._request("GET", "/v1/teams", what="resolve_team")
+        teams = _parse(TeamsResponse, response, "resolve_team").teams
+        for team in teams:
+            if team.name == team_name:
+                return team.id
+        names = ", ".join(sorted(team.name for team in teams)) or "<none>"
+        raise ValueError(f"team {team_name!r} does not exist on {self.base_url}; "
+                         f"available teams: {names}")
+
     def create_session(self, training_project_id: str | None) -> str:
-        body = None if training_project_id is None else {
-            "training_project_id": training_project_id}
-        response = self._request("POST", "/v1/loops/sessions", json=body,
+        # The official SDK sends no body at all; an older one sent the project.
+        body = None if training_project_id is None else _dump(
+            CreateSessionRequest(training_project_id=training_project_id))
+        response = self._request("POST", f"{self.create_root}/sessions", json=body,
                                  what="create_session", timeout=CREATE_TIMEOUT)
         return _parse(SessionResponse, response, "create_session").session.id
 
-    def create_trainer(self, body: dict[str, Any]) -> RunInfo:
-        response = self._request("POST", "/v1/loops/trainers", json=body,
+    def create_trainer(self, request: CreateTrainerRequest) -> RunInfo:
+        path = self._create_path("trainers", request.scope is not None)
+        response = self._request("POST", path, json=_dump(request),
                                  what="create_trainer", timeout=CREATE_TIMEOUT)
         run = _parse(RunResponse, response, "create_trainer").run
         if run.base_url is None:
@@ -81,14 +114,15 @@ class ControlPlane:
                              run_id=run.id, operation="create_trainer")
         return run
 
-    def create_sampler(self, body: dict[str, Any]) -> SamplerInfo:
-        response = self._request("POST", "/v1/loops/samplers", json=body,
+    def create_sampler(self, request: CreateSamplerRequest) -> SamplerInfo:
+        path = self._create_path("samplers", request.scope is not None)
+        response = self._request("POST", path, json=_dump(request),
                                  what="create_sampler", timeout=CREATE_TIMEOUT,
-                                 run_id=body.get("run_id"))
+                                 run_id=request.run_id)
         sampler = _parse(SamplerResponse, response, "create_sampler").sampler
         if sampler.base_url is None:
             raise LoopsError("the sampler's URL is not yet available",
-                             run_id=body.get("run_id"), operation="create_sampler")
+                             run_id=request.run_id, operation="create_sampler")
         return sampler
 
     def trainer_status(self, deployment_id: str) -> str:
@@ -128,7 +162,8 @@ class ControlPlane:
 
     def validate_checkpoint(self, path: str, run_id: str | None) -> None:
         self._request("POST", "/v1/loops/checkpoints/validate",
-                      json={"checkpoint_path": path, "run_id": run_id},
+                      json=ValidateCheckpointRequest(checkpoint_path=path,
+                                                     run_id=run_id).model_dump(mode="json"),
                       what="validate_checkpoint", run_id=run_id)
 
     def checkpoint_files(self, checkpoint_id: str, page_size: int,

@@ -21,12 +21,13 @@ from urllib.parse import urlencode
 
 import httpx
 
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
     RequestRejectedError,
     SamplerTerminatedError,
+    TrainerTerminatedError,
 )
 from loops_runner.sdk.http import (
     RUN_ID_HEADER,
@@ -72,18 +73,21 @@ class SamplerEndpoint:
     model_id: str | None = None
     deployment_id: str | None = None
     base_checkpoint: str | None = None
+    # The control plane's own name of the model it serves (a local name is
+    # answered with its directory): what the tokenizer loads from.
+    served_model: str | None = None
 
     @classmethod
     def from_info(cls, info: SamplerInfo) -> SamplerEndpoint:
         assert info.base_url is not None
         if info.model_id is None:
             return cls(info.base_url.rstrip("/"), "serverless", info.id,
-                       base_checkpoint=info.base_checkpoint)
+                       base_checkpoint=info.base_checkpoint, served_model=info.base_model)
         if info.deployment_id is None:
             raise LoopsError(f"sampler {info.id} has a model_id but no deployment_id",
                              operation="create_sampler")
         return cls(info.base_url.rstrip("/"), "dedicated", info.id, info.model_id,
-                   info.deployment_id, info.base_checkpoint)
+                   info.deployment_id, info.base_checkpoint, info.base_model)
 
     @property
     def queued(self) -> bool:
@@ -112,7 +116,7 @@ class _Backoff:
         return True
 
 
-def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
+def wait_for_trainer(control_plane: ControlPlaneClient, endpoint: TrainerEndpoint, *,
                      base_model: str, run_id: str, ready_timeout: float | None) -> None:
     """Probe ``/health`` (and, if dedicated, the deployment status) until ready."""
     headers = {**base_headers(control_plane.api_key), RUN_ID_HEADER: run_id}
@@ -124,9 +128,10 @@ def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
             if endpoint.kind == "dedicated" and endpoint.deployment_id:
                 status = _trainer_status(control_plane, endpoint.deployment_id)
                 if status in TRAINER_TERMINAL_STATES:
-                    raise LoopsError(
+                    raise TrainerTerminatedError(
                         f"trainer deployment {endpoint.deployment_id} is {status}; it will "
-                        "not become ready", run_id=run_id, operation="wait_for_trainer")
+                        "not become ready", deployment_id=endpoint.deployment_id,
+                        status=status, run_id=run_id, operation="wait_for_trainer")
             try:
                 response = client.get(url)
             except httpx.TransportError as exc:
@@ -144,7 +149,7 @@ def wait_for_trainer(control_plane: ControlPlane, endpoint: TrainerEndpoint, *,
                     run_id=run_id, operation="wait_for_trainer")
 
 
-def _trainer_status(control_plane: ControlPlane, deployment_id: str) -> str | None:
+def _trainer_status(control_plane: ControlPlaneClient, deployment_id: str) -> str | None:
     # /health is the readiness signal; the status only aborts early, so a
     # control-plane blip is tolerated.
     try:
@@ -154,7 +159,7 @@ def _trainer_status(control_plane: ControlPlane, deployment_id: str) -> str | No
         return None
 
 
-def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
+def wait_for_sampler(control_plane: ControlPlaneClient, endpoint: SamplerEndpoint,
                      ready_timeout: float | None) -> None:
     """Poll a dedicated sampler's deployment status until ACTIVE (spec 3.7).
 
@@ -181,7 +186,8 @@ def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
             if status in SAMPLER_TERMINAL_STATES:
                 raise SamplerTerminatedError(
                     f"sampler deployment {endpoint.deployment_id} is {status}; it will not "
-                    "become ready", operation="wait_for_sampler")
+                    "become ready", deployment_id=endpoint.deployment_id, status=status,
+                    operation="wait_for_sampler")
             if status == SAMPLER_SCALED_TO_ZERO and not woken:
                 _wake(control_plane, endpoint)
                 woken = True
@@ -193,7 +199,7 @@ def wait_for_sampler(control_plane: ControlPlane, endpoint: SamplerEndpoint,
                 operation="wait_for_sampler")
 
 
-def _wake(control_plane: ControlPlane, endpoint: SamplerEndpoint) -> None:
+def _wake(control_plane: ControlPlaneClient, endpoint: SamplerEndpoint) -> None:
     url = endpoint.base_url.removesuffix("/sync") + "/wake"
     logger.info("sampler %s is scaled to zero; waking it", endpoint.sampler_id)
     with make_client(headers=base_headers(control_plane.api_key), timeout=30.0) as client:
@@ -210,7 +216,7 @@ class ReadinessGate:
     sample tries again.
     """
 
-    def __init__(self, control_plane: ControlPlane | None, endpoint: SamplerEndpoint,
+    def __init__(self, control_plane: ControlPlaneClient | None, endpoint: SamplerEndpoint,
                  ready_timeout: float | None, *, armed: bool) -> None:
         self._control_plane = control_plane
         self._endpoint = endpoint

@@ -10,7 +10,12 @@ catching that keeps working.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
+
+if TYPE_CHECKING:
+    from loops_runner.sdk.operation import Operation
 
 
 def describe(operation: str | None, run_id: str | None, operation_id: str | None) -> str:
@@ -64,13 +69,23 @@ def _rebuild(cls: type[LoopsError], args: tuple[object, ...]) -> LoopsError:
 class RemoteOpError(LoopsError):
     """The server ran the operation and it failed (``status: error`` on poll).
 
-    ``error_class`` is the server's short class name (e.g. ``ValueError``).
+    ``error_class`` is the server's short class name (e.g. ``ValueError``);
+    ``descriptor`` the failed ``Operation`` (its id, name and client context),
+    as in the Baseten SDK.
     """
 
     def __init__(self, message: str, error_class: str | None = None, **context: str | None):
         self.error_class = error_class
         prefix = f"{error_class}: " if error_class else ""
         super().__init__(f"{prefix}{message}", **context)
+
+    @property
+    def descriptor(self) -> Operation:
+        # Built from the stored context, so the identity is kept once.
+        from loops_runner.sdk.operation import Operation, TrainerOperationContext
+
+        return Operation(self.operation_id or "unknown", self.operation or "request",
+                         TrainerOperationContext(run_id=self.run_id))
 
 
 class UnknownRequestError(LoopsError):
@@ -90,12 +105,34 @@ class SampleTimeoutError(LoopsError, TimeoutError):
     """A ``/sample`` response did not arrive within the client's read timeout.
 
     Not retried automatically: the sampler may still be generating, and a
-    retry would pay for the generation twice.
+    retry would pay for the generation twice. ``timeout`` is that read timeout.
     """
 
+    def __init__(self, message: str, *, timeout: float | None = None,
+                 **context: str | None) -> None:
+        self.timeout = timeout
+        super().__init__(message, **context)
 
-class SamplerTerminatedError(LoopsError, RuntimeError):
+
+class DeploymentTerminatedError(LoopsError, RuntimeError):
+    """A deployment reached a terminal state; ``deployment_id`` and ``status`` say which."""
+
+    def __init__(self, message: str, *, deployment_id: str | None = None,
+                 status: str | None = None, **context: str | None) -> None:
+        self.deployment_id = deployment_id
+        self.status = status
+        super().__init__(message, **context)
+
+
+class SamplerTerminatedError(DeploymentTerminatedError):
     """The sampler's deployment reached a terminal state; it will not serve."""
+
+
+class TrainerTerminatedError(DeploymentTerminatedError):
+    """The trainer's deployment ended (FAILED, STOPPED, PREEMPTED) while a client waited.
+
+    A ``RuntimeError``, as in the Baseten SDK.
+    """
 
 
 class OperationTimeoutError(LoopsError, TimeoutError):

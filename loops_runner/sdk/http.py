@@ -19,21 +19,24 @@ import httpx
 from loops_runner import __version__
 from loops_runner.sdk.errors import RequestRejectedError
 
-USER_AGENT = f"loops-runner/{__version__}"
-ACCEPT_ERROR_HEADER = "X-Baseten-Accept-Error"
-ERROR_SOURCE_HEADER = "X-Baseten-Error-Source"
-ERROR_CODE_HEADER = "X-Baseten-Error-Code"
-RUN_ID_HEADER = "X-Run-Id"
-SAMPLER_ID_HEADER = "X-Sampler-Id"
-CHECKPOINT_PATH_HEADER = "X-Checkpoint-Path"
-MIN_POLICY_VERSION_HEADER = "X-Min-Policy-Version"
-AFFINITY_HEADER = "X-Baseten-Session-ID"
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-POLICY_VERSION_RESPONSE_HEADER = "x-trainers-policy-version"
+# The names are defined once, in the wire package, and used here by the client.
+from loops_runner.wire.headers import (  # noqa: F401  (re-exported for the client modules)
+    ACCEPT_ERROR_HEADER,
+    AFFINITY_HEADER,
+    CHECKPOINT_PATH_HEADER,
+    DEACTIVATED_MODEL_CODE,
+    DEACTIVATED_MODEL_SOURCE,
+    ERROR_CODE_HEADER,
+    ERROR_SOURCE_HEADER,
+    GATEWAY_ERROR_SOURCE,
+    IDEMPOTENCY_KEY_HEADER,
+    MIN_POLICY_VERSION_HEADER,
+    POLICY_VERSION_RESPONSE_HEADER,
+    RUN_ID_HEADER,
+    SAMPLER_ID_HEADER,
+)
 
-GATEWAY_ERROR_SOURCE = "06"
-DEACTIVATED_MODEL_SOURCE = "01"
-DEACTIVATED_MODEL_CODE = "631"
+USER_AGENT = f"loops-runner/{__version__}"
 
 
 def base_headers(api_key: str | None) -> dict[str, str]:

@@ -125,7 +125,9 @@ def _wait(policy: RetryPolicy, deadline: float) -> Callable[[RetryCallState], fl
         if isinstance(exc, RetryableStatus) and exc.response.status_code in (
             policy.retry_after_statuses
         ):
-            delay = retry_after_seconds(exc.response) or delay
+            # "Retry-After: 0" means now, not the backoff.
+            asked = retry_after_seconds(exc.response)
+            delay = delay if asked is None else asked
         return max(0.0, min(delay, deadline - time.monotonic()))
 
     return wait

@@ -27,7 +27,7 @@ from pydantic import RootModel
 
 from loops_runner.sdk import retry
 from loops_runner.sdk.completions import parse_completions, sample_body
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.deployments import ReadinessGate, SamplerEndpoint, wait_for_sampler
 from loops_runner.sdk.errors import (
     LoopsError,
@@ -87,7 +87,7 @@ class SamplingClient:
         checkpoint_path: str | None = None,
         run_id: str | None = None,
         session_id: str | None = None,
-        control_plane: ControlPlane | None = None,
+        control_plane: ControlPlaneClient | None = None,
         base_checkpoint: str | None = None,
     ) -> None:
         self._endpoint = SamplerEndpoint(endpoint.rstrip("/")) if isinstance(endpoint, str) \
@@ -158,13 +158,18 @@ class SamplingClient:
 
     def get_tokenizer(self) -> Any:
         """The Hugging Face tokenizer of the base model (loaded once, cached)."""
-        return get_tokenizer(self._base_model, self._base_checkpoint)
+        return get_tokenizer(self._endpoint.served_model or self._base_model,
+                             self._base_checkpoint)
 
     def ensure_ready(self, ready_timeout: float | None = None) -> None:
         """Wait until a dedicated sampler's deployment is ACTIVE (no-op otherwise)."""
         if self._control_plane is not None:
             wait_for_sampler(self._control_plane, self._endpoint,
                              self._ready_timeout if ready_timeout is None else ready_timeout)
+
+    async def ensure_ready_async(self, ready_timeout: float | None = None) -> None:
+        """``ensure_ready`` without blocking the event loop."""
+        await asyncio.to_thread(self.ensure_ready, ready_timeout)
 
     def _models(self) -> list[dict[str, Any]]:
         """``GET /v1/models`` (retried while the sampler starts; cached for 5 s)."""
@@ -228,7 +233,7 @@ class SamplingClient:
         return SampleTimeoutError(
             f"no response within the client's read timeout of {self._timeout}s; the sampler "
             "may still be generating (not retried, to avoid paying twice); raise timeout= "
-            "or lower max_tokens", **self._context(key))
+            "or lower max_tokens", timeout=self._timeout, **self._context(key))
 
     def _read(self, outcome: retry.Outcome, key: str, prompt_ids: list[int],
               include_topk: bool, max_tokens: int | None) -> SampleResponse:

@@ -9,19 +9,23 @@ are already running, with no control plane at all (spec 8).
 Configuration: ``api_key`` defaults to ``BASETEN_API_KEY``, ``base_url`` to
 ``LOOPS_BASE_URL`` (else Baseten's public API), ``reuse_from_session_id`` to
 ``LOOPS_REUSE_FROM_SESSION_ID`` (and ``reuse_from_run_id`` to
-``LOOPS_REUSE_FROM_RUN_ID``); an explicit keyword always wins.
+``LOOPS_REUSE_FROM_RUN_ID``), ``team`` to ``LOOPS_TEAM``,
+``availability_model`` to ``LOOPS_AVAILABILITY_MODEL`` and each create's
+``scope`` to ``BASETEN_LOOPS_SCOPE``; an explicit keyword always wins. The
+options beyond the documented signatures are those of the Baseten SDK 0.32,
+with its names and meaning; where the control plane cannot honour one it
+refuses it with a message naming the option (docs/porting.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
-from loops_runner.sdk import checkpoints
-from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlane
+from loops_runner.sdk import checkpoints, options
+from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient
 from loops_runner.sdk.deployments import (
     SamplerEndpoint,
     TrainerEndpoint,
@@ -33,21 +37,22 @@ from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.training_client import TrainingClient
 from loops_runner.sdk.types import CheckpointDownload
 from loops_runner.wire import (
+    AvailabilityModel,
     Checkpoint,
     CheckpointFilesResponse,
     CheckpointTarget,
+    CreateSamplerRequest,
+    CreateTrainerRequest,
+    SamplerScope,
     ServerCapabilities,
+    TrainerScope,
     WandbConfig,
 )
 
 logger = logging.getLogger("loops_runner.sdk")
 
 LOCAL_SESSION_ID = "local"
-AVAILABILITY = "dedicated"
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
+_env = options.env
 
 
 class ServiceClient:
@@ -61,6 +66,8 @@ class ServiceClient:
         base_url: str | None = None,
         reuse_from_session_id: str | None = None,
         reuse_from_run_id: str | None = None,
+        team: str | None = None,
+        availability_model: AvailabilityModel | str | None = None,
     ) -> None:
         self._api_key = api_key if api_key is not None else _env("BASETEN_API_KEY")
         self._base_url = (base_url or _env("LOOPS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -69,8 +76,18 @@ class ServiceClient:
         self._reuse_from_session_id = reuse_from_session_id \
             if reuse_from_session_id is not None else _env("LOOPS_REUSE_FROM_SESSION_ID")
         self._training_project_id = training_project_id
+        # One availability for the whole script: it applies to every trainer
+        # and sampler this client provisions.
+        self._availability_model = options.availability_model(availability_model)
+        if self._availability_model is AvailabilityModel.spot:
+            logger.warning("trainers and samplers of this client run on spot capacity: a spot "
+                           "run stops when its GPUs are reclaimed; save checkpoints")
         self._local: tuple[str, str] | None = None
-        self._control_plane: ControlPlane | None = ControlPlane(self._base_url, self._api_key)
+        self._control_plane: ControlPlaneClient | None = ControlPlaneClient(self._base_url,
+                                                                            self._api_key)
+        team = team or _env(options.TEAM_ENV)
+        if team is not None:
+            self._control_plane.team_id = self._control_plane.team_id_of(team)
         self._session_id = self._control_plane.create_session(training_project_id)
         logger.info("Loops session %s on %s", self._session_id, self._base_url)
 
@@ -87,6 +104,7 @@ class ServiceClient:
         client._reuse_from_run_id = None
         client._reuse_from_session_id = None
         client._training_project_id = None
+        client._availability_model = AvailabilityModel.dedicated
         client._local = (trainer_url.rstrip("/"), sampler_url.rstrip("/"))
         client._control_plane = None
         client._session_id = LOCAL_SESSION_ID
@@ -101,7 +119,11 @@ class ServiceClient:
     def base_url(self) -> str:
         return self._base_url
 
-    def _cp(self, what: str) -> ControlPlane:
+    @property
+    def availability_model(self) -> AvailabilityModel:
+        return self._availability_model
+
+    def _cp(self, what: str) -> ControlPlaneClient:
         if self._control_plane is None:
             raise UnsupportedOperationError(
                 "not available on ServiceClient.local(...): it has no control plane; use "
@@ -120,23 +142,36 @@ class ServiceClient:
         ready_timeout: float = 3600.0,
         wandb_config: WandbConfig | None = None,
         *,
-        max_seq_len: int | None = None,
-        name: str | None = None,
-        with_sampler: bool = False,
-        sampler_timeout: float | None = None,
         replicas: int = 1,
+        max_seq_len: int | None = None,
+        sampler_timeout: float | None = None,
+        with_sampler: bool = False,
+        name: str | None = None,
+        sampler_num_replicas: int | None = None,
+        scope: TrainerScope | str | None = None,
+        base_checkpoint: str | None = None,
     ) -> TrainingClient:
         """Provision a run (trainer + paired sampler) and return its connected client.
 
         ``timeout`` bounds each HTTP call, ``ready_timeout`` the wait for the
         trainer to come up. ``seed`` goes to the control plane and to the
         trainer's ``init_trainer_server`` (reproducible adapter init).
-        ``wandb_config`` streams metrics to W&B.
+        ``wandb_config`` streams metrics to W&B. The keyword-only options are
+        the Baseten SDK's: ``replicas`` trainer copies (more than one gets
+        fresh capacity, no reuse), ``max_seq_len`` the longest sequence,
+        ``sampler_timeout`` each paired ``sample`` call's read timeout,
+        ``with_sampler`` creates the paired sampler now rather than at the
+        first sample, ``name`` the run's display name,
+        ``sampler_num_replicas`` the paired sampler's replicas, ``scope``
+        where the trainer runs (``BASETEN_LOOPS_SCOPE``), ``base_checkpoint``
+        a merged ``hf://org/repo[@rev]`` to start from.
         """
         return self._provision(base_model, rank=rank, seed=seed, timeout=timeout,
                                ready_timeout=ready_timeout, wandb_config=wandb_config,
                                max_seq_len=max_seq_len, name=name, with_sampler=with_sampler,
-                               sampler_timeout=sampler_timeout, replicas=replicas)
+                               sampler_timeout=sampler_timeout, replicas=replicas,
+                               sampler_num_replicas=sampler_num_replicas, scope=scope,
+                               base_checkpoint=base_checkpoint)
 
     async def create_lora_training_client_async(self, base_model: str, rank: int = 32,
                                                 seed: int | None = None, timeout: float = 600.0,
@@ -151,32 +186,38 @@ class ServiceClient:
                    wandb_config: WandbConfig | None = None, max_seq_len: int | None = None,
                    name: str | None = None, with_sampler: bool = False,
                    sampler_timeout: float | None = None, replicas: int = 1,
+                   sampler_num_replicas: int | None = None,
+                   scope: TrainerScope | str | None = None, base_checkpoint: str | None = None,
                    checkpoint_path: str | None = None) -> TrainingClient:
         if not base_model:
             raise ValueError("base_model must name a model")
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        if replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        options.check_count(replicas, "replicas")
+        options.check_count(sampler_num_replicas, "sampler_num_replicas")
+        resolved_scope = options.trainer_scope(scope)
+        if base_checkpoint is not None and (self._reuse_from_run_id is not None
+                                            or self._reuse_from_session_id is not None):
+            raise ValueError("base_checkpoint cannot be combined with trainer reuse: create the "
+                             "ServiceClient without reuse_from_run_id / reuse_from_session_id")
         if self._local is not None:
-            trainer_url, sampler_url = self._local
-            return TrainingClient(
-                trainer_url, lora_rank=rank, base_model=base_model, timeout=timeout,
-                ready_timeout=ready_timeout, sampler_timeout=sampler_timeout,
-                paired_sampling_deployment=SamplerEndpoint(sampler_url),
-                wandb_config=wandb_config, max_seq_len=max_seq_len, seed=seed)
+            return self._local_training_client(
+                base_model, rank=rank, seed=seed, timeout=timeout, ready_timeout=ready_timeout,
+                wandb_config=wandb_config, max_seq_len=max_seq_len,
+                sampler_timeout=sampler_timeout, unsupported={
+                    "replicas": replicas if replicas != 1 else None,
+                    "scope": resolved_scope, "base_checkpoint": base_checkpoint,
+                    "sampler_num_replicas": sampler_num_replicas})
         control_plane = self._cp("create_lora_training_client")
-        body: dict[str, Any] = {"session_id": self._session_id, "base_model": base_model,
-                                "lora_rank": rank, "replicas": replicas,
-                                "availability_model": AVAILABILITY}
-        optional = {"seed": seed, "max_seq_len": max_seq_len, "name": name,
-                    "path": checkpoint_path}
-        body.update({key: value for key, value in optional.items() if value is not None})
-        if self._reuse_from_run_id is not None:
-            body["reuse_from_run_id"] = self._reuse_from_run_id
-        elif self._reuse_from_session_id is not None:
-            body["reuse_from_session_id"] = self._reuse_from_session_id
-        run = control_plane.create_trainer(body)
+        request = CreateTrainerRequest(
+            session_id=self._session_id, base_model=base_model, lora_rank=rank,
+            replicas=replicas, availability_model=self._availability_model, seed=seed,
+            max_seq_len=max_seq_len, name=name, path=checkpoint_path,
+            base_checkpoint=base_checkpoint, scope=resolved_scope,
+            reuse_from_run_id=self._reuse_from_run_id,
+            reuse_from_session_id=None if self._reuse_from_run_id is not None
+            else self._reuse_from_session_id)
+        run = control_plane.create_trainer(request)
         endpoint = TrainerEndpoint.from_run(run)
         logger.info("Loops run %s (%s trainer at %s, model %s)", run.id, endpoint.kind,
                     endpoint.base_url, run.base_model)
@@ -186,7 +227,8 @@ class ServiceClient:
         elif with_sampler:
             try:
                 paired = SamplerEndpoint.from_info(control_plane.create_sampler(
-                    {"session_id": self._session_id, "run_id": run.id}))
+                    CreateSamplerRequest(session_id=self._session_id, run_id=run.id,
+                                         num_replicas=sampler_num_replicas)))
             except LoopsError as exc:
                 logger.warning("creating the paired sampler of run %s failed (%s); it will "
                                "be created at the first sampling request", run.id, exc)
@@ -199,32 +241,57 @@ class ServiceClient:
             sampler_timeout=sampler_timeout, api_base_url=self._base_url,
             session_id=self._session_id, paired_sampling_deployment=paired,
             wandb_config=wandb_config, max_seq_len=max_seq_len,
-            base_checkpoint=run.base_checkpoint, seed=seed)
+            base_checkpoint=run.base_checkpoint, seed=seed,
+            sampler_num_replicas=sampler_num_replicas)
+
+    def _local_training_client(self, base_model: str, *, rank: int, seed: int | None,
+                               timeout: float, ready_timeout: float,
+                               wandb_config: WandbConfig | None, max_seq_len: int | None,
+                               sampler_timeout: float | None,
+                               unsupported: dict[str, Any]) -> TrainingClient:
+        for option, value in unsupported.items():
+            if value is not None:
+                raise ValueError(
+                    f"{option}={value!r} is chosen when a control plane provisions the "
+                    "trainer; ServiceClient.local(...) talks to servers that already run")
+        assert self._local is not None
+        trainer_url, sampler_url = self._local
+        return TrainingClient(
+            trainer_url, lora_rank=rank, base_model=base_model, timeout=timeout,
+            ready_timeout=ready_timeout, sampler_timeout=sampler_timeout,
+            paired_sampling_deployment=SamplerEndpoint(sampler_url),
+            wandb_config=wandb_config, max_seq_len=max_seq_len, seed=seed)
 
     def create_training_client_from_state(self, path: str,
                                           user_metadata: dict[str, Any] | None = None,
-                                          ) -> TrainingClient:
+                                          replicas: int = 1) -> TrainingClient:
         """A new run whose adapter is loaded from ``path``; the optimizer starts fresh."""
-        return self._from_state(path, with_optimizer=False)
+        return self._from_state(path, with_optimizer=False, replicas=replicas)
 
     def create_training_client_from_state_with_optimizer(
-            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
+            self, path: str, user_metadata: dict[str, Any] | None = None,
+            replicas: int = 1) -> TrainingClient:
         """A new run resuming ``path`` exactly: adapter, optimizer moments and step."""
-        return self._from_state(path, with_optimizer=True)
+        return self._from_state(path, with_optimizer=True, replicas=replicas)
 
     async def create_training_client_from_state_async(
-            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
-        return await asyncio.to_thread(self._from_state, path, with_optimizer=False)
+            self, path: str, user_metadata: dict[str, Any] | None = None,
+            replicas: int = 1) -> TrainingClient:
+        return await asyncio.to_thread(self._from_state, path, with_optimizer=False,
+                                       replicas=replicas)
 
     async def create_training_client_from_state_with_optimizer_async(
-            self, path: str, user_metadata: dict[str, Any] | None = None) -> TrainingClient:
-        return await asyncio.to_thread(self._from_state, path, with_optimizer=True)
+            self, path: str, user_metadata: dict[str, Any] | None = None,
+            replicas: int = 1) -> TrainingClient:
+        return await asyncio.to_thread(self._from_state, path, with_optimizer=True,
+                                       replicas=replicas)
 
-    def _from_state(self, path: str, *, with_optimizer: bool) -> TrainingClient:
+    def _from_state(self, path: str, *, with_optimizer: bool, replicas: int) -> TrainingClient:
+        options.check_count(replicas, "replicas")
         control_plane = self._cp("create_training_client_from_state")
         checkpoint = control_plane.checkpoint_by_path(path)
         client = self._provision(checkpoint.base_model, rank=checkpoint.lora_adapter_config.rank,
-                                 checkpoint_path=path)
+                                 replicas=replicas, checkpoint_path=path)
         try:
             load = client.load_state_with_optimizer if with_optimizer else client.load_state
             load(path).result()
@@ -237,12 +304,17 @@ class ServiceClient:
 
     def create_sampling_client(self, base_model: str, timeout: float | None = 300.0,
                                ready_timeout: float = 3600.0,
-                               model_path: str | None = None) -> SamplingClient:
+                               model_path: str | None = None, *,
+                               max_seq_len: int | None = None,
+                               num_replicas: int | None = None,
+                               scope: SamplerScope | str | None = None) -> SamplingClient:
         """Provision a standalone sampler for ``base_model``.
 
         ``timeout`` is each ``sample`` call's read timeout. ``model_path`` is
         reserved: to sample a checkpoint, use
         ``TrainingClient.create_sampling_client(model_path)`` on its run.
+        As in the Baseten SDK, ``max_seq_len`` is the longest prompt,
+        ``num_replicas`` the sampler's replicas and ``scope`` where it runs.
         """
         if model_path is not None:
             raise NotImplementedError(
@@ -251,15 +323,23 @@ class ServiceClient:
                 "live run")
         if not base_model:
             raise ValueError("base_model must name a model")
+        options.check_count(num_replicas, "num_replicas")
+        resolved_scope = options.sampler_scope(scope)
         if self._local is not None:
+            for option, value in {"max_seq_len": max_seq_len, "num_replicas": num_replicas,
+                                  "scope": resolved_scope}.items():
+                if value is not None:
+                    raise ValueError(f"{option}={value!r} is chosen when a control plane "
+                                     "provisions the sampler; ServiceClient.local(...) talks "
+                                     "to a sampler that already runs")
             return SamplingClient(base_model=base_model, endpoint=SamplerEndpoint(self._local[1]),
                                   timeout=timeout, ready_timeout=ready_timeout)
         control_plane = self._cp("create_sampling_client")
-        body: dict[str, Any] = {"session_id": self._session_id,
-                                "availability_model": AVAILABILITY, "base_model": base_model}
-        if self._reuse_from_session_id is not None:
-            body["reuse_from_session_id"] = self._reuse_from_session_id
-        endpoint = SamplerEndpoint.from_info(control_plane.create_sampler(body))
+        request = CreateSamplerRequest(
+            session_id=self._session_id, availability_model=self._availability_model,
+            base_model=base_model, max_seq_length=max_seq_len, num_replicas=num_replicas,
+            scope=resolved_scope, reuse_from_session_id=self._reuse_from_session_id)
+        endpoint = SamplerEndpoint.from_info(control_plane.create_sampler(request))
         logger.info("Loops sampler %s (%s) at %s", endpoint.sampler_id, endpoint.kind,
                     endpoint.base_url)
         wait_for_sampler(control_plane, endpoint, ready_timeout)
@@ -270,9 +350,10 @@ class ServiceClient:
     async def create_sampling_client_async(self, base_model: str,
                                            timeout: float | None = 300.0,
                                            ready_timeout: float = 3600.0,
-                                           model_path: str | None = None) -> SamplingClient:
+                                           model_path: str | None = None,
+                                           **kwargs: Any) -> SamplingClient:
         return await asyncio.to_thread(self.create_sampling_client, base_model, timeout,
-                                       ready_timeout, model_path)
+                                       ready_timeout, model_path, **kwargs)
 
     # -- control-plane reads ---------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Client-side tokenizers, loaded once per model and cached.
 
-``base_model`` may be a registry name (``tiny``), a local directory or a
-Hugging Face id (optionally pinned by a ``hf://org/repo@rev`` base
-checkpoint). transformers is imported only when a tokenizer is first asked
-for; remote code is never trusted.
+``base_model`` is a local directory or a Hugging Face id (optionally pinned
+by a ``hf://org/repo@rev`` base checkpoint). The client knows no local model
+names: a control plane answers with the directory it resolved a name to, and
+a caller that talks to servers directly resolves its own names (the runner
+does, through ``loops_runner.models.registry``). transformers is imported
+only when a tokenizer is first asked for; remote code is never trusted.
 """
 
 from __future__ import annotations
@@ -22,13 +24,9 @@ def tokenizer_source(base_model: str, base_checkpoint: str | None = None) -> tup
 
 
 def _load_path(name: str) -> str:
-    """Registry names to their load path; directories and hub ids unchanged."""
+    """Directories as absolute paths; hub ids unchanged."""
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
-    from loops_runner.models.registry import REGISTRY, resolve_model
-
-    if name in REGISTRY:
-        return resolve_model(name).load_path
     return name
 
 
@@ -48,6 +46,12 @@ def load_tokenizer(name: str, revision: str | None = None) -> Any:
         try:
             return PreTrainedTokenizerFast.from_pretrained(path, **extra)
         except Exception:
+            if "/" not in name:
+                raise OSError(
+                    f"no tokenizer for {name!r}: it is neither a directory nor a Hugging Face "
+                    "id this machine can load. A local model name (e.g. 'tiny') is resolved "
+                    "by the caller: pass the directory, e.g. loops_runner.models.registry."
+                    f"resolve_model({name!r}).load_path") from first
             raise first from None
 
 

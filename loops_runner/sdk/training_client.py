@@ -11,6 +11,12 @@ future without blocking the event loop.
 A client built by ``ServiceClient.local(...)`` has no run: operations that
 name a checkpoint (save, load, publish) and everything that needs the control
 plane are refused before anything is sent (spec 8).
+
+Why this module is long: it is the one public class of the official
+``TrainingClient`` surface, each method with its ``*_async`` twin. The parts
+with a job of their own live beside it (``chunking``, ``custom_loss``,
+``publishing``, ``checkpoints``, ``operations``); what remains here is the
+thin per-method glue.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pydantic import BaseModel
 
 from loops_runner.sdk import checkpoints, chunking, custom_loss, publishing
 from loops_runner.sdk import heartbeat as heartbeat_module
-from loops_runner.sdk.control_plane import ControlPlane
+from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.deployments import SamplerEndpoint, TrainerEndpoint, health_url
 from loops_runner.sdk.errors import UnsupportedOperationError
 from loops_runner.sdk.futures import APIFuture, GatheredFuture, MappedFuture
@@ -49,16 +55,24 @@ from loops_runner.wire import (
     Checkpoint,
     CheckpointFilesResponse,
     CheckpointTarget,
+    CreateSamplerRequest,
     Datum,
     ForwardBackwardOutput,
+    InitTrainerServerRequest,
     InitTrainerServerResponse,
+    LoadStateRequest,
     LoadWeightsResponse,
+    OperationRequest,
+    OptimStepRequest,
     OptimStepResponse,
+    SaveStateRequest,
+    SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponse,
     SaveWeightsResponse,
     WandbConfig,
 )
 from loops_runner.wire.names import check_storage_name
+from loops_runner.wire.paths import bt_path, parse_bt_path
 from loops_runner.wire.training import LOSS_FNS, MAX_TOP_K_LOGPROBS
 
 logger = logging.getLogger("loops_runner.sdk")
@@ -76,6 +90,19 @@ class _ForwardPlan:
     fields: dict[str, Any]
     encoded: list[bytes]
     chunks: list[range]
+
+
+def _fields(request: OperationRequest) -> dict[str, Any]:
+    """An operation's fields from its wire model, validated as the trainer will.
+
+    Fields the caller did not set are not sent; ``seq_id``, ``run_id`` and
+    ``model`` are added at submit. forward/forward_backward are the exception:
+    their data is encoded once per datum and spliced into a body template
+    (``chunking``), so a large batch is not dumped twice.
+    """
+    # Only top-level fields are filtered: nested models (AdamParams) go whole.
+    chosen = request.model_fields_set - {"seq_id", "run_id", "model"}
+    return request.model_dump(mode="json", include=chosen)
 
 
 def _needs_run(what: str) -> UnsupportedOperationError:
@@ -122,6 +149,7 @@ class TrainingClient:
         base_checkpoint: str | None = None,
         seed: int | None = None,
         heartbeat_interval: float = heartbeat_module.INTERVAL,
+        sampler_num_replicas: int | None = None,
     ) -> None:
         self._endpoint = (TrainerEndpoint(trainer_url.rstrip("/"))
                           if isinstance(trainer_url, str) else trainer_url)
@@ -136,7 +164,8 @@ class TrainingClient:
         self._max_seq_len = max_seq_len
         self._base_checkpoint = base_checkpoint
         self._seed = seed
-        self._control_plane = ControlPlane(api_base_url, api_key) if api_base_url else None
+        self._sampler_num_replicas = sampler_num_replicas
+        self._control_plane = ControlPlaneClient(api_base_url, api_key) if api_base_url else None
         if isinstance(paired_sampling_deployment, str):
             paired_sampling_deployment = SamplerEndpoint(paired_sampling_deployment.rstrip("/"))
         self._paired: SamplerEndpoint | None = paired_sampling_deployment
@@ -332,9 +361,16 @@ class TrainingClient:
 
     async def _send_plan_async(self, plan: _ForwardPlan) -> Any:
         bodies = self._chunk_bodies(plan)
-        outcomes = await asyncio.gather(
-            *(self._conn.submit_async(plan.op, body, run_id=self._run_id) for body in bodies),
-            return_exceptions=True)
+        # The same cap as the thread pool of the sync twin: at most
+        # CHUNK_UPLOADS bodies of up to 24 MiB in flight at once.
+        uploads = asyncio.Semaphore(CHUNK_UPLOADS)
+
+        async def upload(body: bytes) -> OperationRef:
+            async with uploads:
+                return await self._conn.submit_async(plan.op, body, run_id=self._run_id)
+
+        outcomes = await asyncio.gather(*(upload(body) for body in bodies),
+                                        return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise self._chunk_failure(plan, errors, len(outcomes) - len(errors))
@@ -453,7 +489,7 @@ class TrainingClient:
     def _optim_fields(self, adam_params: AdamParams) -> dict[str, Any]:
         if not isinstance(adam_params, AdamParams):
             adam_params = AdamParams.model_validate(adam_params)
-        return {"adam_params": adam_params.model_dump(mode="json")}
+        return _fields(OptimStepRequest(adam_params=adam_params))
 
     def _log_optim(self, future: APIFuture[OptimStepResponse]) -> APIFuture[OptimStepResponse]:
         if self._wandb is not None:
@@ -470,12 +506,11 @@ class TrainingClient:
         return self._log_optim(await self._issue_async("optim_step", fields, OptimStepResponse))
 
     def _init_fields(self, lora_rank: int) -> dict[str, Any]:
-        fields: dict[str, Any] = {"lora_rank": int(lora_rank), "base_model": self._base_model}
-        if self._seed is not None:
-            # Only sent when asked for: it makes the adapter's init reproducible
-            # per run on trainers that read it (the spec's body has no seed).
-            fields["seed"] = self._seed
-        return fields
+        # The seed is only sent when asked for: it makes the adapter's init
+        # reproducible per run on trainers that read it (the spec's body has none).
+        seed = {} if self._seed is None else {"seed": self._seed}
+        return _fields(InitTrainerServerRequest(lora_rank=int(lora_rank),
+                                                base_model=self._base_model, **seed))
 
     def init_trainer_server(self, lora_rank: int) -> APIFuture[InitTrainerServerResponse]:
         """Reset this run to a fresh adapter of ``lora_rank`` (the constructor does this)."""
@@ -488,13 +523,16 @@ class TrainingClient:
                                        InitTrainerServerResponse)
 
     def _named_fields(self, what: str, name: str, ttl_seconds: int | None,
-                      **extra: Any) -> dict[str, Any]:
+                      ) -> dict[str, Any]:
         if self._run_id is None:
             raise _needs_run(what)
         check_storage_name(name)
         if ttl_seconds is not None and ttl_seconds < 1:
             raise ValueError(f"ttl_seconds must be >= 1 or None, got {ttl_seconds}")
-        return {"name": name, "ttl_seconds": ttl_seconds, **extra}
+        if what == "save_state":
+            return _fields(SaveStateRequest(name=name, ttl_seconds=ttl_seconds))
+        return _fields(SaveWeightsForSamplerRequest(name=name, ttl_seconds=ttl_seconds,
+                                                    bump_version=False))
 
     def save_state(self, name: str,
                    ttl_seconds: int | None = None) -> APIFuture[SaveWeightsResponse]:
@@ -513,7 +551,7 @@ class TrainingClient:
             raise _needs_run(what)
         if not path:
             raise ValueError("path must name a checkpoint, e.g. bt://loops:<run>/weights/<name>")
-        return {"path": path}
+        return _fields(LoadStateRequest(path=path))
 
     def load_state(self, path: str) -> APIFuture[LoadWeightsResponse]:
         """Load adapter weights from ``path``; the optimizer starts fresh (step 0)."""
@@ -538,18 +576,16 @@ class TrainingClient:
     # -- publishing for samplers ---------------------------------------------------------
 
     def save_weights_for_sampler(
-            self, name: str, ttl_seconds: int | None = None,
+            self, name: str = "default", ttl_seconds: int | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Write a sampler-ready adapter as ``sampler_weights/<name>`` (no hot-swap)."""
-        fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds,
-                                    bump_version=False)
+        fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds)
         return self._issue("save_weights_for_sampler", fields, SaveWeightsForSamplerResponse)
 
     async def save_weights_for_sampler_async(
-            self, name: str, ttl_seconds: int | None = None,
+            self, name: str = "default", ttl_seconds: int | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds,
-                                    bump_version=False)
+        fields = self._named_fields("save_weights_for_sampler", name, ttl_seconds)
         return await self._issue_async("save_weights_for_sampler", fields,
                                        SaveWeightsForSamplerResponse)
 
@@ -561,8 +597,9 @@ class TrainingClient:
             if self._control_plane is None or self._run_id is None:
                 raise _needs_control_plane(what, self._run_id)
             logger.info("creating the paired sampler of run %s", self._run_id)
-            info = self._control_plane.create_sampler(
-                {"session_id": self._session_id, "run_id": self._run_id})
+            info = self._control_plane.create_sampler(CreateSamplerRequest(
+                session_id=self._session_id, run_id=self._run_id,
+                num_replicas=self._sampler_num_replicas))
             self._paired = SamplerEndpoint.from_info(info)
             return self._paired
 
@@ -573,12 +610,18 @@ class TrainingClient:
             # version under a name of its own.
             name = f"{name}-{uuid.uuid4().hex}"
         # No ttl_seconds key on this shape (spec 4.5).
-        return {"name": name, "bump_version": True}
+        return _fields(SaveWeightsForSamplerRequest(name=name, bump_version=True))
 
     def _sampler_weights_path(self, response: SaveWeightsForSamplerResponse, name: str) -> str:
-        prefix = f"bt://loops:{self._run_id}/sampler_weights/"
-        path = response.path.rstrip("/")
-        return path if path.startswith(prefix) else prefix + name
+        assert self._run_id is not None
+        try:
+            answered = parse_bt_path(response.path)
+        except ValueError:
+            answered = None
+        if answered is not None and answered.run_id == self._run_id \
+                and answered.kind == "sampler_weights":
+            return str(answered)
+        return bt_path(self._run_id, "sampler_weights", name)
 
     def _published_client(self, response: SaveWeightsForSamplerResponse, name: str,
                           sampler: SamplerEndpoint) -> SamplingClient:
@@ -652,7 +695,7 @@ class TrainingClient:
 
     # -- checkpoints through the control plane -----------------------------------------
 
-    def _checkpoint_api(self, what: str) -> ControlPlane:
+    def _checkpoint_api(self, what: str) -> ControlPlaneClient:
         if self._control_plane is None:
             raise _needs_control_plane(what, self._run_id)
         return self._control_plane

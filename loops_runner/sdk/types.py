@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from loops_runner.wire import (
     AdamParams,
+    AvailabilityModel,
     Checkpoint,
     CheckpointFile,
     CheckpointFilesResponse,
@@ -71,6 +72,7 @@ class CheckpointDownload(BaseModel):
 
 __all__ = [
     "AdamParams",
+    "AvailabilityModel",
     "Checkpoint",
     "CheckpointDownload",
     "CheckpointFile",

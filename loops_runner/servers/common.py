@@ -9,12 +9,13 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from loops_runner.wire.errors import ErrorBody, ErrorDetails, VllmError, VllmErrorBody
+from loops_runner.wire.headers import ERROR_CODE_HEADER, ERROR_SOURCE_HEADER, GATEWAY_ERROR_SOURCE
 
 # A server prints this line (and flushes) once it accepts connections; launchers
 # and tests read the URL from it, which is how ``--port 0`` reports its port.
 URL_LINE_PREFIX = "LOOPS_SERVER_URL="
-GATEWAY_SOURCE_HEADER = "X-Baseten-Error-Source"
-GATEWAY_CODE_HEADER = "X-Baseten-Error-Code"
+GATEWAY_SOURCE_HEADER = ERROR_SOURCE_HEADER
+GATEWAY_CODE_HEADER = ERROR_CODE_HEADER
 
 
 def error_response(
@@ -32,7 +33,7 @@ def gateway_rejection(status: int, detail: str, code: str) -> JSONResponse:
     """A 4xx the SDK treats as final at once (``X-Baseten-Error-Source: 06``)."""
     return error_response(
         status, detail, reason=code.upper(),
-        headers={GATEWAY_SOURCE_HEADER: "06", GATEWAY_CODE_HEADER: code},
+        headers={GATEWAY_SOURCE_HEADER: GATEWAY_ERROR_SOURCE, GATEWAY_CODE_HEADER: code},
     )
 
 

@@ -46,11 +46,12 @@ from pydantic import BaseModel
 
 from loops_runner.servers.common import error_response
 from loops_runner.servers.openapi import answers
+from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER
 from loops_runner.wire.operations import OperationAccepted, OperationDone, OperationFailed
 
 logger = logging.getLogger(__name__)
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_HEADER = IDEMPOTENCY_KEY_HEADER
 # Keys become operation ids and URL path segments; the SDK sends 32 hex chars
 # (or a dashed UUID). Anything printable and short is accepted.
 _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,256}$")
@@ -101,7 +102,7 @@ class Accepted:
 
 
 @dataclass
-class Operation:
+class StoredOperation:
     operation_id: str
     kind: str
     fingerprint: str
@@ -139,7 +140,7 @@ class _Lane:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.queue: asyncio.Queue[Operation | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[StoredOperation | None] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"op-{name}")
         self.task: asyncio.Task[None] | None = None
         self.executed = 0
@@ -162,9 +163,9 @@ class OperationStore:
         self.max_finished = max_finished
         self.max_result_bytes = max_result_bytes
         self.max_tombstones = max_tombstones
-        self._ops: dict[str, Operation] = {}
+        self._ops: dict[str, StoredOperation] = {}
         # Finished operations in finish order: the eviction order.
-        self._finished: OrderedDict[str, Operation] = OrderedDict()
+        self._finished: OrderedDict[str, StoredOperation] = OrderedDict()
         self._finished_bytes = 0
         # Keys of evicted operations -> fingerprint, so a late replay of an
         # evicted submit is still recognised (202, then 404 on poll) and
@@ -181,7 +182,7 @@ class OperationStore:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
-    def get(self, operation_id: str) -> Operation | None:
+    def get(self, operation_id: str) -> StoredOperation | None:
         return self._ops.get(operation_id)
 
     def counts(self) -> dict[str, int]:
@@ -241,7 +242,7 @@ class OperationStore:
         if replay is not None:
             return replay
         self._accepted += 1
-        op = Operation(key, kind, fingerprint, accepted.job, self._accepted)
+        op = StoredOperation(key, kind, fingerprint, accepted.job, self._accepted)
         self._ops[key] = op
         if accepted.on_accept is not None:
             accepted.on_accept()
@@ -282,7 +283,7 @@ class OperationStore:
                 loop.call_soon_threadsafe(_settle, future, value, None)
 
         loop = asyncio.get_running_loop()
-        marker = Operation(f"internal-{uuid.uuid4().hex}", "internal", "", run, 0)
+        marker = StoredOperation(f"internal-{uuid.uuid4().hex}", "internal", "", run, 0)
         self._lane(lane).queue.put_nowait(marker)
         return await future
 
@@ -305,7 +306,7 @@ class OperationStore:
             body, failed = await loop.run_in_executor(lane.executor, _run_job, op)
             self._finish(op, body, failed)
 
-    def _finish(self, op: Operation, body: bytes, failed: bool) -> None:
+    def _finish(self, op: StoredOperation, body: bytes, failed: bool) -> None:
         op.job = None  # drop references to request tensors
         op.body = body
         op.state = OpState.error if failed else OpState.done
@@ -353,7 +354,7 @@ class OperationStore:
                                   "PENDING")
         return Response(op.body, status_code=200, media_type="application/json")
 
-    async def _wait(self, op: Operation, hold: float) -> None:
+    async def _wait(self, op: StoredOperation, hold: float) -> None:
         if self._shutdown_event is None:
             self._shutdown_event = asyncio.Event()
         waiters = [asyncio.ensure_future(op.finished.wait()),
@@ -393,7 +394,7 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         future.set_result(value)
 
 
-def _run_job(op: Operation) -> tuple[bytes, bool]:
+def _run_job(op: StoredOperation) -> tuple[bytes, bool]:
     """Run on the lane's thread: execute, then serialize there too (results can be big)."""
     assert op.job is not None
     try:

@@ -1,6 +1,6 @@
 """Wire types of the Loops protocol, shared by the client and the servers.
 
-Every request and response body of ``shared/spec/loops-protocol.md`` is a
+Every request and response body of ``docs/spec/loops-protocol.md`` is a
 pydantic model here, so the client and the servers cannot drift apart. The
 modules import no torch; ``TensorData.to_torch``/``from_torch`` import it
 lazily.
@@ -19,6 +19,7 @@ from loops_runner.wire.checkpoints import (
     VolumeCheckpointSource,
 )
 from loops_runner.wire.control_plane import (
+    AvailabilityModel,
     CreateSamplerRequest,
     CreateSessionRequest,
     CreateTrainerRequest,
@@ -27,6 +28,7 @@ from loops_runner.wire.control_plane import (
     RunResponse,
     SamplerInfo,
     SamplerResponse,
+    SamplerScope,
     SamplerStatusResponse,
     ServerCapabilities,
     SessionInfo,
@@ -34,6 +36,7 @@ from loops_runner.wire.control_plane import (
     SupportedModel,
     TrainerDeployment,
     TrainerDeploymentResponse,
+    TrainerScope,
 )
 from loops_runner.wire.errors import ErrorBody, ErrorDetails, VllmError, VllmErrorBody
 from loops_runner.wire.model_input import (
@@ -86,6 +89,7 @@ from loops_runner.wire.training import (
 
 __all__ = [
     "AdamParams",
+    "AvailabilityModel",
     "Checkpoint",
     "CheckpointFile",
     "CheckpointFilesResponse",
@@ -134,6 +138,7 @@ __all__ = [
     "SampledSequence",
     "SamplerInfo",
     "SamplerResponse",
+    "SamplerScope",
     "SamplerStatusResponse",
     "SamplingParams",
     "SaveStateRequest",
@@ -148,6 +153,7 @@ __all__ = [
     "TensorData",
     "TrainerDeployment",
     "TrainerDeploymentResponse",
+    "TrainerScope",
     "ValidateCheckpointRequest",
     "VllmError",
     "VllmErrorBody",

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AvailabilityModel = Literal["dedicated", "spot"]
+
+class AvailabilityModel(StrEnum):
+    """Capacity a run or sampler runs on; ``spot`` may be reclaimed (no resume)."""
+
+    dedicated = "dedicated"
+    spot = "spot"
+
+
+class TrainerScope(StrEnum):
+    """Where a run's trainer runs (Baseten-internal organisations choose)."""
+
+    default = "default"  # the organisation's setting
+    serverless = "serverless"  # the shared pool
+    team = "team"  # the team's worker pool
+    deployment = "deployment"  # the run's own trainer deployment
+
+
+class SamplerScope(StrEnum):
+    """Where a standalone sampler runs (``team`` is for trainers only)."""
+
+    default = "default"
+    serverless = "serverless"
+    deployment = "deployment"
 
 
 class CreateSessionRequest(BaseModel):
@@ -29,13 +52,15 @@ class SessionResponse(BaseModel):
 
 
 class CreateTrainerRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Enum values are kept as plain strings: stores and logs see "dedicated".
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
 
     session_id: str
     base_model: str = Field(min_length=1)
     lora_rank: int = Field(default=32, ge=1, le=1024)
     replicas: int = Field(default=1, ge=1)
-    availability_model: AvailabilityModel = "dedicated"
+    availability_model: AvailabilityModel = Field(default=AvailabilityModel.dedicated,
+                                                 validate_default=True)
     seed: int | None = None
     max_seq_len: int | None = Field(default=None, ge=1)
     name: str | None = None
@@ -45,7 +70,8 @@ class CreateTrainerRequest(BaseModel):
     reuse_from_session_id: str | None = None
     scale_down_delay_seconds: int | None = Field(default=None, ge=0)
     debug_version: str | None = None
-    scope: str | None = None
+    # Sent (on the /debug/ create route) only when not "default".
+    scope: TrainerScope | None = None
 
 
 class SamplerInfo(BaseModel):
@@ -87,16 +113,19 @@ class RunResponse(BaseModel):
 
 
 class CreateSamplerRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
 
     session_id: str | None = None
-    availability_model: AvailabilityModel = "dedicated"
+    availability_model: AvailabilityModel = Field(default=AvailabilityModel.dedicated,
+                                                 validate_default=True)
     base_model: str | None = None
     model_path: str | None = None
     run_id: str | None = None
     max_seq_length: int | None = Field(default=None, ge=1)
     reuse_from_session_id: str | None = None
     num_replicas: int | None = Field(default=None, ge=1)
+    debug_version: str | None = None
+    scope: SamplerScope | None = None
 
 
 class SamplerResponse(BaseModel):

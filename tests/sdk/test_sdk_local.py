@@ -97,12 +97,13 @@ def test_local_mode_refuses_what_needs_a_run_or_a_control_plane(local_service, p
     client.close()
 
 
-def test_local_training_surface(local_service) -> None:
+def test_local_training_surface(local_service, tiny_model_dir) -> None:
     torch = pytest.importorskip("torch")
+    # Without a control plane nothing resolves local names: the caller passes the directory.
     client = asyncio.run(local_service.create_lora_training_client_async(
-        "tiny", rank=4, timeout=120, ready_timeout=120))
+        str(tiny_model_dir), rank=4, timeout=120, ready_timeout=120))
     info = client.get_info()
-    assert info.model_name == "tiny" and info.lora_rank == 4
+    assert info.model_name == str(tiny_model_dir) and info.lora_rank == 4
     tokenizer = client.get_tokenizer()
     datum = sft_datum(tokenizer.encode("local mode trains too"))
     forward = client.forward([datum]).result()
@@ -129,10 +130,10 @@ def test_local_training_surface(local_service) -> None:
     assert torch is not None
 
 
-def test_local_sampling_surface(local_service) -> None:
-    sampling = asyncio.run(local_service.create_sampling_client_async("tiny", timeout=60,
-                                                                      ready_timeout=60))
-    assert sampling.get_base_model() == "tiny"
+def test_local_sampling_surface(local_service, tiny_model_dir) -> None:
+    sampling = asyncio.run(local_service.create_sampling_client_async(
+        str(tiny_model_dir), timeout=60, ready_timeout=60))
+    assert sampling.get_base_model() == str(tiny_model_dir)
     assert sampling.discover_base_model_name()  # the sampler's own name, from /v1/models
     sampling.ensure_ready()  # no deployment to wait for in local mode
     tokenizer = sampling.get_tokenizer()

@@ -16,16 +16,19 @@ from loops_runner import __version__
 from loops_runner.sdk import (
     AdamParams,
     Datum,
+    ForwardBackwardOutput,
     TensorData,
     TrainingClient,
     UnsupportedOperationError,
 )
+from loops_runner.sdk.training_client import CHUNK_UPLOADS
 from tests.sdk.helpers import LR, assert_same_probe, batch, probe, sft_datum
 
 
 def _client(url: str, run_id: str | None, **kwargs) -> TrainingClient:
     kwargs.setdefault("ready_timeout", 60)
-    return TrainingClient(url, lora_rank=8, base_model="tiny", run_id=run_id, **kwargs)
+    kwargs.setdefault("base_model", "tiny")
+    return TrainingClient(url, lora_rank=8, run_id=run_id, **kwargs)
 
 
 def test_requests_carry_the_protocol_headers_and_fields(trainer_server, run_id, proxy) -> None:
@@ -84,11 +87,15 @@ async def _await_twice(coroutine):
     return await (await coroutine)
 
 
-def test_info_tokenizer_health_and_policy_version(trainer_server, run_id) -> None:
-    with _client(trainer_server.url, run_id, max_seq_len=512) as client:
+def test_info_tokenizer_health_and_policy_version(trainer_server, run_id,
+                                                  tiny_model_dir) -> None:
+    # The client knows no local names: a caller talking to a trainer directly
+    # names the model by its directory (the trainer serves "tiny" under both).
+    with _client(trainer_server.url, run_id, max_seq_len=512,
+                 base_model=str(tiny_model_dir)) as client:
         info = client.get_info()
         assert (info.model_name, info.lora_rank, info.is_lora, info.max_seq_len) == (
-            "tiny", 8, True, 512)
+            str(tiny_model_dir), 8, True, 512)
         tokenizer = client.get_tokenizer()
         assert client.get_tokenizer() is tokenizer  # cached
         ids = tokenizer.encode("the cat sat on the mat")
@@ -177,6 +184,29 @@ def test_an_oversized_request_is_chunked_and_merged_transparently(trainer_server
     # Token-normalised means differ per chunk; the merged loss is the row-weighted mean.
     assert chunked.loss == pytest.approx(whole.loss, rel=0.2)
     assert_same_probe(chunked_probe, whole_probe, tol=1e-5)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_both_twins_cap_the_chunk_uploads_in_flight(trainer_server, run_id, proxy,
+                                                    twin) -> None:
+    front = proxy(trainer_server.url)
+    hold = 0.6
+    front.inject("/forward_backward", method="POST", delay=hold)
+    data = batch(8, rows=12, length=10)
+    with _client(front.url, f"{run_id}-{twin}") as client:
+        client._max_request_bytes = 900  # two rows per request: six chunks
+        if twin == "sync":
+            result = client.forward_backward(data).result()
+        else:
+            async def submit() -> ForwardBackwardOutput:
+                return await (await client.forward_backward_async(data)).result_async()
+            result = asyncio.run(submit())
+    arrivals = sorted(r.at for r in front.seen("POST", "/forward_backward"))
+    assert len(arrivals) > CHUNK_UPLOADS and len(result.loss_fn_outputs) == 12
+    # A held upload frees its slot only after ``hold``: no more than the cap
+    # may arrive within less than that.
+    most_in_flight = max(sum(1 for b in arrivals if a <= b < a + hold * 0.8) for a in arrivals)
+    assert most_in_flight == CHUNK_UPLOADS
 
 
 def test_dpo_pairs_stay_together_when_chunked(trainer_server, run_id, proxy) -> None:

@@ -89,6 +89,7 @@ from loops_runner.wire.control_plane import (
 logger = logging.getLogger(__name__)
 
 LOCAL_TEAM = Team(id="team-local", name="local")
+LOCAL_SCOPES = frozenset({None, "default", "deployment"})
 MAX_FILE_PAGE_SIZE = 1000
 
 
@@ -178,6 +179,16 @@ class ControlPlane:
             raise invalid(f"team_id {team_id!r} is unknown: this control plane has one team, "
                           f"{LOCAL_TEAM.id!r} (GET /v1/teams)", "UNKNOWN_TEAM")
 
+    @staticmethod
+    def check_scope(scope: str | None) -> None:
+        # Every local trainer and sampler is a deployment of its own on this
+        # machine; a pool it cannot reach is refused rather than ignored.
+        if scope not in LOCAL_SCOPES:
+            raise ApiError(501, f"scope {scope!r} cannot be honoured by the local control "
+                                "plane: it runs every trainer and sampler as its own "
+                                "deployment on this machine (use 'default' or 'deployment')",
+                           "NOT_SUPPORTED")
+
     def _session(self, session_id: str | None, field: str = "session_id") -> SessionRow:
         if not session_id:
             raise invalid(f"{field} is required (create one with POST /v1/loops/sessions)")
@@ -263,6 +274,7 @@ class ControlPlane:
     async def create_run(self, body: CreateTrainerRequest, team_id: str | None, *,
                          with_sampler: bool = False) -> RunInfo:
         self.check_team(team_id)
+        self.check_scope(body.scope)
         session = self._session(body.session_id)
         if body.reuse_from_run_id and body.reuse_from_session_id:
             raise invalid("pass at most one of reuse_from_run_id and reuse_from_session_id")
@@ -412,6 +424,7 @@ class ControlPlane:
     async def create_sampler(self, body: CreateSamplerRequest,
                              team_id: str | None) -> SamplerInfo:
         self.check_team(team_id)
+        self.check_scope(body.scope)
         if body.run_id is not None:
             if body.base_model is not None or body.model_path is not None:
                 raise invalid("a paired sampler (run_id) takes neither base_model nor "

@@ -57,6 +57,7 @@ from loops_runner.servers.control_plane.store import (
 )
 from loops_runner.servers.control_plane.tombstone import Tombstones
 from loops_runner.servers.launch import ServerStartError, pid_running, spawn_server, tail
+from loops_runner.wire.headers import GATEWAY_ERROR_SOURCE
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +434,8 @@ class Supervisor:
             response = await self._http.get(url + path)
         except httpx.HTTPError:
             return None
-        if response.status_code == 404 and response.headers.get(GATEWAY_SOURCE_HEADER) == "06":
+        source = response.headers.get(GATEWAY_SOURCE_HEADER)
+        if response.status_code == 404 and source == GATEWAY_ERROR_SOURCE:
             return -404  # the server says it does not serve this model: final
         return response.status_code
 

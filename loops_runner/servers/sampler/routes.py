@@ -33,6 +33,7 @@ from loops_runner.servers.sampler.state import (
     generate_while_connected,
     sampler_state,
 )
+from loops_runner.wire import headers as wire_headers
 from loops_runner.wire.errors import ErrorBody, VllmErrorBody
 from loops_runner.wire.sampling import (
     CompletionResponse,
@@ -45,10 +46,10 @@ from loops_runner.wire.training import PolicyVersionResponse
 logger = logging.getLogger("loops_runner.sampler.routes")
 router = APIRouter()
 
-POLICY_VERSION_HEADER = "x-trainers-policy-version"
-CHECKPOINT_HEADER = "X-Checkpoint-Path"
-FLOOR_HEADER = "X-Min-Policy-Version"
-RUN_HEADER = "X-Run-Id"
+POLICY_VERSION_HEADER = wire_headers.POLICY_VERSION_RESPONSE_HEADER
+CHECKPOINT_HEADER = wire_headers.CHECKPOINT_PATH_HEADER
+FLOOR_HEADER = wire_headers.MIN_POLICY_VERSION_HEADER
+RUN_HEADER = wire_headers.RUN_ID_HEADER
 RUN_HEADER_DOC = header(RUN_HEADER, "sample from this run's live adapter")
 
 

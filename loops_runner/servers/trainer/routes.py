@@ -27,6 +27,7 @@ from loops_runner.servers.operations import (
 )
 from loops_runner.servers.trainer.service import TrainerService
 from loops_runner.wire.errors import ErrorBody
+from loops_runner.wire.headers import RUN_ID_HEADER
 from loops_runner.wire.operations import OperationAccepted
 from loops_runner.wire.training import (
     ForwardBackwardRequest,
@@ -39,7 +40,7 @@ from loops_runner.wire.training import (
 )
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # spec 4.6: the SDK chunks at 24 MiB; accept up to 32 MiB
-RUN_HEADER = "X-Run-Id"
+RUN_HEADER = RUN_ID_HEADER
 # Each operation and the wire model of its body (parsed by the service, off the loop).
 OPERATIONS = {
     "init_trainer_server": InitTrainerServerRequest,

@@ -1,0 +1,58 @@
+"""Protocol names are defined once, in ``loops_runner.wire``, for the client and the servers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import loops_runner
+from loops_runner.wire import headers
+
+PACKAGE = Path(loops_runner.__file__).parent
+HEADER_NAMES = {value.lower() for name, value in vars(headers).items()
+                if name.endswith("_HEADER")}
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_header_names_are_spelled_only_in_wire_headers() -> None:
+    spelled_elsewhere = [
+        f"{path.relative_to(PACKAGE)}:{line} {value!r}"
+        for path in PACKAGE.rglob("*.py") if path != Path(headers.__file__)
+        for line, value in _string_constants(path) if value.lower() in HEADER_NAMES
+    ]
+    assert spelled_elsewhere == []
+
+
+def test_the_bt_path_grammar_round_trips() -> None:
+    from loops_runner import storage
+    from loops_runner.wire.paths import bt_path, parse_bt_path
+
+    path = bt_path("run-1", "sampler_weights", "step-3")
+    assert path == "bt://loops:run-1/sampler_weights/step-3"
+    assert str(parse_bt_path(path + "/")) == path
+    assert storage.parse_bt_path is parse_bt_path  # the servers use the same grammar
+
+
+# Left for a later step (both are small private helpers of unrelated modules).
+KNOWN_SHARED_CLASS_NAMES = {"Section"}  # runner/config.py (YAML group), report/charts.py
+
+
+def test_each_class_name_has_one_definition() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: paths for name, paths in seen.items()
+              if len(paths) > 1 and name not in KNOWN_SHARED_CLASS_NAMES}
+    assert shared == {}
