@@ -63,7 +63,7 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     evaluators: list[EvaluatorConfig] = Field(default_factory=lambda: [SamplingEvaluator()])
     save_every: int = Field(default=50, ge=0)
     pipeline_depth: int = Field(default=2, ge=1)
-    num_final_samples: int = Field(default=4, ge=0)
+    num_final_samples: int = Field(default=6, ge=0)
     sample_max_tokens: int = Field(default=24, ge=1)
     sample_temperature: float = Field(default=0.0, ge=0)
 
@@ -238,6 +238,14 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     return final
 
 
+def evenly_spaced(items: list[Any], count: int) -> list[Any]:
+    """``count`` items spread over ``items``: a cross-section (eval sets cycle through task
+    families, so the first few would all be one family)."""
+    if count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
 def final_samples(ctx: RunContext, cfg: Config, data: SftData,
                   results: list[EvalResult]) -> None:
     """Log a few final completions: the last evaluation's, marked ✓/✗ by its scorer.
@@ -247,7 +255,7 @@ def final_samples(ctx: RunContext, cfg: Config, data: SftData,
     scored = next((r.samples for r in results if r.samples), None)
     if scored is not None:
         rows = [[s["prompt"], str(s["answer"]), s["completion"], s["score"]]
-                for s in scored[:cfg.num_final_samples]]
+                for s in evenly_spaced(scored, cfg.num_final_samples)]
     else:
         sampler = ctx.publish("final")
         params = SamplingParams(max_tokens=cfg.sample_max_tokens,
