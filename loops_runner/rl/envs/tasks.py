@@ -1,7 +1,10 @@
-"""Single-turn verifiable problems from the task registry (arithmetic by default).
+"""Single-turn verifiable problems from the task registry.
 
 ``recipe.env=loops_runner.rl.envs.tasks:make_dataset`` with ``recipe.env_args``:
-``families`` (default addition and subtraction), ``difficulties``, ``num_problems``.
+``families``, ``difficulties``, ``num_problems``. The default mix (larger, capitals,
+count_letters, reverse at difficulties 1-2) is where the pretrained ``tiny`` is
+sometimes right and sometimes wrong, so groups have mixed rewards to learn from;
+``families=[addition, subtraction]`` gives pure arithmetic.
 The reward is the registry's own checker (1 for a right answer, else 0), so
 "accuracy" means the same here as in SFT data and evals.
 """
@@ -15,7 +18,7 @@ from loops_runner.rl.datasets import BuilderListDataset, DatasetSetup
 from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
 from loops_runner.tasks import Row
 
-DEFAULT_TASK_FAMILIES = ("addition", "subtraction")
+DEFAULT_TASK_FAMILIES = ("larger", "capitals", "count_letters", "reverse")
 
 
 class _TaskCheck:
@@ -34,7 +37,7 @@ def task_builder(row: Row, tokenizer: object) -> MessageEnvGroupBuilder:
 
 
 def make_dataset(setup: DatasetSetup, families: Sequence[str] = DEFAULT_TASK_FAMILIES,
-                 difficulties: Sequence[int] = (1,), num_problems: int = 2000,
+                 difficulties: Sequence[int] = (1, 2), num_problems: int = 2000,
                  split: tasks.Split = "train") -> BuilderListDataset:
     rows = tasks.sample_rows(num_problems, split=split, families=list(families),
                              difficulties=list(difficulties), seed=setup.seed)
