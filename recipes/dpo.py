@@ -47,7 +47,7 @@ from loops_runner.wire import Datum, TensorData
 
 class DatasetConfig(SourceConfig):  # source, split and column mapping come from SourceConfig
     source: str = TASKS_SOURCE
-    num_pairs: int = Field(default=1024, ge=2)
+    num_pairs: int = Field(default=2048, ge=2)
     eval_pairs: int = Field(default=64, ge=1)
     eval_split: str | None = None
     max_length: int = Field(default=256, ge=2)
@@ -57,15 +57,15 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     beta: float = Field(default=0.1, gt=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=2, ge=1)
-    max_steps: int | None = Field(default=60, ge=1)
+    max_steps: int | None = Field(default=120, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     warmup_steps: int = Field(default=5, ge=0)
-    eval_every: int = Field(default=10, ge=0)
+    eval_every: int = Field(default=20, ge=0)
     save_every: int = Field(default=20, ge=0)
     pipeline_depth: int = Field(default=2, ge=1)
-    task_eval_prompts: int = Field(default=32, ge=0)
+    task_eval_prompts: int = Field(default=64, ge=0)
     sample_max_tokens: int = Field(default=16, ge=1)
 
 
