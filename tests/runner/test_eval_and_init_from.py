@@ -62,7 +62,9 @@ def test_init_from_a_run_dir_starts_from_its_latest_weights(sft_run: Path, tmp_p
     after = _lines(tmp_path / "sft_b" / "metrics.jsonl")
     # Step 0 of the new run scores the loaded weights, not the base model.
     assert after[0]["eval/nll"] == pytest.approx(before[-1]["eval/nll"], abs=1e-3)
-    assert after[0]["eval/nll"] < before[0]["eval/nll"] - 0.5
+    # ... and those differ from the base by far more than that tolerance (the pretrained
+    # base leaves SFT less to gain than a random init: ~0.05 nats in this short run).
+    assert before[0]["eval/nll"] - after[0]["eval/nll"] > 0.02
     # Fresh optimizer: the learning-rate warmup starts again from step 1.
     assert [m["step"] for m in after if "train/loss" in m] == [1, 2]
 

@@ -15,14 +15,16 @@ STABLE_METRICS = {"rollout/reward_mean", "rollout/reward_std", "rollout/frac_mix
                   "rollout/staleness", "time/sample_s", "time/train_s", "time/step_s"}
 
 REWARD_MODULE = '''
-import os, time
+import os, time, zlib
 
 def score(prompt, completion, **row):
     if row.get("broken"):
         return None
     time.sleep(float(os.environ.get("REWARD_SLEEP_S", "0")))
-    # Partial credit that differs between samples, plus a field of the row.
-    return sum(c.isdigit() for c in completion) / max(1, len(completion)) + row["bonus"]
+    # Partial credit that differs between any two different samples (a pretrained model
+    # may answer a prompt the same way every time; then the group teaches nothing), plus
+    # a field of the row.
+    return zlib.crc32(completion.encode()) % 1000 / 1000 + row["bonus"]
 '''
 
 ENV_MODULE = '''
