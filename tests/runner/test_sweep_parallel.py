@@ -69,7 +69,10 @@ def finished_sweep(result: subprocess.CompletedProcess[str], sweep_dir: Path,
                for line in lines)
     run_dirs = sorted({Path(line["run_dir"]) for line in lines})
     assert len(run_dirs) == jobs
-    assert sorted(p for p in sweep_dir.iterdir() if p.is_dir()) == run_dirs
+    # Every job's run dir, and nothing else but the sweep report's plots.
+    assert sorted(p for p in sweep_dir.iterdir()
+                  if p.is_dir() and p.name != "report_plots") == run_dirs
+    assert (sweep_dir / "report.html").is_file()
     records = [json.loads((d / "run.json").read_text()) for d in run_dirs]
     assert all(record["status"] == "completed" for record in records)
     assert len({record["run_id"] for record in records}) == jobs  # no two jobs share a run
