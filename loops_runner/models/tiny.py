@@ -207,8 +207,11 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
     tokenizer = _train_tokenizer()
     tokenizer.save_pretrained(directory)
 
+    # The embedding is padded to VOCAB_TARGET rows (as Qwen pads its vocabulary):
+    # the trained tokenizer is smaller, and a fixed model vocabulary keeps token-id
+    # limits stable whatever the tokenizer's exact size.
     config = Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(VOCAB_TARGET, len(tokenizer)),
         bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),

@@ -124,11 +124,21 @@ def publish(home: Path, run_id: str, version: int, name: str | None,
 @torch.no_grad()
 def greedy(model: Any, prompt: list[int], max_new_tokens: int, *,
            ignore_eos: bool = True) -> list[int]:
-    """transformers' own greedy decoding: the reference for temperature 0."""
+    """transformers' own greedy decoding: the reference for temperature 0.
+
+    ``ignore_eos`` means what it means for the sampler (and vLLM): end-of-sequence
+    tokens may be chosen, they just do not stop decoding. transformers'
+    ``min_new_tokens`` would instead forbid them, which differs as soon as a
+    (pretrained) model prefers to end; so that case is a plain argmax loop.
+    """
     ids = torch.tensor([prompt])
-    kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens}
     if ignore_eos:
-        kwargs["min_new_tokens"] = max_new_tokens
+        with one_thread():
+            for _ in range(max_new_tokens):
+                next_id = model(ids).logits[0, -1].argmax()
+                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+        return ids[0, len(prompt):].tolist()
+    kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens}
     with one_thread():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     return out[0, len(prompt):].tolist()

@@ -19,9 +19,13 @@ PROMPTS = [
     [900, 901, 902, 903, 904, 905, 906, 907, 908, 909, 910, 911, 912, 913, 914, 915, 916],
 ]
 EOS = 2  # <|im_end|> in the tiny tokenizer
-# The random tiny model tends to repeat its last token, so a prompt ending in
-# EOS makes greedy decoding emit EOS at once.
-EOS_PROMPT = [5, 9, 44, EOS]
+
+
+def eos_prompt(tokenizer) -> list[int]:
+    """A chat whose answer is complete: the pretrained tiny's next token is EOS."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Say cow two times."}],
+                                         tokenize=False, add_generation_prompt=True)
+    return tokenizer(text + "cow cow", add_special_tokens=False)["input_ids"]
 
 
 def test_greedy_matches_transformers_generate(sampler_server, reference_model) -> None:
@@ -182,13 +186,14 @@ def test_top_k_limits_the_choice(sampler_server, reference_model) -> None:
     assert {c["token_ids"][0] for c in choices} <= allowed
 
 
-def test_eos_ends_with_stop_and_ignore_eos_continues(sampler_server) -> None:
-    stopped = sample(sampler_server.url, {"prompt": EOS_PROMPT, "max_tokens": 5,
+def test_eos_ends_with_stop_and_ignore_eos_continues(sampler_server, tokenizer) -> None:
+    prompt = eos_prompt(tokenizer)
+    stopped = sample(sampler_server.url, {"prompt": prompt, "max_tokens": 5,
                                           "temperature": 0.0}).json()["choices"][0]
     assert stopped["token_ids"] == [EOS]
     assert stopped["finish_reason"] == "stop"
     assert stopped["text"] == ""  # special tokens are not rendered
-    continued = sample(sampler_server.url, {"prompt": EOS_PROMPT, "max_tokens": 5,
+    continued = sample(sampler_server.url, {"prompt": prompt, "max_tokens": 5,
                                             "temperature": 0.0,
                                             "ignore_eos": True}).json()["choices"][0]
     assert len(continued["token_ids"]) == 5 and continued["finish_reason"] == "length"

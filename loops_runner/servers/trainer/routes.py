@@ -27,7 +27,7 @@ from loops_runner.servers.operations import (
 )
 from loops_runner.servers.trainer.service import TrainerService
 from loops_runner.wire.errors import ErrorBody
-from loops_runner.wire.headers import RUN_ID_HEADER
+from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER, RUN_ID_HEADER
 from loops_runner.wire.operations import OperationAccepted
 from loops_runner.wire.training import (
     ForwardBackwardRequest,
@@ -103,7 +103,7 @@ def create_app(service: TrainerService) -> FastAPI:
         submit.__name__ = f"submit_{op}"
         app.post(f"/{op}", status_code=202,
                  openapi_extra=json_body(body_model) | {"parameters": [
-                     RUN_HEADER_DOC, header("Idempotency-Key", "replays return the same "
+                     RUN_HEADER_DOC, header(IDEMPOTENCY_KEY_HEADER, "replays return the same "
                                             "operation and never run it twice")]},
                  responses=answers({202: OperationAccepted, 409: ErrorBody, 413: ErrorBody,
                                     **ERRORS}))(submit)
