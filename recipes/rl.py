@@ -76,7 +76,7 @@ class Config(BaseModel):
     max_steps: int = Field(default=30, ge=1)
     max_steps_off_policy: int = Field(default=0, ge=0)
 
-    max_tokens: int = Field(default=8, ge=1)
+    max_tokens: int = Field(default=12, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_turns: int = Field(default=8, ge=1)
@@ -86,7 +86,7 @@ class Config(BaseModel):
     normalize_advantages_by_std: bool = False
     kl_penalty_coef: float = Field(default=0.0, ge=0)
 
-    learning_rate: float = Field(default=3e-3, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip_norm: float = Field(default=1.0, ge=0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
