@@ -77,7 +77,8 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     start, end = lines[0], lines[-1]
     assert [m["step"] for m in lines] == [0, 1, 2, 3]
     # The SFT teacher differs from the untrained student, and three steps close part of the gap.
-    assert start["distill/reverse_kl"] > 0.1
+    # (The pretrained base and a short SFT teacher differ by little: ~2e-3 nats per token.)
+    assert start["distill/reverse_kl"] > 1e-4
     assert end["distill/reverse_kl"] < start["distill/reverse_kl"]
     for metrics in lines[1:]:
         assert metrics["train/datums"] == 8  # 4 prompts × 2 samples, each trained on
