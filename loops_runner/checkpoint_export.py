@@ -137,9 +137,12 @@ def stage_for_serving(folder: Path, home: Path) -> tuple[str, str, int]:
     final = storage.checkpoint_dir(home, run_id, "sampler_weights", name)
     with storage.atomic_directory(final) as staging:
         write_peft(loaded, folder, staging)
+        # Per-file sha256s, as in every checkpoint manifest: the sampler verifies them.
+        files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                 for path in sorted(staging.iterdir()) if path.is_file()}
         storage.atomic_write_json(staging / storage.MANIFEST_FILE, {
             "kind": "sampler_weights", "run_id": run_id, "checkpoint_id": name,
             "base_model": loaded.base_model, "lora_rank": loaded.rank, "step": loaded.step,
-            "source": str(folder)})
+            "source": str(folder), "files": files})
     storage.write_live(home, run_id, version, name)
     return run_id, loaded.base_model, version
