@@ -38,8 +38,13 @@ def test_signed_tokens_verify_and_refuse_tampering_and_expiry(tmp_path: Path) ->
     assert 3590 <= expiry - time.time() <= 3600
     payload, mac = token.split(".")
     # Flip one character of the payload, then of the signature.
-    for bad in (f"{payload[:-1]}{'A' if payload[-1] != 'A' else 'B'}.{mac}",
-                f"{payload}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}", "garbage", ""):
+    # Flip a character in the middle: the last base64 character may carry only padding
+    # bits, so changing it can leave the decoded bytes (and the signature) intact.
+    def flipped(text: str) -> str:
+        i = len(text) // 2
+        return f"{text[:i]}{'A' if text[i] != 'A' else 'B'}{text[i + 1:]}"
+
+    for bad in (f"{flipped(payload)}.{mac}", f"{payload}.{flipped(mac)}", "garbage", ""):
         with pytest.raises(FileTokenError):
             signer.verify(bad)
     with pytest.raises(FileTokenError, match="expired"):
