@@ -22,8 +22,9 @@ def service(trainer_server, sampler_server) -> ServiceClient:
 
 
 @pytest.fixture(scope="module")
-def policy(service: ServiceClient) -> Any:
-    return service.create_sampling_client("tiny")
+def policy(service: ServiceClient, tiny_model_dir) -> Any:
+    # Without a control plane nothing resolves local names: name the model by its directory.
+    return service.create_sampling_client(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +70,14 @@ def test_a_group_is_one_sample_call_with_n_and_groups_run_together(policy, token
     assert batch.policy_version == 0
 
 
-def test_sampler_and_trainer_agree_on_the_same_weights(service, policy, tokenizer) -> None:
+def test_sampler_and_trainer_agree_on_the_same_weights(service, policy, tokenizer,
+                                                       tiny_model_dir) -> None:
     builder = problem(tokenizer, lambda reply: 0.0)
     group = asyncio.run(rollout_group(builder, 4, policy, settings(tokenizer, max_tokens=12)))
     sequences_D = [s for t in group.trajectories_G for s in trajectory_sequences(t, 1.0)]
     assert sequences_D
     # A fresh adapter is the base model (LoRA B = 0), which is what the sampler serves.
-    with service.create_lora_training_client("tiny", rank=4, seed=0) as training:
+    with service.create_lora_training_client(str(tiny_model_dir), rank=4, seed=0) as training:
         output = training.forward([s.to_datum() for s in sequences_D],
                                   "importance_sampling").result()
     trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
