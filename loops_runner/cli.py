@@ -131,8 +131,9 @@ def _models_info(name: str, home: str | None) -> int:
     table = Table(title=f"greedy held-out accuracy ({info.get('heldout_sample')} questions)")
     table.add_column("family")
     table.add_column("accuracy", justify="right")
+    labels = {"all": "all families", "default_mix": "default task mix"}
     for family, value in info.get("heldout_accuracy", {}).items():
-        table.add_row(family, f"{value:.0%}")
+        table.add_row(labels.get(family, family), f"{value:.0%}")
     console.print(table)
     return 0
 

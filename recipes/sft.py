@@ -238,12 +238,20 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     return final
 
 
-def evenly_spaced(items: list[Any], count: int) -> list[Any]:
-    """``count`` items spread over ``items``: a cross-section (eval sets cycle through task
-    families, so the first few would all be one family)."""
-    if count >= len(items):
-        return list(items)
-    return [items[i * len(items) // count] for i in range(count)]
+def cross_section(samples: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` samples that cover the task families in turn (the first of each family,
+    then the second of each, ...), so a few lines show every family, not the first
+    family of the eval set; samples without a family are spread evenly instead."""
+    if count >= len(samples):
+        return list(samples)
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_family.setdefault(str(sample.get("family")), []).append(sample)
+    if len(by_family) == 1:
+        return [samples[i * len(samples) // count] for i in range(count)]
+    ordered = [group[i] for i in range(max(map(len, by_family.values())))
+               for group in by_family.values() if i < len(group)]
+    return ordered[:count]
 
 
 def final_samples(ctx: RunContext, cfg: Config, data: SftData,
@@ -255,7 +263,7 @@ def final_samples(ctx: RunContext, cfg: Config, data: SftData,
     scored = next((r.samples for r in results if r.samples), None)
     if scored is not None:
         rows = [[s["prompt"], str(s["answer"]), s["completion"], s["score"]]
-                for s in evenly_spaced(scored, cfg.num_final_samples)]
+                for s in cross_section(scored, cfg.num_final_samples)]
     else:
         sampler = ctx.publish("final")
         params = SamplingParams(max_tokens=cfg.sample_max_tokens,

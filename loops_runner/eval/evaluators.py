@@ -167,9 +167,19 @@ def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
         scores = [float(scorer(row, completion)) for completion in completions]
         scores_P.append(scores)
         samples.append({"prompt": row.get("prompt", ""), "answer": row.get("answer"),
-                        "completion": completions[0], "score": scores[0]})
+                        "completion": completions[0], "score": scores[0],
+                        **({"family": row["family"]} if "family" in row else {})})
     flat = [s for scores in scores_P for s in scores]
     metrics = {f"eval/{cfg.name}": sum(flat) / len(flat)}
+    # Task rows carry their family: a per-family figure shows where a change
+    # came from (one family's gain can hide another's loss in the mean).
+    by_family: dict[str, list[float]] = {}
+    for row, scores in zip(rows, scores_P, strict=True):
+        if isinstance(row.get("family"), str):
+            by_family.setdefault(row["family"], []).extend(scores)
+    if len(by_family) > 1:
+        for family, values in sorted(by_family.items()):
+            metrics[f"eval/{cfg.name}/{family}"] = sum(values) / len(values)
     for k in cfg.pass_at:
         if k == 1 and cfg.n == 1:
             continue

@@ -73,7 +73,10 @@ def documents(settings: PretrainSettings) -> list[tuple[str, int]]:
     """
     rng = random.Random(f"answers-{settings.seed}")
     docs: list[tuple[str, int]] = []
-    for row in sample_rows(settings.chats, split="train", seed=settings.seed):
+    # Every family of the registry, not only the default mix: the base model
+    # should have seen all of them.
+    for row in sample_rows(settings.chats, split="train", families=list(FAMILIES),
+                           seed=settings.seed):
         chat = as_conversation(row)
         if rng.random() >= concise_share(row["family"]):
             chat["messages"][-1]["content"] = rng.choice(_WORDY_ANSWERS).format(row["answer"])

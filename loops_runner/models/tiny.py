@@ -116,7 +116,7 @@ def prepare(home: Path) -> Path:
             if is_built(SHIPPED_DIR):
                 install_shipped(staging)
             else:
-                build(staging)
+                build(staging, PRETRAIN)
             staging.chmod(0o755)
             if target.exists():
                 shutil.rmtree(target)
@@ -200,8 +200,7 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    from loops_runner.models.pretrain import greedy_accuracy, pretrain
-    from loops_runner.tasks import sample_rows
+    from loops_runner.models.pretrain import pretrain
 
     started = time.monotonic()
     tokenizer = _train_tokenizer()
@@ -235,8 +234,7 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
         close()
     pretrain_seconds = time.monotonic() - pretrain_started
     model.save_pretrained(directory, safe_serialization=True)
-    accuracy = greedy_accuracy(model, tokenizer, sample_rows(
-        ACCURACY_SAMPLE, split="heldout", seed=0, unique=True), threads=settings.threads)
+    accuracy = heldout_accuracy(model, tokenizer, settings.threads)
 
     digests = {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
@@ -256,6 +254,20 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
         "sha256": digests,
     }
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def heldout_accuracy(model: Any, tokenizer: Any, threads: int) -> dict[str, float]:
+    """Greedy held-out accuracy of every family, the default mix's (``default_mix``) and
+    all families' (``all``), on the same fixed questions."""
+    from loops_runner.models.pretrain import greedy_accuracy
+    from loops_runner.tasks import DEFAULT_FAMILIES, FAMILIES, sample_rows
+
+    rows = sample_rows(ACCURACY_SAMPLE, split="heldout", families=list(FAMILIES), seed=0,
+                       unique=True)
+    accuracy = greedy_accuracy(model, tokenizer, rows, threads=threads)
+    counts = {name: sum(1 for r in rows if r["family"] == name) for name in DEFAULT_FAMILIES}
+    default_mix = sum(accuracy[name] * n for name, n in counts.items()) / sum(counts.values())
+    return {"all": accuracy.pop("all"), "default_mix": default_mix, **accuracy}
 
 
 def build_info(directory: Path) -> dict[str, Any]:

@@ -17,8 +17,14 @@ from loops_runner.tasks.families import FAMILIES
 Split = Literal["train", "heldout"]
 Row = dict[str, Any]
 
-# The default mix every recipe uses unless told otherwise.
-DEFAULT_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+# The default mix every recipe uses unless told otherwise: the families the
+# built-in ``tiny`` (1.3 M parameters, minutes of CPU pretraining) sometimes
+# gets right. Multi-digit arithmetic and first letters stay in the registry
+# (``families: [...]``) for larger models; tiny's held-out accuracy on them is
+# near 0% before and after a default run (docs/tiny-model.md), so in the
+# default mix they would only dilute what a run shows.
+DEFAULT_FAMILIES: tuple[str, ...] = ("capitals", "count_letters", "larger", "last_word",
+                                     "repeat", "reverse", "sort_words")
 DEFAULT_DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
 HELDOUT_PERCENT = 20
 # Draws per row before concluding a family/difficulty has no more distinct questions.

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from loops_runner.tasks import (
+    DEFAULT_FAMILIES,
     FAMILIES,
     as_conversation,
     as_messages,
@@ -73,7 +74,8 @@ def test_rows_are_deterministic_and_cover_families_and_difficulties() -> None:
     rows = sample_rows(300, seed=3)
     assert rows == sample_rows(300, seed=3)
     assert rows != sample_rows(300, seed=4)
-    assert {r["family"] for r in rows} == set(FAMILIES)
+    assert {r["family"] for r in rows} == set(DEFAULT_FAMILIES) < set(FAMILIES)
+    assert {r["family"] for r in sample_rows(300, families=list(FAMILIES))} == set(FAMILIES)
     assert {r["difficulty"] for r in rows} == {1, 2, 3}
     assert all(set(r) == {"id", "family", "difficulty", "prompt", "answer"} for r in rows)
 
