@@ -96,14 +96,16 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
         ctx.log(index, {k: v for r in results for k, v in r.metrics.items()})
 
     metric_names = sorted({k for results in results_M for r in results for k in r.metrics})
+    # One row per metric, one column per model: metrics (per family too) outnumber
+    # the models compared, and a terminal is taller than it is wide.
     table = Table(title="eval")
-    table.add_column("model")
+    table.add_column("metric")
+    for reference in references:
+        table.add_column(reference, justify="right", overflow="fold")
+    scores_M = [{k: v for r in results for k, v in r.metrics.items()} for results in results_M]
     for name in metric_names:
-        table.add_column(name, justify="right")
-    for reference, results in zip(references, results_M, strict=True):
-        scores = {k: v for r in results for k, v in r.metrics.items()}
-        table.add_row(reference, *(f"{scores[n]:.4f}" if n in scores else "-"
-                                   for n in metric_names))
+        table.add_row(name, *(f"{scores[name]:.4f}" if name in scores else "-"
+                              for scores in scores_M))
     ctx.metrics.console.print(table)
     atomic_write_json(ctx.run_dir / "eval.json", {
         "base_model": ctx.base_model,
