@@ -28,7 +28,7 @@ class SamplingEvaluator(BaseModel):
     source: str = "tasks"             # "tasks" (registry, held-out split) or a .jsonl of rows
     scorer: str | None = None         # dotted path of score(row, completion); default: registry
     families: list[str] | None = None  # registry families (null = all)
-    num_prompts: int = Field(default=64, ge=1)
+    num_prompts: int = Field(default=210, ge=1)  # 30 per family of the default task mix
     n: int = Field(default=1, ge=1)   # samples per prompt
     pass_at: list[int] = Field(default_factory=lambda: [1])
     temperature: float = Field(default=0.0, ge=0)

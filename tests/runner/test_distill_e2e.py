@@ -14,7 +14,9 @@ from loops_runner.runner.local_daemon import find_control_plane
 from tests.runner.conftest import run_runner
 
 
-def test_teacher_sources_resolve_or_say_what_to_do(tmp_path: Path) -> None:
+def test_teacher_sources_resolve_or_say_what_to_do(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative run dirs resolve here, never in the checkout
     assert resolve_teacher("tiny").kind == "base_model"
     assert resolve_teacher("Qwen/Qwen3-0.6B").kind == "base_model"
     uri = "bt://loops:run-1/weights/step-000002"
