@@ -115,15 +115,32 @@ def run_sections(run: RunData) -> list[Section]:
                       [_curve(key, run.series(key), trend=True) for key in losses])
         sections.append(Section("Loss", [chart]))
         hidden.update(losses)
+    breakdowns = _breakdowns([k for k in keys if k not in hidden])
+    hidden.update(child for children in breakdowns.values() for child in children)
     for prefix, group in _group([k for k in keys if k not in hidden]).items():
         section = Section(prefix)
         for key in group:
             band = run.series(bands[key]) if key in bands else None
             label = f"{key} ± {bands[key].rsplit('/', 1)[-1]}" if key in bands else key
-            section.charts.append(Chart(slugify(key), label, key.rsplit("/", 1)[-1],
-                                        [_curve(key, run.series(key), band, trend=True)]))
+            curves = [_curve(key, run.series(key), band, trend=True)]
+            if key in breakdowns:
+                label = f"{key} and its parts"
+                curves += [_curve(child, run.series(child)) for child in breakdowns[key]]
+            section.charts.append(Chart(slugify(key), label, key.rsplit("/", 1)[-1], curves))
         sections.append(section)
     return sections
+
+
+def _breakdowns(keys: list[str]) -> dict[str, list[str]]:
+    """``metric`` -> its parts ``metric/<part>`` (e.g. accuracy per task family): drawn
+    on the metric's own chart, one curve each, rather than a chart per part."""
+    present = set(keys)
+    parts: dict[str, list[str]] = {}
+    for key in keys:
+        parent = key.rsplit("/", 1)[0]
+        if "/" in parent and parent in present:
+            parts.setdefault(parent, []).append(key)
+    return parts
 
 
 def sweep_sections(sweep: SweepData) -> list[Section]:

@@ -203,3 +203,20 @@ def test_turning_the_report_off_does_not_block_a_resume() -> None:
 
     assert config_hash({"seed": 0, "report": True}) == config_hash({"seed": 0, "report": False})
 
+
+
+def test_a_metric_and_its_parts_share_one_chart(tmp_path: Path) -> None:
+    """``eval/accuracy`` with ``eval/accuracy/<family>``: one chart, a curve per family."""
+    run_dir = write_sft_run(tmp_path / "sft", steps=50)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if "eval/nll" in line:
+            line.update({"eval/accuracy": 0.4, "eval/accuracy/capitals": 0.1,
+                         "eval/accuracy/reverse": 0.7, "eval/other/part": 1.0})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    shown = figures(write_report([run_dir]).html)
+    assert trace_names(shown["plot-eval-accuracy"]) == [
+        "eval/accuracy", "eval/accuracy/capitals", "eval/accuracy/reverse"]
+    assert "plot-eval-accuracy-capitals" not in shown
+    # A name with a slash but no parent metric logged stays a chart of its own.
+    assert trace_names(shown["plot-eval-other-part"]) == ["eval/other/part"]
