@@ -17,7 +17,9 @@ import functools
 import json
 import os
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +172,44 @@ def test_client_reconnects_to_a_restarted_daemon_and_keeps_its_session(
     with pytest.raises(ServerUnavailableError, match="could not reach the server"):
         stuck.list_checkpoints("run-without-checkpoints")
     assert time.monotonic() - started < 15
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    """Reads the request and closes the connection unanswered: a control plane that
+    died after the request arrived."""
+
+    def handle(self) -> None:
+        self.server.connections += 1  # type: ignore[attr-defined]
+        self.request.recv(65536)
+
+
+def test_a_create_cut_off_mid_answer_is_not_resent_but_a_read_is() -> None:
+    """The create may have provisioned something before the answer was lost: resending
+    it could make a second trainer, so it fails (the runner's retry takes over)."""
+    from loops_runner.sdk.control_plane import ControlPlaneClient
+    from loops_runner.sdk.errors import ServerUnavailableError
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HangUp)
+    server.connections = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        reconnects: list[str] = []
+
+        def reconnect() -> tuple[str, str | None]:
+            reconnects.append(url)
+            return url, "key"
+
+        client = ControlPlaneClient(url, "key", reconnect=reconnect, reconnect_budget=4.0)
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.create_session(None)
+        assert server.connections == 1 and reconnects == []  # type: ignore[attr-defined]
+        with pytest.raises(ServerUnavailableError):
+            client.list_checkpoints("run-x")
+        assert server.connections >= 3 and reconnects  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _wait_until_dead(pid: int) -> None:
