@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -81,15 +82,24 @@ def build_service_client(config: RunnerConfig) -> Any:
     backend = config.backend
     if isinstance(backend, LocalBackend):
         home = loops_home(backend.home)
+        reconnect = None
         if backend.control_plane_url:
             url, api_key = backend.control_plane_url, os.environ.get("BASETEN_API_KEY")
         else:
-            from loops_runner.runner.local_daemon import ensure_control_plane
+            from loops_runner.runner.local_daemon import (
+                ensure_control_plane,
+                reconnect_control_plane,
+            )
 
             daemon = ensure_control_plane(home, backend.idle_timeout_s)
             url, api_key = daemon.url, daemon.api_key
+            # The runner owns this daemon: if it dies mid-run, the clients start
+            # it again and carry on with the same session, run and trainer.
+            reconnect = functools.partial(reconnect_control_plane, home,
+                                          backend.idle_timeout_s)
         return ServiceClient(api_key=api_key, base_url=url,
-                             reuse_from_session_id=_reuse_session(config, home))
+                             reuse_from_session_id=_reuse_session(config, home),
+                             reconnect=reconnect)
     if isinstance(backend, BasetenBackend):
         api_key = os.environ.get(backend.api_key_env)
         if not api_key:

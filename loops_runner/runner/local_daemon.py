@@ -88,6 +88,18 @@ def ensure_control_plane(home: Path, idle_timeout_s: float) -> DaemonControlPlan
         return DaemonControlPlane(server.url, api_key, server.pid, started_now=True)
 
 
+def reconnect_control_plane(home: Path, idle_timeout_s: float) -> tuple[str, str | None]:
+    """The client's reconnect hook: where the daemon of ``home`` listens now.
+
+    A daemon that died is started again here; it finds the sessions and runs
+    in its SQLite file and adopts the trainers and samplers still running, so
+    the run in progress keeps its trainer and state. (A module function, not a
+    closure: a sampling client that holds it must stay picklable.)
+    """
+    daemon = ensure_control_plane(home, idle_timeout_s)
+    return daemon.url, daemon.api_key
+
+
 def stop_control_plane(home: Path) -> bool:
     """Stop the daemon of ``home`` (it stops its trainers and samplers)."""
     state = read_json(runner_dir(home) / STATE_FILE)

@@ -3,7 +3,9 @@
 Retried: failures of the service, which a fresh attempt from the last
 checkpoint can get past: a trainer or sampler process that died or restarted
 (its runs and operations are gone), a control plane that restarted or could
-not be reached, a server that stopped answering. Never retried: a bad config,
+not be reached (the local backend's clients first start its daemon again and
+carry on; only what they cannot resend gets here), a server that stopped
+answering. Never retried: a bad config,
 a Ctrl-C, and errors of the recipe's own code, which would only fail again.
 """
 

@@ -8,17 +8,31 @@ models the control plane validates (``loops_runner.wire``), dumped without
 unset optional fields. Creates go under the team's root when a team is
 named, and through the ``/debug/`` route when a scope other than
 ``default`` is asked for, as the Baseten SDK does.
+
+One extension, off unless the creator asks for it: a ``reconnect`` hook
+(the runner's local backend passes one) says where the control plane listens
+now, starting it again if it died. Then a call that cannot reach the control
+plane asks the hook and is sent again, with the retry module's backoff, for
+at most ``reconnect_budget`` seconds (``ServerUnavailableError`` after that).
+Only requests that surely never arrived are resent (a refused or timed-out
+connect); a read (GET) is also resent when its answer was lost. A restarted
+local control plane keeps its sessions and runs in SQLite and adopts the
+trainers and samplers still running, so the session, the run and the
+trainer's state carry on.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from loops_runner.sdk.errors import LoopsError
+from loops_runner.sdk.errors import LoopsError, ServerUnavailableError
 from loops_runner.sdk.http import base_headers, make_client, raise_for_status
+from loops_runner.sdk.retry import RESEND_ERRORS, RetryPolicy, send
 from loops_runner.wire import (
     Checkpoint,
     CheckpointFilesResponse,
@@ -42,6 +56,23 @@ from loops_runner.wire.control_plane import TeamsResponse
 CREATE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
 DEFAULT_BASE_URL = "https://api.baseten.co"
+# Long enough for a local control plane to start again on a busy machine
+# (imports, SQLite, adopting its servers), short enough to give up on one
+# that will not come back (the runner's own retry then takes over).
+RECONNECT_BUDGET = 300.0
+
+logger = logging.getLogger("loops_runner.sdk")
+
+# ``reconnect()`` -> (base URL, API key) of the control plane as it is now.
+Reconnect = Callable[[], tuple[str, str | None]]
+
+# A create is resent only when it cannot have arrived: resending one whose
+# answer was lost could create a second trainer.
+_RESEND_CREATE = RetryPolicy("control-plane call", frozenset(),
+                             transport_errors=(httpx.ConnectError, httpx.ConnectTimeout),
+                             log_level=logging.WARNING)
+_RESEND_READ = RetryPolicy("control-plane read", frozenset(), transport_errors=RESEND_ERRORS,
+                           log_level=logging.WARNING)
 
 
 def _dump(request: BaseModel) -> dict[str, Any]:
@@ -60,10 +91,23 @@ def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
 class ControlPlaneClient:
     """A thin, typed wrapper of the control plane's routes."""
 
-    def __init__(self, base_url: str, api_key: str | None, team_id: str | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+    def __init__(self, base_url: str, api_key: str | None, team_id: str | None = None, *,
+                 reconnect: Reconnect | None = None,
+                 reconnect_budget: float = RECONNECT_BUDGET) -> None:
+        # One tuple, replaced whole: a thread reading it mid-reconnect never
+        # pairs the new URL with the old key.
+        self._where: tuple[str, str | None] = (base_url.rstrip("/"), api_key)
         self.team_id = team_id
+        self.reconnect = reconnect
+        self.reconnect_budget = reconnect_budget
+
+    @property
+    def base_url(self) -> str:
+        return self._where[0]
+
+    @property
+    def api_key(self) -> str | None:
+        return self._where[1]
 
     @property
     def create_root(self) -> str:
@@ -74,12 +118,55 @@ class ControlPlaneClient:
         return f"{self.create_root}/debug/{resource}" if scoped \
             else f"{self.create_root}/{resource}"
 
+    def _send(self, method: str, path: str, *, what: str, timeout: float,
+              json: Any = None, params: dict[str, Any] | None = None,
+              run_id: str | None = None) -> httpx.Response:
+        """One attempt (spec 2.4), or, with a reconnect hook, resent after reconnecting."""
+
+        def attempt() -> httpx.Response:
+            base_url, api_key = self._where
+            url = path if path.startswith("http") else f"{base_url}{path}"
+            with make_client(headers=base_headers(api_key), timeout=timeout) as client:
+                return client.request(method, url, json=json, params=params)
+
+        if self.reconnect is None:
+            return attempt()
+        attempts = 0
+
+        def reconnecting_attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self._reconnect(what, run_id)
+            return attempt()
+
+        policy = _RESEND_READ if method == "GET" else _RESEND_CREATE
+        context = {"operation": what, "run_id": run_id}
+        return send(reconnecting_attempt, policy, self.reconnect_budget,
+                    what=f"{what} to the control plane",
+                    context={k: v for k, v in context.items() if v is not None}).response
+
+    def _reconnect(self, what: str, run_id: str | None) -> None:
+        assert self.reconnect is not None
+        old = self.base_url
+        try:
+            url, api_key = self.reconnect()
+        except Exception as exc:
+            raise ServerUnavailableError(
+                f"the control plane at {old} stopped answering and could not be reached or "
+                f"started again ({type(exc).__name__}: {exc})", operation=what,
+                run_id=run_id) from exc
+        self._where = (url.rstrip("/"), api_key)
+        if self.base_url != old:
+            logger.warning("the control plane at %s stopped answering; reconnected to %s "
+                           "(sessions and runs are kept) and resending %s", old,
+                           self.base_url, what)
+
     def _request(self, method: str, path: str, *, what: str, timeout: float = READ_TIMEOUT,
                  json: Any = None, params: dict[str, Any] | None = None,
                  run_id: str | None = None) -> httpx.Response:
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
-        with make_client(headers=base_headers(self.api_key), timeout=timeout) as client:
-            response = client.request(method, url, json=json, params=params)
+        response = self._send(method, path, what=what, timeout=timeout, json=json,
+                              params=params, run_id=run_id)
         raise_for_status(response, operation=what, run_id=run_id)
         return response
 
@@ -149,9 +236,8 @@ class ControlPlaneClient:
 
     def checkpoint_by_path(self, path: str) -> Checkpoint:
         """The checkpoint a ``bt://`` path names; ValueError when there is none."""
-        url = f"{self.base_url}/v1/loops/checkpoints"
-        with make_client(headers=base_headers(self.api_key), timeout=READ_TIMEOUT) as client:
-            response = client.get(url, params={"checkpoint_path": path})
+        response = self._send("GET", "/v1/loops/checkpoints", what="resolve_checkpoint",
+                              timeout=READ_TIMEOUT, params={"checkpoint_path": path})
         if response.status_code == 404:
             raise ValueError(f"no Loops checkpoint found for path {path!r}")
         raise_for_status(response, operation="resolve_checkpoint")

@@ -15,6 +15,13 @@ Configuration: ``api_key`` defaults to ``BASETEN_API_KEY``, ``base_url`` to
 options beyond the documented signatures are those of the Baseten SDK 0.32,
 with its names and meaning; where the control plane cannot honour one it
 refuses it with a message naming the option (docs/porting.md).
+
+``reconnect`` is this client's own extension (the runner's local backend
+passes it): a function giving the control plane's current URL and key, and
+starting it again when it died. With it, a call that cannot reach the control
+plane reconnects and is sent again (``loops_runner.sdk.control_plane``), and
+the training and sampling clients made here do the same, so a restarted
+local control plane keeps the session and its runs.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loops_runner.sdk import checkpoints, options
-from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient
+from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient, Reconnect
 from loops_runner.sdk.deployments import (
     SamplerEndpoint,
     TrainerEndpoint,
@@ -68,6 +75,7 @@ class ServiceClient:
         reuse_from_run_id: str | None = None,
         team: str | None = None,
         availability_model: AvailabilityModel | str | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self._api_key = api_key if api_key is not None else _env("BASETEN_API_KEY")
         self._base_url = (base_url or _env("LOOPS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -83,8 +91,9 @@ class ServiceClient:
             logger.warning("trainers and samplers of this client run on spot capacity: a spot "
                            "run stops when its GPUs are reclaimed; save checkpoints")
         self._local: tuple[str, str] | None = None
-        self._control_plane: ControlPlaneClient | None = ControlPlaneClient(self._base_url,
-                                                                            self._api_key)
+        self._reconnect = reconnect
+        self._control_plane: ControlPlaneClient | None = ControlPlaneClient(
+            self._base_url, self._api_key, reconnect=reconnect)
         team = team or _env(options.TEAM_ENV)
         if team is not None:
             self._control_plane.team_id = self._control_plane.team_id_of(team)
@@ -106,6 +115,7 @@ class ServiceClient:
         client._training_project_id = None
         client._availability_model = AvailabilityModel.dedicated
         client._local = (trainer_url.rstrip("/"), sampler_url.rstrip("/"))
+        client._reconnect = None
         client._control_plane = None
         client._session_id = LOCAL_SESSION_ID
         return client
@@ -117,6 +127,9 @@ class ServiceClient:
 
     @property
     def base_url(self) -> str:
+        """The control plane's URL; after a reconnect, where it listens now."""
+        if self._control_plane is not None:
+            return self._control_plane.base_url
         return self._base_url
 
     @property
@@ -237,8 +250,9 @@ class ServiceClient:
                          ready_timeout=ready_timeout)
         return TrainingClient(
             endpoint, lora_rank=rank, base_model=run.base_model, run_id=run.id,
-            api_key=self._api_key, timeout=timeout, ready_timeout=ready_timeout,
-            sampler_timeout=sampler_timeout, api_base_url=self._base_url,
+            api_key=control_plane.api_key, timeout=timeout, ready_timeout=ready_timeout,
+            sampler_timeout=sampler_timeout, api_base_url=control_plane.base_url,
+            control_plane_reconnect=self._reconnect,
             session_id=self._session_id, paired_sampling_deployment=paired,
             wandb_config=wandb_config, max_seq_len=max_seq_len,
             base_checkpoint=run.base_checkpoint, seed=seed,
@@ -343,7 +357,8 @@ class ServiceClient:
         logger.info("Loops sampler %s (%s) at %s", endpoint.sampler_id, endpoint.kind,
                     endpoint.base_url)
         wait_for_sampler(control_plane, endpoint, ready_timeout)
-        return SamplingClient(base_model=base_model, endpoint=endpoint, api_key=self._api_key,
+        return SamplingClient(base_model=base_model, endpoint=endpoint,
+                              api_key=control_plane.api_key,
                               timeout=timeout, ready_timeout=ready_timeout,
                               session_id=self._session_id)
 
@@ -411,5 +426,5 @@ class ServiceClient:
                                        target=target)
 
     def __repr__(self) -> str:
-        where = f"local trainer={self._local[0]}" if self._local else self._base_url
+        where = f"local trainer={self._local[0]}" if self._local else self.base_url
         return f"<ServiceClient session={self._session_id} {where}>"

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from loops_runner.sdk import checkpoints, chunking, custom_loss, publishing
 from loops_runner.sdk import heartbeat as heartbeat_module
-from loops_runner.sdk.control_plane import ControlPlaneClient
+from loops_runner.sdk.control_plane import ControlPlaneClient, Reconnect
 from loops_runner.sdk.deployments import SamplerEndpoint, TrainerEndpoint, health_url
 from loops_runner.sdk.errors import UnsupportedOperationError
 from loops_runner.sdk.futures import APIFuture, GatheredFuture, MappedFuture
@@ -128,6 +128,8 @@ class TrainingClient:
     (checkpoints and publishing need one) and ``api_base_url`` the control
     plane (checkpoint listing, downloads, pinned samplers). ``seed`` makes the
     fresh adapter reproducible (sent in ``init_trainer_server``).
+    ``control_plane_reconnect`` is ``ServiceClient``'s ``reconnect`` hook: the
+    trainer itself is reached directly, only control-plane calls reconnect.
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class TrainingClient:
         seed: int | None = None,
         heartbeat_interval: float = heartbeat_module.INTERVAL,
         sampler_num_replicas: int | None = None,
+        control_plane_reconnect: Reconnect | None = None,
     ) -> None:
         self._endpoint = (TrainerEndpoint(trainer_url.rstrip("/"))
                           if isinstance(trainer_url, str) else trainer_url)
@@ -165,7 +168,8 @@ class TrainingClient:
         self._base_checkpoint = base_checkpoint
         self._seed = seed
         self._sampler_num_replicas = sampler_num_replicas
-        self._control_plane = ControlPlaneClient(api_base_url, api_key) if api_base_url else None
+        self._control_plane = ControlPlaneClient(
+            api_base_url, api_key, reconnect=control_plane_reconnect) if api_base_url else None
         if isinstance(paired_sampling_deployment, str):
             paired_sampling_deployment = SamplerEndpoint(paired_sampling_deployment.rstrip("/"))
         self._paired: SamplerEndpoint | None = paired_sampling_deployment

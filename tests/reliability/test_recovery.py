@@ -1,19 +1,25 @@
-"""Automatic recovery: the runner survives a trainer and a control plane killed mid-run.
+"""Automatic recovery: a killed trainer costs a retry, a killed control plane costs nothing.
 
-The real CLI runs the sft recipe on the local stack; once a checkpoint exists,
-the trainer process (or the control-plane daemon) is killed with SIGKILL. The
-runner must retry on its own (``resume.auto_retries``): provision again (a new
-daemon adopts the surviving servers; a killed trainer is replaced), resume
-from the last checkpoint with its optimizer, data cursor and RNG, and finish
-with the final metrics of an uninterrupted run.
+The real CLI runs the sft recipe on the local stack. Once a checkpoint exists,
+the trainer process is killed with SIGKILL: its runs' state is gone, so the
+runner retries on its own (``resume.auto_retries``) with a fresh run restored
+from the last checkpoint (optimizer, data cursor, RNG). In that second attempt
+the control-plane daemon is killed with SIGKILL: the trainer still holds the
+run, so the client starts the daemon again at its next control-plane call
+(the reconnect hook of the local backend), the new daemon adopts the running
+trainer and sampler from its SQLite state, and the same run finishes on the
+same trainer process. Both end with the final metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import httpx
 import pytest
 
 from loops_runner.runner.local_daemon import find_control_plane
+from loops_runner.servers.launch import pid_running
 from tests.runner.conftest import run_runner, runner_command, runner_env
 
 STEPS = 6
@@ -78,14 +85,14 @@ def _control_plane_pid(home: Path) -> int:
     return daemon.pid
 
 
-def test_run_survives_a_killed_trainer_and_a_killed_control_plane(
+def test_killed_trainer_costs_a_retry_and_killed_control_plane_keeps_the_run(
         tmp_path: Path, runner_home: Path, reference_metrics: dict) -> None:
     """kill -9 the trainer after the first checkpoint, then the daemon in the next attempt.
 
-    The trainer's death surfaces at once (its operations are gone); the control
-    plane's at the next call to it (the final samples), after the last
-    checkpoint: the third attempt resumes at the final step and must still
-    report the uninterrupted run's final metrics.
+    The trainer's death surfaces at once (its operations are gone) and costs one
+    retry with a fresh run. The control plane's surfaces at the next call to it
+    (the evaluation's sampler checkpoint check); the client reconnects and that
+    attempt carries on: no third attempt, no third run, the same trainer pid.
     """
     log_path = tmp_path / "runner.log"
     with log_path.open("w") as log:
@@ -96,6 +103,8 @@ def test_run_survives_a_killed_trainer_and_a_killed_control_plane(
         first_run = json.loads(run_json.read_text())["run_id"]
         os.kill(_trainer_pid(runner_home, first_run), signal.SIGKILL)
         _wait_for_attempt(run_json, process, 2)
+        second_run = json.loads(run_json.read_text())["run_ids"][-1]
+        trainer_pid = _trainer_pid(runner_home, second_run)
         killed_daemon = _control_plane_pid(runner_home)
         os.kill(killed_daemon, signal.SIGKILL)
         code = process.wait(timeout=300)
@@ -103,17 +112,111 @@ def test_run_survives_a_killed_trainer_and_a_killed_control_plane(
     assert code == 0, output[-4000:]
 
     record = json.loads(run_json.read_text())
-    assert record["status"] == "completed" and record["attempts"] == 3
-    assert output.count("Retrying from its last checkpoint") == 2
-    assert output.count("Resuming from step") == 2
-    assert len(set(record["run_ids"])) == 3  # each attempt got a fresh run
+    assert record["status"] == "completed" and record["attempts"] == 2, output[-4000:]
+    assert output.count("Retrying from its last checkpoint") == 1
+    assert output.count("Resuming from step") == 1
+    # The trainer's death cost one fresh run; the control plane's none.
+    assert record["run_ids"] == [first_run, second_run] and first_run != second_run
+    assert record["run_id"] == second_run
+    assert "stopped answering; reconnected to" in output  # the client did reconnect
+    daemon = find_control_plane(runner_home)
+    assert daemon is not None and daemon.pid != killed_daemon  # the client started a new one
+    # ... which adopted the run's trainer: the same process, still alive, served it to the end.
+    assert _trainer_pid(runner_home, second_run) == trainer_pid and pid_running(trainer_pid)
     for key, value in reference_metrics.items():
         assert record["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
     steps = [json.loads(line)["step"] for line in (run_json.parent / "metrics.jsonl")
              .read_text().splitlines() if "train/loss" in line]
     assert steps == list(range(1, STEPS + 1))  # one line per step, none lost or doubled
-    daemon = find_control_plane(runner_home)
-    assert daemon is not None and daemon.pid != killed_daemon  # the runner started a new one
+
+
+def test_client_reconnects_to_a_restarted_daemon_and_keeps_its_session(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The reconnect hook at the SDK level, on a daemon with no servers (cheap to restart).
+
+    With the hook, a call after a kill -9 starts the daemon again and is answered,
+    for the same session; without it, a control-plane call is one attempt (spec
+    2.4); a hook that never finds a control plane gives up within its budget.
+    """
+    from loops_runner.runner.local_daemon import reconnect_control_plane
+    from loops_runner.sdk import ServiceClient
+    from loops_runner.sdk.control_plane import ControlPlaneClient
+    from loops_runner.sdk.errors import ServerUnavailableError
+    from tests.runner.conftest import private_home
+
+    with private_home(tmp_path_factory, "reconnect_home") as home:
+        reconnect = functools.partial(reconnect_control_plane, home, 600.0)
+        url, api_key = reconnect()
+        service = ServiceClient(api_key=api_key, base_url=url, reconnect=reconnect)
+        first = _control_plane_pid(home)
+        os.kill(first, signal.SIGKILL)
+        _wait_until_dead(first)
+
+        assert service.list_checkpoints("run-without-checkpoints") == []
+        assert service.base_url != url and _control_plane_pid(home) != first
+        session = httpx.get(f"{service.base_url}/v1/loops/sessions/{service.session_id}",
+                            headers={"Authorization": f"Api-Key {api_key}"}, timeout=30)
+        assert session.status_code == 200, session.text  # the session came back from SQLite
+
+        plain = ServiceClient(api_key=api_key, base_url=service.base_url)
+        second = _control_plane_pid(home)
+        os.kill(second, signal.SIGKILL)
+        _wait_until_dead(second)
+        with pytest.raises(httpx.ConnectError):
+            plain.list_checkpoints("run-without-checkpoints")
+
+    dead = service.base_url
+    stuck = ControlPlaneClient(dead, api_key, reconnect=lambda: (dead, api_key),
+                               reconnect_budget=3.0)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailableError, match="could not reach the server"):
+        stuck.list_checkpoints("run-without-checkpoints")
+    assert time.monotonic() - started < 15
+
+
+class _HangUp(socketserver.BaseRequestHandler):
+    """Reads the request and closes the connection unanswered: a control plane that
+    died after the request arrived."""
+
+    def handle(self) -> None:
+        self.server.connections += 1  # type: ignore[attr-defined]
+        self.request.recv(65536)
+
+
+def test_a_create_cut_off_mid_answer_is_not_resent_but_a_read_is() -> None:
+    """The create may have provisioned something before the answer was lost: resending
+    it could make a second trainer, so it fails (the runner's retry takes over)."""
+    from loops_runner.sdk.control_plane import ControlPlaneClient
+    from loops_runner.sdk.errors import ServerUnavailableError
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HangUp)
+    server.connections = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        reconnects: list[str] = []
+
+        def reconnect() -> tuple[str, str | None]:
+            reconnects.append(url)
+            return url, "key"
+
+        client = ControlPlaneClient(url, "key", reconnect=reconnect, reconnect_budget=4.0)
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.create_session(None)
+        assert server.connections == 1 and reconnects == []  # type: ignore[attr-defined]
+        with pytest.raises(ServerUnavailableError):
+            client.list_checkpoints("run-x")
+        assert server.connections >= 3 and reconnects  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _wait_until_dead(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while pid_running(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived SIGKILL"
+        time.sleep(0.05)
 
 
 def test_only_service_failures_are_retried() -> None:

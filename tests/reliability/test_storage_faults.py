@@ -1,21 +1,27 @@
 """Storage faults: a failing checkpoint save and damaged checkpoints on load.
 
-The failing save is real: the trainer process gets a file-size limit
-(RLIMIT_FSIZE, set from outside with prlimit), so its writes fail with EFBIG
-exactly where a full disk fails with ENOSPC. Damaged checkpoints are real
-files changed on disk after the save.
+The failing saves are real. A small tmpfs mounted over a run's checkpoint
+folder of the shared trainer fills up (ENOSPC) or is remounted read-only
+(EROFS) under a save; the trainer process also gets a file-size limit
+(RLIMIT_FSIZE, set from outside with prlimit), so its writes fail with EFBIG.
+Mounting needs root or CAP_SYS_ADMIN (CI runs as root): without it those tests
+fail and say so, they are never skipped. Damaged checkpoints are real files
+changed on disk after the save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from loops_runner import storage
 from tests.trainer.trainer_helpers import Trainer, datum
@@ -62,6 +68,7 @@ def test_failed_save_keeps_previous_checkpoint_and_the_run(trainer_server, run_i
     assert outcome["status"] == "error"
     message = outcome["error"]
     assert "saving checkpoint weights/keep" in message and "File too large" in message
+    assert "raise the file-size limit" in message
     assert "previous checkpoint of that name is unchanged" in message
     assert outcome["error_class"] == "CheckpointWriteError"
     assert fresh["status"] == "error" and "no checkpoint of that name" in fresh["error"]
@@ -76,6 +83,114 @@ def test_failed_save_keeps_previous_checkpoint_and_the_run(trainer_server, run_i
     _step(trainer)
     trainer.op("save_state", {"name": "keep"})
     assert _folder_digest(folder) != saved
+
+
+SAVE_OP = {"weights": "save_state", "sampler_weights": "save_weights_for_sampler"}
+PAGE = 4096
+
+
+def _mount(*args: str) -> None:
+    command = ["mount", *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` failed ({result.stderr.strip() or result.returncode})"
+                    f"; this test mounts a real tmpfs and needs root or CAP_SYS_ADMIN (running "
+                    f"as uid {os.geteuid()}). Run it as root, as CI does.", pytrace=False)
+
+
+@contextmanager
+def small_disk(directory: Path) -> Iterator[Path]:
+    """A tmpfs of its own over ``directory`` (1 MiB to start with); unmounted at the end."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "loops-test", str(directory))
+    try:
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def _used_bytes(directory: Path) -> int:
+    stats = os.statvfs(directory)
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+
+def _trainer_run_state(trainer: Trainer) -> tuple[float, int]:
+    return trainer.forward([datum(TOKENS)])["loss"], trainer.policy_version()
+
+
+def _check_refused_save(trainer: Trainer, kind: str, folder: Path, saved: dict[str, str],
+                        cause: str, remedy: str) -> None:
+    """A save over ``folder`` fails naming ``cause``, the folder and what to do about it;
+    the previous checkpoint and the run are as they were."""
+    state = _trainer_run_state(trainer)
+    outcome = trainer.op_outcome(SAVE_OP[kind], {"name": folder.name})
+    fresh = trainer.op_outcome(SAVE_OP[kind], {"name": "never"})
+    assert outcome["status"] == "error", outcome
+    assert outcome["error_class"] == "CheckpointWriteError", outcome
+    message = outcome["error"]
+    assert f"saving checkpoint {kind}/{folder.name}" in message and cause in message, message
+    assert "previous checkpoint of that name is unchanged" in message, message
+    # It names the folder the user can act on, not the staging folder it removed.
+    assert f"({folder.parent})" in message and remedy in message, message
+    assert fresh["status"] == "error" and cause in fresh["error"], fresh
+    assert "no checkpoint of that name" in fresh["error"], fresh
+    assert _folder_digest(folder) == saved  # byte-identical
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no debris
+    assert _trainer_run_state(trainer) == state  # same weights, same step
+
+
+def _check_saves_again(trainer: Trainer, kind: str, destination: Path) -> None:
+    """Off the faulty disk (unmounted), the run trains, and saves and loads again."""
+    _step(trainer)
+    trainer.op(SAVE_OP[kind], {"name": "keep"})
+    assert (destination / "keep" / storage.MANIFEST_FILE).is_file()
+    if kind == "weights":
+        step = trainer.op("load_state_with_optimizer",
+                          {"path": f"bt://loops:{trainer.run_id}/weights/keep"})["step"]
+        assert step == 2
+
+
+@pytest.mark.parametrize("kind", ["weights", "sampler_weights"])
+def test_full_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
+                                 kind: str) -> None:
+    """A real ENOSPC: the tmpfs holds the previous checkpoint and half a new one."""
+    trainer = Trainer(trainer_server.url, run_id)
+    trainer.init(rank=4, seed=4)
+    _step(trainer)
+    destination = loops_home / "runs" / run_id / kind
+    with small_disk(destination):
+        trainer.op(SAVE_OP[kind], {"name": "keep"})
+        folder = destination / "keep"
+        saved = _folder_digest(folder)
+        used = _used_bytes(destination)
+        assert used >= 2 * PAGE, used  # the checkpoint really is on the small disk
+        # Room for half of a second copy: the save fails part-way, inside its
+        # staging folder, not at its first byte.
+        room = -(-used // 2 // PAGE) * PAGE
+        _mount("-o", f"remount,size={used + room}", str(destination))
+        _check_refused_save(trainer, kind, folder, saved, "No space left on device",
+                            "free space on that disk")
+        assert _used_bytes(destination) == used  # the failed save gave its space back
+    _check_saves_again(trainer, kind, destination)
+
+
+@pytest.mark.parametrize("kind", ["weights", "sampler_weights"])
+def test_read_only_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
+                                      kind: str) -> None:
+    """A real EROFS: the checkpoint folder's file system is remounted read-only."""
+    trainer = Trainer(trainer_server.url, run_id)
+    trainer.init(rank=4, seed=6)
+    _step(trainer)
+    destination = loops_home / "runs" / run_id / kind
+    with small_disk(destination):
+        trainer.op(SAVE_OP[kind], {"name": "keep"})
+        folder = destination / "keep"
+        saved = _folder_digest(folder)
+        _mount("-o", "remount,ro", str(destination))
+        _check_refused_save(trainer, kind, folder, saved, "Read-only file system",
+                            "make that file system writable")
+    _check_saves_again(trainer, kind, destination)
 
 
 def _saved(trainer: Trainer, loops_home: Path, kind: str, name: str) -> Path:

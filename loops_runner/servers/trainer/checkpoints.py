@@ -19,6 +19,7 @@ pickle, whatever the folder holds.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -118,10 +119,34 @@ def write_checkpoint(
         cause = os.strerror(exc.errno) if exc.errno else str(exc)
         previous = ("the previous checkpoint of that name is unchanged" if final.exists()
                     else "no checkpoint of that name was written")
+        remedy = _REMEDIES.get(exc.errno or 0, "free space or fix the folder's permissions")
         raise CheckpointWriteError(
             exc.errno or 0, f"saving checkpoint {kind}/{name} of run {run_id!r} failed: {cause}"
-            f" ({exc.filename or final.parent}); {previous}. The run is unchanged: free space "
-            "or fix the folder's permissions, then save again") from exc
+            f" ({_where(exc, final)}); {previous}. The run is unchanged: {remedy}, then save "
+            "again") from exc
+
+
+# What a user can do about each storage failure.
+_REMEDIES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "make that file system writable again",
+    errno.EACCES: "fix the folder's permissions",
+    errno.EPERM: "fix the folder's permissions",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
+
+
+def _where(exc: OSError, final: Path) -> Path:
+    """The path to name: never one inside the staging folder, which is gone by now
+    (a read-only disk refuses the staging folder itself, a full one a file in it)."""
+    if not exc.filename:
+        return final.parent
+    path = Path(str(exc.filename))
+    inside = path.relative_to(final.parent).parts if path.is_relative_to(final.parent) else ()
+    if inside and inside[0].startswith(f".{final.name}.staging-"):
+        return final.parent
+    return path
 
 
 def _write_checkpoint(final: Path, run_id: str, kind: storage.CheckpointKind, name: str,
