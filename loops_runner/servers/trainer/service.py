@@ -23,9 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from loops_runner import storage
 from loops_runner.models.registry import canonical_model_id
-from loops_runner.servers.common import format_validation_errors
+from loops_runner.servers.common import InvalidRequest, format_validation_errors
 from loops_runner.servers.operations import Accepted, OperationRejected, OperationStore
-from loops_runner.servers.trainer.validation import ModelLimits, RequestInvalid, prepare_forward
+from loops_runner.servers.trainer.validation import ModelLimits, prepare_forward
 from loops_runner.wire.names import check_storage_name
 from loops_runner.wire.training import (
     ForwardBackwardRequest,
@@ -231,7 +231,7 @@ class TrainerService:
             self.require_run(run_id)
             try:
                 return prepare_forward(request, limits), run_id
-            except RequestInvalid as exc:
+            except InvalidRequest as exc:
                 raise _reject(str(exc)) from exc
 
         batch, run_id = await asyncio.to_thread(parse_and_validate)
