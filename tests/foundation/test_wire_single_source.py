@@ -43,16 +43,11 @@ def test_the_bt_path_grammar_round_trips() -> None:
     assert storage.parse_bt_path is parse_bt_path  # the servers use the same grammar
 
 
-# Left for a later step (both are small private helpers of unrelated modules).
-KNOWN_SHARED_CLASS_NAMES = {"Section"}  # runner/config.py (YAML group), report/charts.py
-
-
 def test_each_class_name_has_one_definition() -> None:
     seen: dict[str, list[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ClassDef):
                 seen.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
-    shared = {name: paths for name, paths in seen.items()
-              if len(paths) > 1 and name not in KNOWN_SHARED_CLASS_NAMES}
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1}
     assert shared == {}
