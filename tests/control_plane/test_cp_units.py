@@ -16,7 +16,7 @@ from loops_runner.servers.control_plane.files import (
     parse_key,
     resolve_file,
 )
-from loops_runner.servers.control_plane.registry import CheckpointRegistry
+from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry
 from loops_runner.servers.control_plane.store import (
     DEPLOYING,
     FAILED,

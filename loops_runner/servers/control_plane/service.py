@@ -36,7 +36,7 @@ from loops_runner.servers.control_plane.files import (
     FileSigner,
     load_or_create_secret,
 )
-from loops_runner.servers.control_plane.registry import CheckpointRegistry, list_files
+from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
 from loops_runner.servers.control_plane.store import (
     ACTIVE,
     DEPLOYING,
