@@ -1,7 +1,7 @@
 """The ``bt://loops:<run_id>/<kind>/<name>`` checkpoint grammar (spec 5).
 
 Logical names, not locations: each server resolves them against its own data
-home (``loops_runner.storage``), and the client builds the same strings, so
+home (``loops_runner.storage.layout``), and the client builds the same strings, so
 both sides parse and format them with these functions.
 """
 

@@ -34,13 +34,13 @@ def test_header_names_are_spelled_only_in_wire_headers() -> None:
 
 
 def test_the_bt_path_grammar_round_trips() -> None:
-    from loops_runner import storage
+    from loops_runner.storage import layout
     from loops_runner.wire.paths import bt_path, parse_bt_path
 
     path = bt_path("run-1", "sampler_weights", "step-3")
     assert path == "bt://loops:run-1/sampler_weights/step-3"
     assert str(parse_bt_path(path + "/")) == path
-    assert storage.parse_bt_path is parse_bt_path  # the servers use the same grammar
+    assert layout.parse_bt_path is parse_bt_path  # the servers resolve the same grammar
 
 
 def test_each_class_name_has_one_definition() -> None:

@@ -33,7 +33,7 @@ from loops_runner.servers.control_plane.routes import (
 )
 from loops_runner.servers.control_plane.service import ApiError, ControlPlane, Settings
 from loops_runner.servers.openapi import install_openapi
-from loops_runner.storage import atomic_write_json
+from loops_runner.storage.atomic import atomic_write_json
 from loops_runner.wire.errors import ErrorBody
 
 logger = logging.getLogger("loops_runner.control_plane")

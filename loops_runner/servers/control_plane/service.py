@@ -31,12 +31,12 @@ from loops_runner.models.registry import (
     max_context_length,
     resolve_model,
 )
+from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
 from loops_runner.servers.control_plane.files import (
     FileRef,
     FileSigner,
     load_or_create_secret,
 )
-from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
 from loops_runner.servers.control_plane.store import (
     ACTIVE,
     DEPLOYING,
@@ -60,12 +60,8 @@ from loops_runner.servers.control_plane.store import (
     parse_iso,
 )
 from loops_runner.servers.control_plane.supervisor import Supervisor
-from loops_runner.storage import (
-    CHECKPOINT_KINDS,
-    parse_bt_path,
-    register_paired_sampler,
-    resolve_checkpoint_path,
-)
+from loops_runner.storage.layout import resolve_checkpoint_path
+from loops_runner.storage.weight_sync import register_paired_sampler
 from loops_runner.wire.checkpoints import (
     Checkpoint,
     CheckpointFile,
@@ -85,6 +81,7 @@ from loops_runner.wire.control_plane import (
     Team,
     TrainerDeployment,
 )
+from loops_runner.wire.paths import CHECKPOINT_KINDS, parse_bt_path
 
 logger = logging.getLogger(__name__)
 

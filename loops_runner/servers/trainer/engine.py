@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from loops_runner import storage
 from loops_runner.models.loading import LoadedModel
 from loops_runner.servers.trainer import checkpoints, publish, residency
 from loops_runner.servers.trainer.batching import (
@@ -48,6 +47,8 @@ from loops_runner.servers.trainer.losses import (
 )
 from loops_runner.servers.trainer.optimizer import AdamState, adamw_step, global_grad_norm
 from loops_runner.servers.trainer.validation import ModelLimits, PreparedBatch, PreparedDatum
+from loops_runner.storage import layout
+from loops_runner.wire.paths import bt_path, parse_bt_path
 from loops_runner.wire.tensors import TensorData
 from loops_runner.wire.training import (
     AdamParams,
@@ -433,7 +434,7 @@ class TrainerEngine:
         checkpoints.write_checkpoint(self.home, run_id, "weights", name, self._payload(run),
                                      step=run.step, ttl_seconds=ttl_seconds,
                                      optimizer=run.optimizer)
-        return SaveWeightsResponse(mode="state", path=storage.bt_path(run_id, "weights", name))
+        return SaveWeightsResponse(mode="state", path=bt_path(run_id, "weights", name))
 
     def save_weights_for_sampler(self, run_id: str, name: str, ttl_seconds: int | None,
                                  bump_version: bool) -> SaveWeightsForSamplerResponse:
@@ -443,14 +444,14 @@ class TrainerEngine:
         if bump_version:
             publish.set_live(self.home, run_id, run.step, name)
         return SaveWeightsForSamplerResponse(
-            version=run.step, path=storage.bt_path(run_id, "sampler_weights", name))
+            version=run.step, path=bt_path(run_id, "sampler_weights", name))
 
     def load_state(self, run_id: str, path: str, *, with_optimizer: bool) -> LoadWeightsResponse:
         run = self.run(run_id)
         if path.startswith("bt://"):
-            parsed = storage.parse_bt_path(path)
-            _restore_moved_aside(storage.run_dir(self.home, parsed.run_id) / parsed.kind)
-        directory = storage.resolve_checkpoint_path(self.home, path)
+            parsed = parse_bt_path(path)
+            _restore_moved_aside(layout.run_dir(self.home, parsed.run_id) / parsed.kind)
+        directory = layout.resolve_checkpoint_path(self.home, path)
         loaded = checkpoints.read_checkpoint(directory, with_optimizer=with_optimizer)
         if loaded.base_model is not None and not self._same_base(loaded.base_model):
             raise ValueError(f"checkpoint {path} was trained on base model {loaded.base_model!r}, "
