@@ -31,16 +31,10 @@ from loops_runner.models.registry import (
     max_context_length,
     resolve_model,
 )
+from loops_runner.servers.control_plane import deployment_states as states
 from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
-from loops_runner.servers.control_plane.files import (
-    FileRef,
-    FileSigner,
-    load_or_create_secret,
-)
-from loops_runner.servers.control_plane.store import (
-    ACTIVE,
+from loops_runner.servers.control_plane.deployment_states import (
     DEPLOYING,
-    FAILED,
     LIVE_STATUSES,
     PAIRED,
     READY_STATUSES,
@@ -49,6 +43,13 @@ from loops_runner.servers.control_plane.store import (
     STANDALONE,
     STOPPED,
     TRAINER,
+)
+from loops_runner.servers.control_plane.files import (
+    FileRef,
+    FileSigner,
+    load_or_create_secret,
+)
+from loops_runner.servers.control_plane.store import (
     CheckpointRow,
     DeploymentRow,
     RunRow,
@@ -326,8 +327,7 @@ class ControlPlane:
             availability_model=body.availability_model, seed=body.seed,
             max_seq_len=body.max_seq_len, name=body.name, path=body.path,
             deployment_id=deployment.id, reused=int(reused),
-            status=(RUNNING if deployment.status in READY_STATUSES else
-                    DEPLOYING if deployment.status in LIVE_STATUSES else FAILED),
+            status=states.run_status_for(deployment.status),
             reason=None if deployment.status in LIVE_STATUSES else deployment.reason,
             created_at=now_iso(), reuse_source=reuse_source,
         ))
@@ -591,17 +591,11 @@ class ControlPlane:
         row = self.store.get_deployment(deployment_id)
         if row is None or row.kind != SAMPLER or row.model_id != model_id:
             raise not_found(f"model {model_id!r} has no deployment {deployment_id!r}")
-        if row.status == ACTIVE:
-            return "ACTIVE"
-        if row.status == DEPLOYING or self.supervisor.is_restarting(row.id):
-            return "DEPLOYING"
-        if row.status == STOPPED:
-            return "INACTIVE"
-        return "FAILED"
+        return states.model_status(row.status, self.supervisor.is_restarting(row.id))
 
     async def deactivate(self, deployment_id: str) -> TrainerDeployment:
         row = self._deployment(deployment_id)
-        if row.status in LIVE_STATUSES or row.status == FAILED:
+        if states.can_move(row.status, STOPPED):
             row = await self.supervisor.stop(deployment_id, "deactivated through the API")
         return self.deployment_info(row)
 

@@ -21,22 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loops_runner.servers.control_plane.deployment_states import (
+    DEPLOYING,
+    PAIRED,
+    READY_STATUSES,
+    SAMPLER,
+    STANDALONE,
+    ready_status,
+    sources,
+)
+
 DB_FILE = "control_plane.sqlite"
-
-# Deployment statuses. Trainers become RUNNING, samplers ACTIVE when healthy.
-DEPLOYING = "DEPLOYING"
-RUNNING = "RUNNING"
-ACTIVE = "ACTIVE"
-FAILED = "FAILED"
-STOPPED = "STOPPED"
-READY_STATUSES = frozenset({RUNNING, ACTIVE})
-LIVE_STATUSES = frozenset({DEPLOYING, RUNNING, ACTIVE})
-
-TRAINER = "trainer"
-SAMPLER = "sampler"
-# Sampler roles: a paired sampler follows the runs of one trainer deployment.
-PAIRED = "paired"
-STANDALONE = "standalone"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -180,7 +175,7 @@ class DeploymentRow:
 
     @property
     def ready_status(self) -> str:
-        return RUNNING if self.kind == TRAINER else ACTIVE
+        return ready_status(self.kind)
 
 
 @dataclass
@@ -388,18 +383,22 @@ class Store:
         *,
         only_from: Iterable[str] | None = None,
     ) -> bool:
-        """Record a status change (and its event); ``only_from`` makes it conditional.
+        """Record a status change (and its event); ``only_from`` narrows where from.
 
+        Only moves the state machine allows are recorded (``deployment_states``).
         Returns whether the change happened, so racing watchers cannot flip a
         status twice.
         """
+        allowed = sources(status)
+        if only_from is not None:
+            allowed &= set(only_from)
         now = now_iso()
         with self._transaction() as db:
             current = db.execute("SELECT status, reason FROM deployments WHERE id = ?",
                                  (deployment_id,)).fetchone()
             if current is None:
                 return False
-            if only_from is not None and current["status"] not in set(only_from):
+            if current["status"] not in allowed:
                 return False
             if current["status"] == status and current["reason"] == reason:
                 return False

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -43,18 +43,19 @@ import httpx
 
 from loops_runner.servers.activity import ACTIVITY_PATH, SUPERVISOR_HEADER
 from loops_runner.servers.common import GATEWAY_SOURCE_HEADER
-from loops_runner.servers.control_plane.store import (
+from loops_runner.servers.control_plane import deployment_states as states
+from loops_runner.servers.control_plane.deployment_states import (
     DEPLOYING,
     FAILED,
     LIVE_STATUSES,
+    OPEN_RUN_STATUSES,
     PAIRED,
     READY_STATUSES,
     RUNNING,
     STOPPED,
     TRAINER,
-    DeploymentRow,
-    Store,
 )
+from loops_runner.servers.control_plane.store import DeploymentRow, Store
 from loops_runner.servers.control_plane.tombstone import Tombstones
 from loops_runner.servers.launch import ServerStartError, pid_running, spawn_server, tail
 from loops_runner.wire.headers import GATEWAY_ERROR_SOURCE
@@ -62,7 +63,6 @@ from loops_runner.wire.headers import GATEWAY_ERROR_SOURCE
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_RESTARTS = 1
 LOG_TAIL_LINES = 15
 _PROBE_HEADERS = {SUPERVISOR_HEADER: "1"}
 
@@ -381,7 +381,7 @@ class Supervisor:
                 child.stopping = True
                 await asyncio.to_thread(stop_process, child.handle)
             row = self._row(deployment_id)
-            if row.status in LIVE_STATUSES or row.status == FAILED:
+            if states.can_move(row.status, STOPPED):
                 self._mark_stopped(deployment_id, reason)
             row = self._row(deployment_id)
             if row.port and not self._closing:
@@ -399,13 +399,13 @@ class Supervisor:
 
     def _mark_stopped(self, deployment_id: str, reason: str) -> None:
         row = self._row(deployment_id)
-        if row.status == STOPPED:
+        if not states.can_move(row.status, STOPPED):
             return
         self.store.set_status(deployment_id, STOPPED, reason)
         if row.kind == TRAINER:
             self.store.set_runs_status_of(
                 deployment_id, STOPPED, f"its trainer deployment {deployment_id} stopped: "
-                                        f"{reason}", only_from=(DEPLOYING, RUNNING))
+                                        f"{reason}", only_from=OPEN_RUN_STATUSES)
 
     def _fail_runs(self, row: DeploymentRow, why: str) -> None:
         if row.kind != TRAINER:
@@ -414,11 +414,10 @@ class Supervisor:
             row.id, FAILED,
             f"{why}; the run's in-memory adapter and optimizer state are lost. Start a new "
             "run (create_training_client_from_state to resume from a checkpoint).",
-            only_from=(DEPLOYING, RUNNING))
+            only_from=OPEN_RUN_STATUSES)
 
     def _mark_ready(self, row: DeploymentRow) -> None:
-        allowed: Iterable[str] = (DEPLOYING, FAILED) if row.id in self._restarting else (
-            DEPLOYING,)
+        allowed = states.ready_sources(row.id in self._restarting)
         reason = "restarted after a crash" if row.id in self._restarting else None
         if self.store.set_status(row.id, row.ready_status, reason, only_from=allowed):
             self._restarting.pop(row.id, None)
@@ -492,19 +491,14 @@ class Supervisor:
             del self._children[deployment_id]
             row = self._row(deployment_id)
             cause = describe_exit(row.kind, child.handle.pid, child.handle.exit_code())
-            restart = (not self._closing and bool(row.ready_once)
-                       and row.restarts < MAX_RESTARTS and row.port is not None)
-            if restart:
-                note = "restarting it once on the same port"
-            elif row.ready_once and row.restarts >= MAX_RESTARTS:
-                note = f"not restarting it again (already restarted {row.restarts}x)"
-            else:
-                note = "it never became healthy, so it is not restarted"
+            decision = states.after_exit(closing=self._closing, ready_once=bool(row.ready_once),
+                                         restarts=row.restarts, has_port=row.port is not None)
+            note = decision.note
             self.store.set_status(deployment_id, FAILED,
                                   with_log_tail(f"{cause}; {note}", row.log_path))
             self._fail_runs(row, f"its trainer deployment {deployment_id} failed ({cause})")
             logger.warning("deployment %s: %s; %s", deployment_id, cause, note)
-            if not restart:
+            if not decision.restart:
                 self._restarting.pop(deployment_id, None)
                 if row.port:
                     await self.tombstones.install(row, f"{row.kind} deployment {row.id} "
