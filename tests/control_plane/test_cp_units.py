@@ -23,7 +23,8 @@ from loops_runner.servers.control_plane.files import (
     parse_key,
     resolve_file,
 )
-from loops_runner.servers.control_plane.store import RunRow, Store, now_iso
+from loops_runner.servers.control_plane.store import Store, now_iso
+from loops_runner.servers.control_plane.tables import RunRow
 from loops_runner.storage.manifests import checkpoint_api_id
 from tests.control_plane.helpers import write_checkpoint
 

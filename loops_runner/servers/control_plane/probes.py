@@ -14,7 +14,7 @@ import httpx
 from loops_runner.servers.activity import ACTIVITY_PATH, SUPERVISOR_HEADER
 from loops_runner.servers.common import GATEWAY_SOURCE_HEADER
 from loops_runner.servers.control_plane.deployment_states import TRAINER
-from loops_runner.servers.control_plane.store import DeploymentRow
+from loops_runner.servers.control_plane.tables import DeploymentRow
 from loops_runner.wire.headers import GATEWAY_ERROR_SOURCE
 
 logger = logging.getLogger(__name__)

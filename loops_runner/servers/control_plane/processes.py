@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from loops_runner.servers.control_plane.store import DeploymentRow
+from loops_runner.servers.control_plane.tables import DeploymentRow
 from loops_runner.servers.launch import ServerProcess, pid_running, spawn_server, tail
 
 LOG_TAIL_LINES = 15

@@ -49,18 +49,15 @@ from loops_runner.servers.control_plane.files import (
     FileSigner,
     load_or_create_secret,
 )
-from loops_runner.servers.control_plane.store import (
+from loops_runner.servers.control_plane.store import Store, new_id, now_iso, parse_iso
+from loops_runner.servers.control_plane.supervisor import Supervisor
+from loops_runner.servers.control_plane.tables import (
     CheckpointRow,
     DeploymentRow,
     RunRow,
     SamplerRow,
     SessionRow,
-    Store,
-    new_id,
-    now_iso,
-    parse_iso,
 )
-from loops_runner.servers.control_plane.supervisor import Supervisor
 from loops_runner.storage.layout import resolve_checkpoint_path
 from loops_runner.storage.weight_sync import register_paired_sampler
 from loops_runner.wire.checkpoints import (

@@ -62,7 +62,8 @@ from loops_runner.servers.control_plane.processes import (
     stop_process,
     with_log_tail,
 )
-from loops_runner.servers.control_plane.store import DeploymentRow, Store
+from loops_runner.servers.control_plane.store import Store
+from loops_runner.servers.control_plane.tables import DeploymentRow
 from loops_runner.servers.control_plane.tombstone import Tombstones
 from loops_runner.servers.launch import ServerStartError
 

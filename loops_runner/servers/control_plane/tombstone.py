@@ -17,7 +17,7 @@ import logging
 from collections import OrderedDict
 
 from loops_runner.servers.control_plane.deployment_states import TRAINER
-from loops_runner.servers.control_plane.store import DeploymentRow
+from loops_runner.servers.control_plane.tables import DeploymentRow
 
 logger = logging.getLogger(__name__)
 
