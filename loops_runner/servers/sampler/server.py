@@ -34,9 +34,10 @@ from loops_runner.servers.common import serve_app
 from loops_runner.servers.openapi import allowed_methods, install_openapi
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
-from loops_runner.servers.sampler.engine import Engine, EngineConfig, TorchEngine
+from loops_runner.servers.sampler.engine import Engine
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
+from loops_runner.servers.sampler.torch_engine import EngineConfig, TorchEngine
 from loops_runner.storage import layout, weight_sync
 from loops_runner.wire.errors import OpenAIError, OpenAIErrorBody, VllmErrorBody
 
