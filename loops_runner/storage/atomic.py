@@ -2,7 +2,8 @@
 
 A checkpoint folder is written into a staging folder beside its final place
 and renamed into it, so a crash or kill mid-save leaves the previous folder of
-that name loadable; ``cleanup_stale`` tidies what such an interruption leaves.
+that name loadable. What such an interruption leaves is tidied by the next
+save (``cleanup_stale``) or, for a reader, only put back (``restore_moved_aside``).
 """
 
 from __future__ import annotations
@@ -81,3 +82,17 @@ def cleanup_stale(parent: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 os.replace(entry, original)
+
+
+def restore_moved_aside(parent: Path) -> None:
+    """Undo a save killed between its two renames (old folder aside, new not yet in place).
+
+    Staging folders are left alone: another save may be writing them right now.
+    """
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if entry.name.startswith(".") and ".old-" in entry.name:
+            original = parent / entry.name[1:].split(".old-")[0]
+            if not original.exists():
+                entry.replace(original)

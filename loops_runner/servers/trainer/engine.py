@@ -47,7 +47,7 @@ from loops_runner.servers.trainer.losses import (
 )
 from loops_runner.servers.trainer.optimizer import AdamState, adamw_step, global_grad_norm
 from loops_runner.servers.trainer.validation import ModelLimits, PreparedBatch, PreparedDatum
-from loops_runner.storage import layout
+from loops_runner.storage import atomic, layout
 from loops_runner.wire.paths import bt_path, parse_bt_path
 from loops_runner.wire.tensors import TensorData
 from loops_runner.wire.training import (
@@ -450,7 +450,7 @@ class TrainerEngine:
         run = self.run(run_id)
         if path.startswith("bt://"):
             parsed = parse_bt_path(path)
-            _restore_moved_aside(layout.run_dir(self.home, parsed.run_id) / parsed.kind)
+            atomic.restore_moved_aside(layout.run_dir(self.home, parsed.run_id) / parsed.kind)
         directory = layout.resolve_checkpoint_path(self.home, path)
         loaded = checkpoints.read_checkpoint(directory, with_optimizer=with_optimizer)
         if loaded.base_model is not None and not self._same_base(loaded.base_model):
@@ -525,20 +525,6 @@ def _check_keys(path: str, what: str, found: dict[str, torch.Tensor],
         if tuple(found[key].shape) != tuple(param.shape):
             raise ValueError(f"checkpoint {path}: {what} {key} has shape "
                              f"{tuple(found[key].shape)}, expected {tuple(param.shape)}")
-
-
-def _restore_moved_aside(parent: Path) -> None:
-    """Undo a save killed between its two renames (old folder aside, new not yet in place).
-
-    Staging folders are left alone: another save may be writing them right now.
-    """
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        if entry.name.startswith(".") and ".old-" in entry.name:
-            original = parent / entry.name[1:].split(".old-")[0]
-            if not original.exists():
-                entry.replace(original)
 
 
 def _projection_modules(model: torch.nn.Module) -> set[str]:
