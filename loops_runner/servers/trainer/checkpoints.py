@@ -226,6 +226,21 @@ def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoin
     return LoadedCheckpoint(directory, tensors, rank, base_model, step, optimizer, manifest)
 
 
+def check_layout(path: str, what: str, found: dict[str, torch.Tensor],
+                 params: dict[str, torch.nn.Parameter]) -> None:
+    """Refuse a checkpoint whose tensors do not match the run's LoRA keys and shapes."""
+    missing = sorted(set(params) - set(found))
+    extra = sorted(set(found) - set(params))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path}: {what} do not match this model's LoRA layout "
+                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, "
+                         f"e.g. {extra[:1]})")
+    for key, param in params.items():
+        if tuple(found[key].shape) != tuple(param.shape):
+            raise ValueError(f"checkpoint {path}: {what} {key} has shape "
+                             f"{tuple(found[key].shape)}, expected {tuple(param.shape)}")
+
+
 def sweep_expired(home: Path, run_ids: list[str], now: datetime | None = None) -> list[Path]:
     """Delete checkpoints of ``run_ids`` whose ``expires_at`` has passed (ttl_seconds)."""
     now = now or datetime.now(UTC)
