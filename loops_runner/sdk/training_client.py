@@ -26,7 +26,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -78,8 +77,6 @@ from loops_runner.wire.training import LOSS_FNS, MAX_TOP_K_LOGPROBS
 logger = logging.getLogger("loops_runner.sdk")
 
 R = TypeVar("R", bound=BaseModel)
-# Chunks of one oversized request are uploaded in parallel (spec 4.6).
-CHUNK_UPLOADS = 4
 
 
 @dataclass
@@ -346,35 +343,20 @@ class TrainingClient:
 
     def _send_plan(self, plan: _ForwardPlan) -> Any:
         """Submit every chunk (caller holds the turn) and return the combined future."""
-        bodies = self._chunk_bodies(plan)
-        if len(bodies) == 1:
-            refs = [self._conn.submit(plan.op, bodies[0], run_id=self._run_id)]
-        else:
-            with ThreadPoolExecutor(min(CHUNK_UPLOADS, len(bodies))) as pool:
-                pending = [pool.submit(self._conn.submit, plan.op, body, run_id=self._run_id)
-                           for body in bodies]
-            errors = [f.exception() for f in pending if f.exception() is not None]
-            if errors:
-                raise self._chunk_failure(plan, errors, len(pending) - len(errors))
-            refs = [f.result() for f in pending]
+        refs, errors = chunking.upload(
+            lambda body: self._conn.submit(plan.op, body, run_id=self._run_id),
+            self._chunk_bodies(plan))
+        if errors:
+            raise self._chunk_failure(plan, errors, len(refs))
         return self._forward_future(plan, refs)
 
     async def _send_plan_async(self, plan: _ForwardPlan) -> Any:
-        bodies = self._chunk_bodies(plan)
-        # The same cap as the thread pool of the sync twin: at most
-        # CHUNK_UPLOADS bodies of up to 24 MiB in flight at once.
-        uploads = asyncio.Semaphore(CHUNK_UPLOADS)
-
-        async def upload(body: bytes) -> OperationRef:
-            async with uploads:
-                return await self._conn.submit_async(plan.op, body, run_id=self._run_id)
-
-        outcomes = await asyncio.gather(*(upload(body) for body in bodies),
-                                        return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        refs, errors = await chunking.upload_async(
+            lambda body: self._conn.submit_async(plan.op, body, run_id=self._run_id),
+            self._chunk_bodies(plan))
         if errors:
-            raise self._chunk_failure(plan, errors, len(outcomes) - len(errors))
-        return self._forward_future(plan, list(outcomes))  # type: ignore[arg-type]
+            raise self._chunk_failure(plan, errors, len(refs))
+        return self._forward_future(plan, refs)
 
     def _run_plan(self, plan: _ForwardPlan) -> Any:
         with self._turnstile.turn(self._turnstile.take()):
