@@ -14,9 +14,10 @@ plane are refused before anything is sent (spec 8).
 
 Why this module is long: it is the one public class of the official
 ``TrainingClient`` surface, each method with its ``*_async`` twin. The parts
-with a job of their own live beside it (``chunking``, ``custom_loss``,
-``publishing``, ``checkpoints``, ``operations``); what remains here is the
-thin per-method glue.
+with a job of their own live beside it (``chunking`` splits and uploads
+oversized requests, ``custom_loss``, ``publishing``, ``checkpoints``,
+``operations``; ``twins`` generates the async twins that only run their plain
+method in a thread); what remains here is the thin per-method glue.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from loops_runner.sdk.operations import OperationRef, TrainerConnection
 from loops_runner.sdk.ordering import Turnstile
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.tokenizer import get_tokenizer
+from loops_runner.sdk.twins import in_thread
 from loops_runner.sdk.types import CheckpointDownload, GetInfoResponse, ModelData
 from loops_runner.sdk.wandb_logger import WandbLogger
 from loops_runner.wire import (
@@ -672,8 +674,7 @@ class TrainingClient:
         floor = None if sampler.queued else (self._last_published or 0) + 1
         return self._sampling_client(sampler, floor=floor, checkpoint_path=model_path)
 
-    async def create_sampling_client_async(self, model_path: str) -> SamplingClient:
-        return await asyncio.to_thread(self.create_sampling_client, model_path)
+    create_sampling_client_async = in_thread(create_sampling_client)
 
     # -- checkpoints through the control plane -----------------------------------------
 
@@ -689,8 +690,7 @@ class TrainingClient:
             raise _needs_run("list_checkpoints")
         return control_plane.list_checkpoints(self._run_id)
 
-    async def list_checkpoints_async(self) -> list[Checkpoint]:
-        return await asyncio.to_thread(self.list_checkpoints)
+    list_checkpoints_async = in_thread(list_checkpoints)
 
     def get_checkpoint_archive_url(
             self, checkpoint_id: str | None = None, page_size: int = 1000, page_token: int = 0,
@@ -702,9 +702,7 @@ class TrainingClient:
                                           target)
         return checkpoints.files_page(control_plane, resolved, page_size, page_token)
 
-    async def get_checkpoint_archive_url_async(self, *args: Any,
-                                               **kwargs: Any) -> CheckpointFilesResponse:
-        return await asyncio.to_thread(self.get_checkpoint_archive_url, *args, **kwargs)
+    get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
     def download_checkpoint(self, checkpoint_id: str | None = None, *, dest_dir: str,
                             name: str | None = None,
@@ -715,12 +713,7 @@ class TrainingClient:
                                           target)
         return checkpoints.download(control_plane, resolved, dest_dir)
 
-    async def download_checkpoint_async(self, checkpoint_id: str | None = None, *,
-                                        dest_dir: str, name: str | None = None,
-                                        target: CheckpointTarget | str | None = None,
-                                        ) -> CheckpointDownload:
-        return await asyncio.to_thread(self.download_checkpoint, checkpoint_id,
-                                       dest_dir=dest_dir, name=name, target=target)
+    download_checkpoint_async = in_thread(download_checkpoint)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -5,12 +5,15 @@ each case scripts the answers a server gives and says what the caller must
 see. Budgets are short and waits come from ``Retry-After: 0``, so the table
 runs in well under a second. ``chunking.upload`` and ``upload_async`` send the
 chunks of one oversized request: the same cap on uploads in flight, the same
-refs and errors.
+refs and errors. Every public ``*_async`` method takes exactly the parameters
+of its plain twin. (The clients' twins against real servers:
+test_sdk_client_twins.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +22,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from loops_runner.sdk import ServerUnavailableError, chunking, retry
+from loops_runner.sdk import (
+    SamplingClient,
+    ServerUnavailableError,
+    ServiceClient,
+    TrainingClient,
+    chunking,
+    retry,
+)
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1:9/sample")
 VLLM_INVALID = {"error": {"type": "BadRequestError", "message": "bad", "code": 400}}
@@ -189,3 +199,19 @@ def test_the_upload_twins_cap_alike_and_report_alike(case: UploadCase,
     assert refs == [f"ref-{i}" for i in range(case.bodies) if i not in case.refused]
     assert [str(error) for error in errors] == [f"refused {i}" for i in sorted(case.refused)]
     assert peak == min(case.bodies, chunking.CHUNK_UPLOADS)
+
+
+# -- the public twins' parameters ------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [TrainingClient, SamplingClient, ServiceClient],
+                         ids=lambda cls: cls.__name__)
+def test_every_async_twin_takes_its_plain_twins_parameters(cls: type) -> None:
+    twins = [name for name in vars(cls) if name.endswith("_async") and not name.startswith("_")]
+    assert twins
+    for name in twins:
+        plain = getattr(cls, name.removesuffix("_async"))
+        twin = getattr(cls, name)
+        assert inspect.iscoroutinefunction(twin), name
+        assert list(inspect.signature(twin).parameters.values()) == \
+            list(inspect.signature(plain).parameters.values()), name
