@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loops_runner.wire.names import check_storage_name
-from loops_runner.wire.paths import CHECKPOINT_KINDS, CheckpointKind, parse_bt_path
+from loops_runner.wire.paths import CheckpointKind, parse_checkpoint_path
 
 LOCAL_RUN_ID = "local"
 
@@ -31,9 +31,7 @@ def checkpoint_dir(home: Path, run_id: str, kind: CheckpointKind, name: str) -> 
 def resolve_checkpoint_path(home: Path, path: str) -> Path:
     """A ``bt://`` path, ``file://`` URL or local directory -> an existing directory."""
     if path.startswith("bt://"):
-        parsed = parse_bt_path(path)
-        if parsed.kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"{path!r} does not name a weights checkpoint")
+        parsed = parse_checkpoint_path(path)
         directory = checkpoint_dir(home, parsed.run_id, parsed.kind, parsed.name)  # type: ignore[arg-type]
     elif path.startswith("file://"):
         directory = Path(path.removeprefix("file://"))

@@ -42,5 +42,14 @@ def parse_bt_path(path: str) -> BtPath:
     return BtPath(run_id, kind, name)
 
 
+def parse_checkpoint_path(path: str) -> BtPath:
+    """Parse a ``bt://`` path that names a ``weights`` or ``sampler_weights`` checkpoint."""
+    parsed = parse_bt_path(path)
+    if parsed.kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"{path!r} names {parsed.kind}, not a weights or sampler_weights "
+                         "checkpoint")
+    return parsed
+
+
 def bt_path(run_id: str, kind: CheckpointKind, name: str) -> str:
     return str(BtPath(check_storage_name(run_id), kind, check_storage_name(name)))

@@ -8,7 +8,7 @@ without the API key.
 from __future__ import annotations
 
 from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
-from loops_runner.servers.control_plane.checks import Checks, invalid, not_found
+from loops_runner.servers.control_plane.checks import Checks, bt_checkpoint, invalid, not_found
 from loops_runner.servers.control_plane.files import FileRef, FileSigner
 from loops_runner.servers.control_plane.store import Store
 from loops_runner.servers.control_plane.tables import CheckpointRow
@@ -18,7 +18,6 @@ from loops_runner.wire.checkpoints import (
     CheckpointFilesResponse,
     ValidateCheckpointRequest,
 )
-from loops_runner.wire.paths import CHECKPOINT_KINDS, parse_bt_path
 
 MAX_FILE_PAGE_SIZE = 1000
 
@@ -42,13 +41,7 @@ class CheckpointRequests:
         if run_id is not None:
             rows = self.registry.by_run(run_id)
         elif checkpoint_path is not None:
-            try:
-                parsed = parse_bt_path(checkpoint_path)
-            except ValueError as exc:
-                raise invalid(f"checkpoint_path: {exc}", "INVALID_CHECKPOINT_PATH") from None
-            if parsed.kind not in CHECKPOINT_KINDS:
-                raise invalid(f"checkpoint_path {checkpoint_path!r} names no checkpoint kind",
-                              "INVALID_CHECKPOINT_PATH")
+            parsed = bt_checkpoint(checkpoint_path, "checkpoint_path")
             row = self.registry.by_path(parsed.run_id, parsed.kind, parsed.name)
             rows = [row] if row is not None else []
         else:

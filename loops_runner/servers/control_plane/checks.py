@@ -22,7 +22,7 @@ from loops_runner.servers.control_plane.store import Store
 from loops_runner.servers.control_plane.tables import CheckpointRow, DeploymentRow, SessionRow
 from loops_runner.storage.layout import resolve_checkpoint_path
 from loops_runner.wire.control_plane import Team
-from loops_runner.wire.paths import CHECKPOINT_KINDS, parse_bt_path
+from loops_runner.wire.paths import BtPath, parse_checkpoint_path
 
 LOCAL_TEAM = Team(id="team-local", name="local")
 LOCAL_SCOPES = frozenset({None, "default", "deployment"})
@@ -47,6 +47,14 @@ def not_found(detail: str) -> ApiError:
 def deployment_failure(row: DeploymentRow) -> ApiError:
     return ApiError(503, f"{row.kind} deployment {row.id} is {row.status}: {row.reason}",
                     "DEPLOYMENT_FAILED")
+
+
+def bt_checkpoint(path: str, field: str) -> BtPath:
+    """``path`` as a ``bt://`` path naming a checkpoint (syntax only), else refused."""
+    try:
+        return parse_checkpoint_path(path)
+    except ValueError as exc:
+        raise invalid(f"{field}: {exc}", "INVALID_CHECKPOINT_PATH") from None
 
 
 class Checks:
@@ -97,13 +105,7 @@ class Checks:
     def checkpoint_for_path(self, path: str, field: str) -> CheckpointRow | None:
         """Check a checkpoint path names an existing checkpoint; its registry row if any."""
         if path.startswith("bt://"):
-            try:
-                parsed = parse_bt_path(path)
-            except ValueError as exc:
-                raise invalid(f"{field}: {exc}", "INVALID_CHECKPOINT_PATH") from None
-            if parsed.kind not in CHECKPOINT_KINDS:
-                raise invalid(f"{field} {path!r} does not name a weights or sampler_weights "
-                              "checkpoint", "INVALID_CHECKPOINT_PATH")
+            parsed = bt_checkpoint(path, field)
             row = self.registry.by_path(parsed.run_id, parsed.kind, parsed.name)
             if row is None:
                 raise invalid(f"{field} {path!r}: no such checkpoint", "CHECKPOINT_NOT_FOUND")

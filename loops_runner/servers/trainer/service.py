@@ -27,7 +27,7 @@ from loops_runner.servers.operations import Accepted, OperationRejected, Operati
 from loops_runner.servers.trainer.validation import ModelLimits, prepare_forward
 from loops_runner.storage import layout
 from loops_runner.wire.names import check_storage_name
-from loops_runner.wire.paths import CHECKPOINT_KINDS, parse_bt_path
+from loops_runner.wire.paths import parse_checkpoint_path
 from loops_runner.wire.training import (
     ForwardBackwardRequest,
     InitTrainerServerRequest,
@@ -290,12 +290,9 @@ def check_checkpoint_path(path: str) -> None:
     """Syntax only: the folder may not exist yet (a save queued just before this load)."""
     if path.startswith("bt://"):
         try:
-            parsed = parse_bt_path(path)
+            parse_checkpoint_path(path)
         except ValueError as exc:
             raise _reject(f"path: {exc}", "INVALID_PATH") from exc
-        if parsed.kind not in CHECKPOINT_KINDS:
-            raise _reject(f"path {path!r} names {parsed.kind}, not a weights checkpoint",
-                          "INVALID_PATH")
     elif "://" in path and not path.startswith("file://"):
         raise _reject(f"path {path!r}: this trainer reads bt://loops:<run>/weights/<name>, "
                       "file:// and local paths only", "INVALID_PATH")
