@@ -7,6 +7,8 @@ without the API key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry, list_files
 from loops_runner.servers.control_plane.checks import Checks, bt_checkpoint, invalid, not_found
 from loops_runner.servers.control_plane.files import FileRef, FileSigner
@@ -22,13 +24,12 @@ from loops_runner.wire.checkpoints import (
 MAX_FILE_PAGE_SIZE = 1000
 
 
+@dataclass
 class CheckpointRequests:
-    def __init__(self, store: Store, registry: CheckpointRegistry, signer: FileSigner,
-                 checks: Checks) -> None:
-        self.store = store
-        self.registry = registry
-        self.signer = signer
-        self.checks = checks
+    store: Store
+    registry: CheckpointRegistry
+    signer: FileSigner
+    checks: Checks
 
     def list_checkpoints(self, run_id: str | None, checkpoint_path: str | None,
                          base_model: str | None) -> list[Checkpoint]:

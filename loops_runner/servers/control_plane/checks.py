@@ -9,6 +9,7 @@ checks read the store and the checkpoint registry and change nothing.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from loops_runner.models.registry import (
@@ -57,11 +58,11 @@ def bt_checkpoint(path: str, field: str) -> BtPath:
         raise invalid(f"{field}: {exc}", "INVALID_CHECKPOINT_PATH") from None
 
 
+@dataclass
 class Checks:
-    def __init__(self, store: Store, registry: CheckpointRegistry, home: Path) -> None:
-        self.store = store
-        self.registry = registry
-        self.home = home
+    store: Store
+    registry: CheckpointRegistry
+    home: Path
 
     @staticmethod
     def team(team_id: str | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from loops_runner.models.registry import REGISTRY, ResolvedModel, canonical_model_id
@@ -73,17 +74,16 @@ def launch_name(resolved: ResolvedModel, home: Path) -> str:
     return resolved.load_path
 
 
+@dataclass
 class Provisioning:
-    def __init__(self, home: Path, store: Store, supervisor: Supervisor, checks: Checks,
-                 views: Views, *, create_wait: float) -> None:
-        self.home = home
-        # How long a create call waits for the new server's health before it
-        # answers anyway.
-        self.create_wait = create_wait
-        self.store = store
-        self.supervisor = supervisor
-        self.checks = checks
-        self.views = views
+    home: Path
+    store: Store
+    supervisor: Supervisor
+    checks: Checks
+    views: Views
+    # How long a create call waits for the new server's health before it
+    # answers anyway.
+    create_wait: float
 
     # -- sessions --------------------------------------------------------------------
 

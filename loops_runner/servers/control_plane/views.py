@@ -6,6 +6,8 @@ counts as activity, so a dashboard polling statuses never keeps servers alive.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from loops_runner.servers.control_plane import deployment_states as states
 from loops_runner.servers.control_plane.checks import Checks, not_found
 from loops_runner.servers.control_plane.deployment_states import (
@@ -30,11 +32,11 @@ from loops_runner.wire.control_plane import (
 )
 
 
+@dataclass
 class Views:
-    def __init__(self, store: Store, supervisor: Supervisor, checks: Checks) -> None:
-        self.store = store
-        self.supervisor = supervisor
-        self.checks = checks
+    store: Store
+    supervisor: Supervisor
+    checks: Checks
 
     # -- sessions --------------------------------------------------------------------
 
