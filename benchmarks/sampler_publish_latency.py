@@ -46,9 +46,9 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
 
-    from loops_runner import storage
     from loops_runner.models.loading import load_base_model
     from loops_runner.servers.launch import spawn_server
+    from loops_runner.storage import layout, weight_sync
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.sampler.helpers import Adapter
@@ -60,7 +60,7 @@ def main() -> None:
     try:
         url = server.url
         deadline = time.monotonic() + 30
-        while storage.paired_sampler_url(home, RUN) != url:  # registered once listening
+        while weight_sync.paired_sampler_url(home, RUN) != url:  # registered once listening
             assert time.monotonic() < deadline, "the sampler never registered"
             time.sleep(0.05)
         loaded = load_base_model(args.base_model, home=home, device="cpu")
@@ -92,7 +92,7 @@ def main() -> None:
             version += 1
             start = time.perf_counter()
             adapter.save(home, RUN, "live", step=version)
-            storage.write_live(home, RUN, version, "live")
+            weight_sync.write_live(home, RUN, version, "live")
             ack = client.post(f"{url}/internal/live",
                               json={"run_id": RUN, "version": version, "name": "live"})
             acknowledged = time.perf_counter() - start
@@ -107,7 +107,7 @@ def main() -> None:
             version += 1
             start = time.perf_counter()
             adapter.save(home, RUN, "live", step=version)
-            storage.write_live(home, RUN, version, "live")
+            weight_sync.write_live(home, RUN, version, "live")
             while client.get(f"{url}/trainers_policy_version").json()["policy_version"] \
                     != version:
                 time.sleep(0.005)
@@ -125,7 +125,7 @@ def main() -> None:
             times["served"].append(served)
             perturb()
             times["poll"].append(publish_poll())
-        size = (storage.checkpoint_dir(home, RUN, "sampler_weights", "live")
+        size = (layout.checkpoint_dir(home, RUN, "sampler_weights", "live")
                 / "adapter_model.safetensors").stat().st_size
     finally:
         server.stop()

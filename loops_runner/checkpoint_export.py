@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loops_runner import storage
+from loops_runner.storage import atomic, layout, manifests, weight_sync
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -107,7 +107,7 @@ def export_folder(folder: Path, dest: Path, *, merge: bool, home: Path | None) -
         raise ExportError(f"checkpoint {folder} does not say its base model (no "
                           "checkpoint.json or trainer_state.json); cannot export it")
     base_path = str(resolve_model(loaded.base_model, home).load_path)
-    with storage.atomic_directory(dest) as staging:
+    with atomic.atomic_directory(dest) as staging:
         if merge:
             with tempfile.TemporaryDirectory(prefix="loops-export-") as scratch:
                 write_peft(loaded, folder, Path(scratch))
@@ -134,15 +134,15 @@ def stage_for_serving(folder: Path, home: Path) -> tuple[str, str, int]:
     digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
     run_id, name = f"served-{digest}", "checkpoint"
     version = max(1, loaded.step)
-    final = storage.checkpoint_dir(home, run_id, "sampler_weights", name)
-    with storage.atomic_directory(final) as staging:
+    final = layout.checkpoint_dir(home, run_id, "sampler_weights", name)
+    with atomic.atomic_directory(final) as staging:
         write_peft(loaded, folder, staging)
         # Per-file sha256s, as in every checkpoint manifest: the sampler verifies them.
         files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
                  for path in sorted(staging.iterdir()) if path.is_file()}
-        storage.atomic_write_json(staging / storage.MANIFEST_FILE, {
+        atomic.atomic_write_json(staging / manifests.MANIFEST_FILE, {
             "kind": "sampler_weights", "run_id": run_id, "checkpoint_id": name,
             "base_model": loaded.base_model, "lora_rank": loaded.rank, "step": loaded.step,
             "source": str(folder), "files": files})
-    storage.write_live(home, run_id, version, name)
+    weight_sync.write_live(home, run_id, version, name)
     return run_id, loaded.base_model, version

@@ -30,7 +30,7 @@ from loops_runner.eval import (
 from loops_runner.runner.checkpoint_refs import CheckpointRefError, describe, same_model
 from loops_runner.runner.config import ConfigError, LocalBackend
 from loops_runner.runner.context import RunContext
-from loops_runner.storage import atomic_write_json
+from loops_runner.storage.atomic import atomic_write_json
 
 BASE = "base"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loops_runner.sdk import ModelInput
-from loops_runner.storage import atomic_write_json, read_json
+from loops_runner.storage.atomic import atomic_write_json, read_json
 
 CACHE_PREFIX = "reference-logprobs-"
 # Scoring requests in flight at once; the sampler batches concurrent requests.

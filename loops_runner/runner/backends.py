@@ -20,7 +20,7 @@ from loops_runner.runner.config import (
     LocalBackend,
     RunnerConfig,
 )
-from loops_runner.storage import atomic_write_json, read_json
+from loops_runner.storage.atomic import atomic_write_json, read_json
 
 SESSIONS_FILE = "sessions.json"
 

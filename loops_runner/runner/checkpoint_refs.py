@@ -60,7 +60,7 @@ def resolve_path(reference: str) -> str:
         raise CheckpointRefError("empty checkpoint reference; give a bt:// path, a run dir or "
                                  "a checkpoint folder")
     if text.startswith("bt://"):
-        from loops_runner.storage import parse_bt_path
+        from loops_runner.wire.paths import parse_bt_path
 
         try:
             return str(parse_bt_path(text))
@@ -118,7 +118,7 @@ def local_folder(path: str, home: Path | None) -> Path | None:
         return Path(path)
     if home is None:
         return None
-    from loops_runner.storage import resolve_checkpoint_path
+    from loops_runner.storage.layout import resolve_checkpoint_path
 
     try:
         return resolve_checkpoint_path(home, path)

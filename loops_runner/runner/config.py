@@ -14,25 +14,27 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
-class Section(BaseModel):
+class ConfigSection(BaseModel):
+    """A group of the run config; unknown keys are refused, so a typo fails loudly."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class LocalBackend(Section):
+class LocalBackend(ConfigSection):
     kind: Literal["local"] = "local"
     home: str | None = None
     control_plane_url: str | None = None
     idle_timeout_s: float = Field(default=1800.0, gt=0)
 
 
-class BasetenBackend(Section):
+class BasetenBackend(ConfigSection):
     kind: Literal["baseten"]
     base_url: str | None = "https://api.baseten.co"
     api_key_env: str = "BASETEN_API_KEY"
     training_project_id: str | None = None
 
 
-class ExternalBackend(Section):
+class ExternalBackend(ConfigSection):
     kind: Literal["external"]
     trainer_url: str = Field(min_length=1)
     sampler_url: str = Field(min_length=1)
@@ -41,35 +43,35 @@ class ExternalBackend(Section):
 Backend = Annotated[LocalBackend | BasetenBackend | ExternalBackend, Field(discriminator="kind")]
 
 
-class ModelSection(Section):
+class ModelSection(ConfigSection):
     base_model: str = Field(min_length=1)
     rank: int = Field(default=16, ge=1, le=1024)
 
 
-class WandbSection(Section):
+class WandbSection(ConfigSection):
     mode: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "loops-runner"
     entity: str | None = None
     name: str | None = None
 
 
-class Timeouts(Section):
+class Timeouts(ConfigSection):
     call_s: float = Field(default=600.0, gt=0)
     sample_s: float = Field(default=300.0, gt=0)
     ready_s: float = Field(default=3600.0, gt=0)
 
 
-class SessionSection(Section):
+class SessionSection(ConfigSection):
     reuse_from_session_id: str | None = "auto"
 
 
-class ResumeSection(Section):
+class ResumeSection(ConfigSection):
     from_dir: str | None = None
     fork: bool = False
     auto_retries: int = Field(default=2, ge=0)
 
 
-class RunnerConfig(Section):
+class RunnerConfig(ConfigSection):
     backend: Backend = Field(default_factory=LocalBackend)
     model: ModelSection
     wandb: WandbSection = Field(default_factory=WandbSection)

@@ -18,7 +18,7 @@ import httpx
 from filelock import FileLock
 
 from loops_runner.servers.launch import pid_running, spawn_server
-from loops_runner.storage import atomic_write_json, read_json
+from loops_runner.storage.atomic import atomic_write_json, read_json
 
 STATE_FILE = "control_plane.json"
 KEY_FILE = "api_key"

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from loops_runner.runner.config import ConfigError, describe_errors
 from loops_runner.runner.run_record import RunRecord
-from loops_runner.storage import atomic_write_json
+from loops_runner.storage.atomic import atomic_write_json
 from loops_runner.wire.names import check_storage_name
 
 PIPELINE_FILE = "pipeline.json"

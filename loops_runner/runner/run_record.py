@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from loops_runner.storage import atomic_write_json, read_json
+from loops_runner.storage.atomic import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resume without changing the math.

@@ -5,15 +5,19 @@ JSON (the bytes that go on the wire); if the whole body would exceed the cap,
 the data is packed greedily into contiguous chunks that each fit, one
 operation per chunk. Rows that belong together (DPO's chosen/rejected pairs)
 are packed as a unit so a pair never straddles two requests. The chunk
-results are merged back into one ``ForwardBackwardOutput``.
+results are merged back into one ``ForwardBackwardOutput``. The chunks of one
+call are uploaded in parallel, at most ``CHUNK_UPLOADS`` at a time, by
+``upload`` or its twin ``upload_async`` (the same cap and the same outcome).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from loops_runner.wire import Datum, ForwardBackwardOutput
 
@@ -21,6 +25,11 @@ MAX_REQUEST_BYTES = 24 * 1024 * 1024  # 25,165,824
 # Losses whose consecutive rows are one unit: loss name -> rows per unit.
 ROW_GROUP_SIZES: dict[str, int] = {"dpo": 2}
 SKIP_NORMALIZATION_METRIC = "skip_token_normalization"
+# Chunks of one oversized request are uploaded in parallel (spec 4.6), at most
+# this many bodies of up to 24 MiB in flight at once.
+CHUNK_UPLOADS = 4
+
+Ref = TypeVar("Ref")
 
 
 def dumps(value: Any) -> bytes:
@@ -118,3 +127,31 @@ def merge_outputs(results: Sequence[ForwardBackwardOutput],
         loss_fn_outputs=outputs,
         metrics=metrics,
     )
+
+
+def upload(submit: Callable[[bytes], Ref],
+           bodies: Sequence[bytes]) -> tuple[list[Ref], list[BaseException]]:
+    """Submit every body, ``CHUNK_UPLOADS`` at a time; the accepted refs (in order) and errors."""
+    if len(bodies) == 1:
+        try:
+            return [submit(bodies[0])], []
+        except Exception as exc:
+            return [], [exc]
+    with ThreadPoolExecutor(min(CHUNK_UPLOADS, len(bodies))) as pool:
+        pending = [pool.submit(submit, body) for body in bodies]
+    errors = [error for f in pending if (error := f.exception()) is not None]
+    return [f.result() for f in pending if f.exception() is None], errors
+
+
+async def upload_async(submit: Callable[[bytes], Awaitable[Ref]],
+                       bodies: Sequence[bytes]) -> tuple[list[Ref], list[BaseException]]:
+    """``upload`` on the event loop: the same cap, the same outcome."""
+    slots = asyncio.Semaphore(CHUNK_UPLOADS)
+
+    async def one(body: bytes) -> Ref:
+        async with slots:
+            return await submit(body)
+
+    outcomes = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    return [o for o in outcomes if not isinstance(o, BaseException)], errors

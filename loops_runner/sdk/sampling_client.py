@@ -55,6 +55,7 @@ from loops_runner.sdk.operations import (
     poll_async,
 )
 from loops_runner.sdk.tokenizer import get_tokenizer
+from loops_runner.sdk.twins import in_thread
 from loops_runner.wire import ModelInput, SampleResponse, SamplingParams
 
 logger = logging.getLogger("loops_runner.sdk")
@@ -167,9 +168,7 @@ class SamplingClient:
             wait_for_sampler(self._control_plane, self._endpoint,
                              self._ready_timeout if ready_timeout is None else ready_timeout)
 
-    async def ensure_ready_async(self, ready_timeout: float | None = None) -> None:
-        """``ensure_ready`` without blocking the event loop."""
-        await asyncio.to_thread(self.ensure_ready, ready_timeout)
+    ensure_ready_async = in_thread(ensure_ready)
 
     def _models(self) -> list[dict[str, Any]]:
         """``GET /v1/models`` (retried while the sampler starts; cached for 5 s)."""

@@ -26,7 +26,6 @@ local control plane keeps the session and its runs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +41,7 @@ from loops_runner.sdk.deployments import (
 from loops_runner.sdk.errors import LoopsError, UnsupportedOperationError
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.training_client import TrainingClient
+from loops_runner.sdk.twins import in_thread
 from loops_runner.sdk.types import CheckpointDownload
 from loops_runner.wire import (
     AvailabilityModel,
@@ -186,13 +186,7 @@ class ServiceClient:
                                sampler_num_replicas=sampler_num_replicas, scope=scope,
                                base_checkpoint=base_checkpoint)
 
-    async def create_lora_training_client_async(self, base_model: str, rank: int = 32,
-                                                seed: int | None = None, timeout: float = 600.0,
-                                                ready_timeout: float = 3600.0,
-                                                wandb_config: WandbConfig | None = None,
-                                                **kwargs: Any) -> TrainingClient:
-        return await asyncio.to_thread(self.create_lora_training_client, base_model, rank, seed,
-                                       timeout, ready_timeout, wandb_config, **kwargs)
+    create_lora_training_client_async = in_thread(create_lora_training_client)
 
     def _provision(self, base_model: str, *, rank: int, seed: int | None = None,
                    timeout: float = 600.0, ready_timeout: float = 3600.0,
@@ -288,17 +282,10 @@ class ServiceClient:
         """A new run resuming ``path`` exactly: adapter, optimizer moments and step."""
         return self._from_state(path, with_optimizer=True, replicas=replicas)
 
-    async def create_training_client_from_state_async(
-            self, path: str, user_metadata: dict[str, Any] | None = None,
-            replicas: int = 1) -> TrainingClient:
-        return await asyncio.to_thread(self._from_state, path, with_optimizer=False,
-                                       replicas=replicas)
+    create_training_client_from_state_async = in_thread(create_training_client_from_state)
 
-    async def create_training_client_from_state_with_optimizer_async(
-            self, path: str, user_metadata: dict[str, Any] | None = None,
-            replicas: int = 1) -> TrainingClient:
-        return await asyncio.to_thread(self._from_state, path, with_optimizer=True,
-                                       replicas=replicas)
+    create_training_client_from_state_with_optimizer_async = in_thread(
+        create_training_client_from_state_with_optimizer)
 
     def _from_state(self, path: str, *, with_optimizer: bool, replicas: int) -> TrainingClient:
         options.check_count(replicas, "replicas")
@@ -362,13 +349,7 @@ class ServiceClient:
                               timeout=timeout, ready_timeout=ready_timeout,
                               session_id=self._session_id)
 
-    async def create_sampling_client_async(self, base_model: str,
-                                           timeout: float | None = 300.0,
-                                           ready_timeout: float = 3600.0,
-                                           model_path: str | None = None,
-                                           **kwargs: Any) -> SamplingClient:
-        return await asyncio.to_thread(self.create_sampling_client, base_model, timeout,
-                                       ready_timeout, model_path, **kwargs)
+    create_sampling_client_async = in_thread(create_sampling_client)
 
     # -- control-plane reads ---------------------------------------------------------
 
@@ -376,15 +357,13 @@ class ServiceClient:
         """The base models the control plane supports and where it can run them."""
         return self._cp("get_server_capabilities").capabilities()
 
-    async def get_server_capabilities_async(self) -> ServerCapabilities:
-        return await asyncio.to_thread(self.get_server_capabilities)
+    get_server_capabilities_async = in_thread(get_server_capabilities)
 
     def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The checkpoints saved by ``run_id`` (from the registry, not the trainer)."""
         return self._cp("list_checkpoints").list_checkpoints(run_id)
 
-    async def list_checkpoints_async(self, run_id: str) -> list[Checkpoint]:
-        return await asyncio.to_thread(self.list_checkpoints, run_id)
+    list_checkpoints_async = in_thread(list_checkpoints)
 
     def get_checkpoint_by_path(self, path: str) -> Checkpoint:
         """The registry entry of the ``bt://`` path (base model, rank, step); ValueError if none."""
@@ -399,9 +378,7 @@ class ServiceClient:
         resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
         return checkpoints.files_page(control_plane, resolved, page_size, page_token)
 
-    async def get_checkpoint_archive_url_async(self, *args: Any,
-                                               **kwargs: Any) -> CheckpointFilesResponse:
-        return await asyncio.to_thread(self.get_checkpoint_archive_url, *args, **kwargs)
+    get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
     def download_checkpoint(self, checkpoint_id: str | None = None, *, dest_dir: str,
                             name: str | None = None, run_id: str | None = None,
@@ -416,14 +393,7 @@ class ServiceClient:
         resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
         return checkpoints.download(control_plane, resolved, dest_dir, progress)
 
-    async def download_checkpoint_async(self, checkpoint_id: str | None = None, *,
-                                        dest_dir: str, name: str | None = None,
-                                        run_id: str | None = None,
-                                        target: CheckpointTarget | str | None = None,
-                                        ) -> CheckpointDownload:
-        return await asyncio.to_thread(self.download_checkpoint, checkpoint_id,
-                                       dest_dir=dest_dir, name=name, run_id=run_id,
-                                       target=target)
+    download_checkpoint_async = in_thread(download_checkpoint)
 
     def __repr__(self) -> str:
         where = f"local trainer={self._local[0]}" if self._local else self.base_url

@@ -14,9 +14,10 @@ plane are refused before anything is sent (spec 8).
 
 Why this module is long: it is the one public class of the official
 ``TrainingClient`` surface, each method with its ``*_async`` twin. The parts
-with a job of their own live beside it (``chunking``, ``custom_loss``,
-``publishing``, ``checkpoints``, ``operations``); what remains here is the
-thin per-method glue.
+with a job of their own live beside it (``chunking`` splits and uploads
+oversized requests, ``custom_loss``, ``publishing``, ``checkpoints``,
+``operations``; ``twins`` generates the async twins that only run their plain
+method in a thread); what remains here is the thin per-method glue.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -48,6 +48,7 @@ from loops_runner.sdk.operations import OperationRef, TrainerConnection
 from loops_runner.sdk.ordering import Turnstile
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.tokenizer import get_tokenizer
+from loops_runner.sdk.twins import in_thread
 from loops_runner.sdk.types import CheckpointDownload, GetInfoResponse, ModelData
 from loops_runner.sdk.wandb_logger import WandbLogger
 from loops_runner.wire import (
@@ -78,8 +79,6 @@ from loops_runner.wire.training import LOSS_FNS, MAX_TOP_K_LOGPROBS
 logger = logging.getLogger("loops_runner.sdk")
 
 R = TypeVar("R", bound=BaseModel)
-# Chunks of one oversized request are uploaded in parallel (spec 4.6).
-CHUNK_UPLOADS = 4
 
 
 @dataclass
@@ -350,35 +349,20 @@ class TrainingClient:
 
     def _send_plan(self, plan: _ForwardPlan) -> Any:
         """Submit every chunk (caller holds the turn) and return the combined future."""
-        bodies = self._chunk_bodies(plan)
-        if len(bodies) == 1:
-            refs = [self._conn.submit(plan.op, bodies[0], run_id=self._run_id)]
-        else:
-            with ThreadPoolExecutor(min(CHUNK_UPLOADS, len(bodies))) as pool:
-                pending = [pool.submit(self._conn.submit, plan.op, body, run_id=self._run_id)
-                           for body in bodies]
-            errors = [f.exception() for f in pending if f.exception() is not None]
-            if errors:
-                raise self._chunk_failure(plan, errors, len(pending) - len(errors))
-            refs = [f.result() for f in pending]
+        refs, errors = chunking.upload(
+            lambda body: self._conn.submit(plan.op, body, run_id=self._run_id),
+            self._chunk_bodies(plan))
+        if errors:
+            raise self._chunk_failure(plan, errors, len(refs))
         return self._forward_future(plan, refs)
 
     async def _send_plan_async(self, plan: _ForwardPlan) -> Any:
-        bodies = self._chunk_bodies(plan)
-        # The same cap as the thread pool of the sync twin: at most
-        # CHUNK_UPLOADS bodies of up to 24 MiB in flight at once.
-        uploads = asyncio.Semaphore(CHUNK_UPLOADS)
-
-        async def upload(body: bytes) -> OperationRef:
-            async with uploads:
-                return await self._conn.submit_async(plan.op, body, run_id=self._run_id)
-
-        outcomes = await asyncio.gather(*(upload(body) for body in bodies),
-                                        return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        refs, errors = await chunking.upload_async(
+            lambda body: self._conn.submit_async(plan.op, body, run_id=self._run_id),
+            self._chunk_bodies(plan))
         if errors:
-            raise self._chunk_failure(plan, errors, len(outcomes) - len(errors))
-        return self._forward_future(plan, list(outcomes))  # type: ignore[arg-type]
+            raise self._chunk_failure(plan, errors, len(refs))
+        return self._forward_future(plan, refs)
 
     def _run_plan(self, plan: _ForwardPlan) -> Any:
         with self._turnstile.turn(self._turnstile.take()):
@@ -694,8 +678,7 @@ class TrainingClient:
         floor = None if sampler.queued else (self._last_published or 0) + 1
         return self._sampling_client(sampler, floor=floor, checkpoint_path=model_path)
 
-    async def create_sampling_client_async(self, model_path: str) -> SamplingClient:
-        return await asyncio.to_thread(self.create_sampling_client, model_path)
+    create_sampling_client_async = in_thread(create_sampling_client)
 
     # -- checkpoints through the control plane -----------------------------------------
 
@@ -711,8 +694,7 @@ class TrainingClient:
             raise _needs_run("list_checkpoints")
         return control_plane.list_checkpoints(self._run_id)
 
-    async def list_checkpoints_async(self) -> list[Checkpoint]:
-        return await asyncio.to_thread(self.list_checkpoints)
+    list_checkpoints_async = in_thread(list_checkpoints)
 
     def get_checkpoint_archive_url(
             self, checkpoint_id: str | None = None, page_size: int = 1000, page_token: int = 0,
@@ -724,9 +706,7 @@ class TrainingClient:
                                           target)
         return checkpoints.files_page(control_plane, resolved, page_size, page_token)
 
-    async def get_checkpoint_archive_url_async(self, *args: Any,
-                                               **kwargs: Any) -> CheckpointFilesResponse:
-        return await asyncio.to_thread(self.get_checkpoint_archive_url, *args, **kwargs)
+    get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
     def download_checkpoint(self, checkpoint_id: str | None = None, *, dest_dir: str,
                             name: str | None = None,
@@ -737,12 +717,7 @@ class TrainingClient:
                                           target)
         return checkpoints.download(control_plane, resolved, dest_dir)
 
-    async def download_checkpoint_async(self, checkpoint_id: str | None = None, *,
-                                        dest_dir: str, name: str | None = None,
-                                        target: CheckpointTarget | str | None = None,
-                                        ) -> CheckpointDownload:
-        return await asyncio.to_thread(self.download_checkpoint, checkpoint_id,
-                                       dest_dir=dest_dir, name=name, target=target)
+    download_checkpoint_async = in_thread(download_checkpoint)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Pieces every server shares: error bodies, the listening socket, the URL line."""
+"""Pieces every server shares: the invalid-request error, error bodies, the listening socket,
+the URL line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ from loops_runner.wire.headers import ERROR_CODE_HEADER, ERROR_SOURCE_HEADER, GA
 URL_LINE_PREFIX = "LOOPS_SERVER_URL="
 GATEWAY_SOURCE_HEADER = ERROR_SOURCE_HEADER
 GATEWAY_CODE_HEADER = ERROR_CODE_HEADER
+
+
+class InvalidRequest(ValueError):
+    """A request that can never succeed, refused before it changes any state.
+
+    The message names the field and the limit. The trainer answers it 422 with
+    the error shape of spec 2.2, the sampler a vLLM-style 400 (``param`` names
+    the offending field there); a client retries neither.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def error_response(

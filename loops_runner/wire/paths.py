@@ -1,7 +1,7 @@
 """The ``bt://loops:<run_id>/<kind>/<name>`` checkpoint grammar (spec 5).
 
 Logical names, not locations: each server resolves them against its own data
-home (``loops_runner.storage``), and the client builds the same strings, so
+home (``loops_runner.storage.layout``), and the client builds the same strings, so
 both sides parse and format them with these functions.
 """
 
@@ -40,6 +40,15 @@ def parse_bt_path(path: str) -> BtPath:
     check_storage_name(run_id)
     check_storage_name(name)
     return BtPath(run_id, kind, name)
+
+
+def parse_checkpoint_path(path: str) -> BtPath:
+    """Parse a ``bt://`` path that names a ``weights`` or ``sampler_weights`` checkpoint."""
+    parsed = parse_bt_path(path)
+    if parsed.kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"{path!r} names {parsed.kind}, not a weights or sampler_weights "
+                         "checkpoint")
+    return parsed
 
 
 def bt_path(run_id: str, kind: CheckpointKind, name: str) -> str:

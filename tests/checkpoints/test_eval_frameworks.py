@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loops_runner import storage
+from loops_runner.storage import atomic, manifests
 from loops_runner.tasks import sample_rows
 from tests.sampler import helpers
 
@@ -59,7 +59,7 @@ def served(loops_home: Path, tiny_model_dir: Path,
     finally:
         process.terminate()
         process.wait(timeout=30)
-        storage.read_json(folder / storage.MANIFEST_FILE)  # the source is left as it was
+        atomic.read_json(folder / manifests.MANIFEST_FILE)  # the source is left as it was
 
 
 def _rows() -> list[dict]:

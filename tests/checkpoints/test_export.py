@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loops_runner import storage
 from loops_runner.checkpoint_export import ExportError, export_folder
+from loops_runner.storage import layout, manifests
+from loops_runner.wire.paths import bt_path
 from tests.sampler import helpers
 
 PROMPT = [463, 71, 445, 313, 77, 745, 753, 622, 85, 12, 1001]
@@ -42,7 +43,7 @@ def _max_diff(model, sampler: list[dict[str, float]]) -> float:
 def checkpoint(loops_home: Path, tiny_model_dir: Path, run_id: str) -> str:
     adapter = helpers.make_adapter(tiny_model_dir, seed=11)
     adapter.save(loops_home, run_id, "export-me", step=4)
-    return storage.bt_path(run_id, "sampler_weights", "export-me")
+    return bt_path(run_id, "sampler_weights", "export-me")
 
 
 def test_merged_and_peft_exports_match_the_sampler(sampler_server, loops_home, tiny_model_dir,
@@ -56,7 +57,7 @@ def test_merged_and_peft_exports_match_the_sampler(sampler_server, loops_home, t
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "merged model" in result.stdout
-    export_folder(storage.resolve_checkpoint_path(loops_home, checkpoint), peft_dir,
+    export_folder(layout.resolve_checkpoint_path(loops_home, checkpoint), peft_dir,
                   merge=False, home=loops_home)
     assert sorted(p.name for p in peft_dir.iterdir()) == ["adapter_config.json",
                                                           "adapter_model.safetensors"]
@@ -79,7 +80,7 @@ def test_merged_and_peft_exports_match_the_sampler(sampler_server, loops_home, t
 def test_damaged_checkpoint_is_refused_and_writes_nothing(loops_home, checkpoint, tmp_path,
                                                           damage: str) -> None:
     folder = tmp_path / "copy"
-    shutil.copytree(storage.resolve_checkpoint_path(loops_home, checkpoint), folder)
+    shutil.copytree(layout.resolve_checkpoint_path(loops_home, checkpoint), folder)
     weights = folder / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     if damage == "flipped byte":
@@ -87,7 +88,7 @@ def test_damaged_checkpoint_is_refused_and_writes_nothing(loops_home, checkpoint
     else:
         del data[len(data) // 2:]
         if damage.endswith("no manifest"):
-            (folder / storage.MANIFEST_FILE).unlink()
+            (folder / manifests.MANIFEST_FILE).unlink()
     weights.write_bytes(bytes(data))
     dest = tmp_path / "out"
     expected = "manifest checksum" if damage != "truncated, no manifest" else "damaged"

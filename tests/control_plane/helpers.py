@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from loops_runner import storage
 from loops_runner.servers.launch import ServerProcess, spawn_server, tail
+from loops_runner.storage import atomic, layout, manifests
+from loops_runner.wire.paths import CheckpointKind
 
 
 @dataclass
@@ -84,22 +85,22 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def write_checkpoint(home: Path, run_id: str, kind: storage.CheckpointKind, name: str, *,
+def write_checkpoint(home: Path, run_id: str, kind: CheckpointKind, name: str, *,
                      base_model: str, rank: int = 8, files: dict[str, bytes] | None = None,
                      ttl_seconds: int | None = None, step: int = 3) -> Path:
     """A checkpoint folder as the trainer writes it (files + checkpoint.json, atomically)."""
     files = files or {"adapter_config.json": json.dumps({"r": rank}).encode(),
                       "adapter_model.safetensors": os.urandom(2048)}
     created = datetime.now(UTC)
-    final = storage.checkpoint_dir(home, run_id, kind, name)
-    with storage.atomic_directory(final) as staging:
+    final = layout.checkpoint_dir(home, run_id, kind, name)
+    with atomic.atomic_directory(final) as staging:
         for relative, data in files.items():
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         manifest = {
-            "id": storage.checkpoint_api_id(run_id, kind, name), "run_id": run_id,
-            "checkpoint_id": name, "kind": kind, "target": storage.TARGET_BY_KIND[kind],
+            "id": manifests.checkpoint_api_id(run_id, kind, name), "run_id": run_id,
+            "checkpoint_id": name, "kind": kind, "target": manifests.TARGET_BY_KIND[kind],
             "checkpoint_type": "training" if kind == "weights" else "sampler",
             "base_model": base_model, "lora_rank": rank, "lora_alpha": 2.0 * rank,
             "step": step, "created_at": created.isoformat().replace("+00:00", "Z"),
@@ -110,7 +111,7 @@ def write_checkpoint(home: Path, run_id: str, kind: storage.CheckpointKind, name
             "files": {relative: hashlib.sha256(data).hexdigest()
                       for relative, data in files.items()},
         }
-        (staging / storage.MANIFEST_FILE).write_text(json.dumps(manifest))
+        (staging / manifests.MANIFEST_FILE).write_text(json.dumps(manifest))
     return final
 
 

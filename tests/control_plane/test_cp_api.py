@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from loops_runner.servers.control_plane.files import FileRef, FileSigner, load_or_create_secret
-from loops_runner.storage import checkpoint_api_id
+from loops_runner.storage.manifests import checkpoint_api_id
 from tests.control_plane.helpers import ControlPlaneProcess, start_control_plane, write_checkpoint
 
 API_KEY = "test-key-7f3a"

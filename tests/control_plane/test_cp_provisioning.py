@@ -22,7 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from loops_runner.storage import checkpoint_dir, paired_sampler_url, parse_bt_path
+from loops_runner.storage.layout import checkpoint_dir
+from loops_runner.storage.weight_sync import paired_sampler_url
+from loops_runner.wire.paths import parse_bt_path
 from tests.control_plane.helpers import (
     ControlPlaneProcess,
     child_server_pids,

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 from loops_runner.servers.control_plane.auth import key_matches
+from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry
+from loops_runner.servers.control_plane.deployment_states import (
+    DEPLOYING,
+    FAILED,
+    RUNNING,
+    TRAINER,
+)
 from loops_runner.servers.control_plane.files import (
     FileRef,
     FileSigner,
@@ -16,17 +23,9 @@ from loops_runner.servers.control_plane.files import (
     parse_key,
     resolve_file,
 )
-from loops_runner.servers.control_plane.registry import CheckpointRegistry
-from loops_runner.servers.control_plane.store import (
-    DEPLOYING,
-    FAILED,
-    RUNNING,
-    TRAINER,
-    RunRow,
-    Store,
-    now_iso,
-)
-from loops_runner.storage import checkpoint_api_id
+from loops_runner.servers.control_plane.store import Store, now_iso
+from loops_runner.servers.control_plane.tables import RunRow
+from loops_runner.storage.manifests import checkpoint_api_id
 from tests.control_plane.helpers import write_checkpoint
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import loops_runner
 from loops_runner.wire import headers
 
@@ -34,17 +36,17 @@ def test_header_names_are_spelled_only_in_wire_headers() -> None:
 
 
 def test_the_bt_path_grammar_round_trips() -> None:
-    from loops_runner import storage
-    from loops_runner.wire.paths import bt_path, parse_bt_path
+    from loops_runner.storage import layout
+    from loops_runner.wire.paths import bt_path, parse_bt_path, parse_checkpoint_path
 
     path = bt_path("run-1", "sampler_weights", "step-3")
     assert path == "bt://loops:run-1/sampler_weights/step-3"
     assert str(parse_bt_path(path + "/")) == path
-    assert storage.parse_bt_path is parse_bt_path  # the servers use the same grammar
-
-
-# Left for a later step (both are small private helpers of unrelated modules).
-KNOWN_SHARED_CLASS_NAMES = {"Section"}  # runner/config.py (YAML group), report/charts.py
+    # The servers resolve the same grammar.
+    assert layout.parse_checkpoint_path is parse_checkpoint_path
+    assert str(parse_checkpoint_path(path)) == path
+    with pytest.raises(ValueError, match="not a weights or sampler_weights checkpoint"):
+        parse_checkpoint_path("bt://loops:run-1/sequences/step-3")
 
 
 def test_each_class_name_has_one_definition() -> None:
@@ -53,6 +55,5 @@ def test_each_class_name_has_one_definition() -> None:
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ClassDef):
                 seen.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
-    shared = {name: paths for name, paths in seen.items()
-              if len(paths) > 1 and name not in KNOWN_SHARED_CLASS_NAMES}
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1}
     assert shared == {}

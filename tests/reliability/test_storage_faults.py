@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loops_runner import storage
+from loops_runner.storage import manifests
 from tests.trainer.trainer_helpers import Trainer, datum
 
 TOKENS = [21, 22, 23, 24, 25, 26, 27, 28]
@@ -206,7 +206,7 @@ def test_damaged_checkpoints_are_refused_on_load(trainer_server, sampler_server,
     _step(trainer)
     damages = {
         "flipped byte": lambda folder: _flip_byte(folder / "optimizer.safetensors"),
-        "garbage manifest": lambda folder: (folder / storage.MANIFEST_FILE).write_text("{oops"),
+        "garbage manifest": lambda folder: (folder / manifests.MANIFEST_FILE).write_text("{oops"),
         "hash removed": lambda folder: _edit_manifest(
             folder, lambda m: m["files"].pop("adapter_model.safetensors")),
         "no hash list": lambda folder: _edit_manifest(folder, lambda m: m.pop("files")),
@@ -244,7 +244,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def _edit_manifest(folder: Path, edit) -> None:  # type: ignore[no-untyped-def]
-    path = folder / storage.MANIFEST_FILE
+    path = folder / manifests.MANIFEST_FILE
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))

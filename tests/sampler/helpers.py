@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import torch
 
-from loops_runner import storage
+from loops_runner.storage import atomic, layout, manifests, weight_sync
 
 SAMPLE_HEADERS = {"X-Baseten-Accept-Error": "1", "User-Agent": "baseten-loops/0.32"}
 
@@ -68,14 +68,14 @@ class Adapter:
     def save(self, home: Path, run_id: str, name: str, *, step: int = 0,
              base_model_id: str | None = None) -> Path:
         """Save like the trainer's save_weights_for_sampler (atomic, with manifest)."""
-        final = storage.checkpoint_dir(home, run_id, "sampler_weights", name)
-        with storage.atomic_directory(final) as staging:
+        final = layout.checkpoint_dir(home, run_id, "sampler_weights", name)
+        with atomic.atomic_directory(final) as staging:
             self.model.save_pretrained(str(staging))
             files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                      for p in sorted(staging.iterdir()) if p.is_file()}
             now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             manifest = {
-                "id": storage.checkpoint_api_id(run_id, "sampler_weights", name),
+                "id": manifests.checkpoint_api_id(run_id, "sampler_weights", name),
                 "run_id": run_id, "checkpoint_id": name, "kind": "sampler_weights",
                 "target": "sampler", "checkpoint_type": "sampler",
                 "base_model": base_model_id or str(self.model.peft_config["default"]
@@ -85,7 +85,7 @@ class Adapter:
                 "size_bytes": sum(p.stat().st_size for p in staging.iterdir()),
                 "files": files,
             }
-            storage.atomic_write_json(staging / storage.MANIFEST_FILE, manifest)
+            atomic.atomic_write_json(staging / manifests.MANIFEST_FILE, manifest)
         return final
 
 
@@ -110,8 +110,8 @@ def make_adapter(model_dir: Path, seed: int, rank: int = 4, scale: float = 0.5) 
 def publish(home: Path, run_id: str, version: int, name: str | None,
             sampler_url: str | None = None) -> httpx.Response | None:
     """What the trainer does after saving: LIVE.json, then notify the paired sampler."""
-    storage.write_live(home, run_id, version, name)
-    url = sampler_url or storage.paired_sampler_url(home, run_id)
+    weight_sync.write_live(home, run_id, version, name)
+    url = sampler_url or weight_sync.paired_sampler_url(home, run_id)
     if url is None:
         return None
     return httpx.post(f"{url}/internal/live",

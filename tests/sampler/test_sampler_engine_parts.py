@@ -138,7 +138,8 @@ def test_adapter_loading_refuses_what_it_cannot_serve(tmp_path: Path, tiny_model
 def test_one_batch_serves_base_and_two_adapters(tmp_path: Path, tiny_model_dir,
                                                 adapter_factory, reference_model) -> None:
     from loops_runner.models.loading import load_base_model
-    from loops_runner.servers.sampler.engine import GenerationJob, SamplingSpec, TorchEngine
+    from loops_runner.servers.sampler.engine import GenerationJob, SamplingSpec
+    from loops_runner.servers.sampler.torch_engine import TorchEngine
 
     first, second = adapter_factory(1), adapter_factory(2)
     for name, adapter in (("a", first), ("b", second)):

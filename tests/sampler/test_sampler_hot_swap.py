@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from loops_runner import storage
+from loops_runner.storage import weight_sync
 from tests.sampler import helpers
 
 PROMPTS = [[463, 71, 445, 313, 77], [12, 1001, 57, 3000, 8, 9], [900, 901, 902, 903]]
@@ -43,7 +43,7 @@ def test_publish_during_decoding_swaps_between_requests(paired_sampler, paired_r
                 await asyncio.sleep(0.01)
             # Exactly what the trainer does: overwrite the folder, LIVE.json, notify.
             new.save(loops_home, paired_run, "hot", step=101)
-            storage.write_live(loops_home, paired_run, 101, "hot")
+            weight_sync.write_live(loops_home, paired_run, 101, "hot")
             notice = await client.post(f"{url}/internal/live", json={
                 "run_id": paired_run, "version": 101, "name": "hot"})
             assert notice.json() == {"run_id": paired_run, "live": 101}

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from loops_runner import storage
+from loops_runner.storage import weight_sync
+from loops_runner.wire.paths import bt_path
 from tests.sampler import helpers
 from tests.sampler.conftest import FLOOR_WAIT_S
 from tests.sampler.helpers import sample, tokens_of
@@ -40,7 +41,7 @@ def test_pinned_checkpoint_serves_that_adapter(sampler_server, loops_home, run_i
                                                adapter_factory, reference_model) -> None:
     adapter = adapter_factory(1)
     adapter.save(loops_home, run_id, "step-3", step=3)
-    path = storage.bt_path(run_id, "sampler_weights", "step-3")
+    path = bt_path(run_id, "sampler_weights", "step-3")
     pinned = sample(sampler_server.url, GREEDY, headers={"X-Checkpoint-Path": path})
     _assert_serves(pinned, adapter.model, 3)
     assert pinned.json()["model"] == path
@@ -57,7 +58,7 @@ def test_pinned_checkpoint_serves_that_adapter(sampler_server, loops_home, run_i
 
 def test_overwritten_checkpoint_is_reloaded(sampler_server, loops_home, run_id,
                                             adapter_factory) -> None:
-    path = storage.bt_path(run_id, "sampler_weights", "latest")
+    path = bt_path(run_id, "sampler_weights", "latest")
     adapter_factory(2).save(loops_home, run_id, "latest", step=1)
     first = sample(sampler_server.url, GREEDY, headers={"X-Checkpoint-Path": path})
     _assert_serves(first, adapter_factory(2).model, 1)
@@ -87,7 +88,7 @@ def test_checkpoint_of_another_base_model_is_refused(sampler_server, loops_home,
                                                      adapter_factory) -> None:
     adapter_factory(1).save(loops_home, run_id, "foreign", base_model_id="Qwen/Qwen3-8B")
     response = sample(sampler_server.url, GREEDY, headers={
-        "X-Checkpoint-Path": storage.bt_path(run_id, "sampler_weights", "foreign")})
+        "X-Checkpoint-Path": bt_path(run_id, "sampler_weights", "foreign")})
     assert response.status_code == 400
     assert "Qwen/Qwen3-8B" in response.json()["error"]["message"]
 
@@ -119,7 +120,7 @@ def test_floor_is_met_by_a_publish_during_the_hold(paired_sampler, loops_home, r
     adapter.save(loops_home, run_id, "v5", step=5)
     # No notify: this sampler is not the run's registered paired sampler, so
     # it must notice LIVE.json by itself while holding the request.
-    storage.write_live(loops_home, run_id, 5, "v5")
+    weight_sync.write_live(loops_home, run_id, 5, "v5")
     thread.join(30)
     _assert_serves(result["response"], adapter.model, 5)
 
@@ -129,7 +130,7 @@ def test_floor_and_checkpoint_serve_the_checkpoint_until_live_catches_up(
     pinned, live = adapter_factory(1), adapter_factory(2)
     pinned.save(loops_home, run_id, "ckpt", step=2)
     headers = {"X-Run-Id": run_id, "X-Min-Policy-Version": "3",
-               "X-Checkpoint-Path": storage.bt_path(run_id, "sampler_weights", "ckpt")}
+               "X-Checkpoint-Path": bt_path(run_id, "sampler_weights", "ckpt")}
     started = time.monotonic()
     behind = sample(paired_sampler.url, GREEDY, headers=headers)
     assert time.monotonic() - started < FLOOR_WAIT_S  # served at once, never held or 408
@@ -175,7 +176,7 @@ def test_live_json_alone_is_picked_up_by_polling(sampler_server, loops_home, run
     policy = f"{sampler_server.url}/trainers_policy_version"
     assert httpx.get(policy, headers=headers).json()["policy_version"] == 0
     adapter.save(loops_home, run_id, "polled", step=7)
-    storage.write_live(loops_home, run_id, 7, "polled")
+    weight_sync.write_live(loops_home, run_id, 7, "polled")
     deadline = time.monotonic() + 10
     while httpx.get(policy, headers=headers).json()["policy_version"] != 7:
         assert time.monotonic() < deadline, "LIVE.json change not picked up"
@@ -197,7 +198,7 @@ def test_internal_live_refuses_bad_notices(paired_sampler, run_id) -> None:
 
 def test_paired_sampler_registers_and_lists_its_live_adapter(
         paired_sampler, paired_run, loops_home, adapter_factory) -> None:
-    assert storage.paired_sampler_url(loops_home, paired_run) == paired_sampler.url
+    assert weight_sync.paired_sampler_url(loops_home, paired_run) == paired_sampler.url
     adapter_factory(5).save(loops_home, paired_run, "listed", step=1)
     # Published exactly as the trainer does: to the registered URL.
     response = helpers.publish(loops_home, paired_run, 1, "listed")

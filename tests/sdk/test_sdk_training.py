@@ -21,7 +21,7 @@ from loops_runner.sdk import (
     TrainingClient,
     UnsupportedOperationError,
 )
-from loops_runner.sdk.training_client import CHUNK_UPLOADS
+from loops_runner.sdk.chunking import CHUNK_UPLOADS
 from tests.sdk.helpers import LR, assert_same_probe, batch, probe, sft_datum
 
 

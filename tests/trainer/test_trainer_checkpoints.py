@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loops_runner import storage
+from loops_runner.storage import manifests, weight_sync
 from tests.trainer.trainer_helpers import Trainer, datum
 
 DATA = [datum([50 + (i % 6) for i in range(30)]), datum([70 + (i % 4) for i in range(21)])]
@@ -75,7 +75,7 @@ def test_checkpoint_files_manifest_and_checksums(trainer_server, run_id: str,
     trainer.op("save_state", {"name": "m1", "ttl_seconds": 3600})
     folder = loops_home / "runs" / run_id / "weights" / "m1"
     manifest = json.loads((folder / "checkpoint.json").read_text())
-    assert manifest["id"] == storage.checkpoint_api_id(run_id, "weights", "m1")
+    assert manifest["id"] == manifests.checkpoint_api_id(run_id, "weights", "m1")
     assert manifest["kind"] == "weights" and manifest["target"] == "trainer"
     assert manifest["checkpoint_type"] == "training" and manifest["checkpoint_id"] == "m1"
     assert manifest["lora_rank"] == 4 and manifest["lora_adapter_config"]["r"] == 4
@@ -243,7 +243,7 @@ def stub_sampler() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 def test_publish_updates_live_pointer_and_notifies_the_paired_sampler(
         trainer_server, run_id: str, loops_home: Path, stub_sampler) -> None:
     url, received = stub_sampler
-    storage.register_paired_sampler(loops_home, run_id, url)
+    weight_sync.register_paired_sampler(loops_home, run_id, url)
     trainer = Trainer(trainer_server.url, run_id)
     trainer.init(rank=4)
     assert received[-1] == {"path": "/internal/live", "run_id": run_id, "version": 0,
@@ -253,21 +253,21 @@ def test_publish_updates_live_pointer_and_notifies_the_paired_sampler(
     staged = trainer.op("save_weights_for_sampler",
                         {"name": "staged", "ttl_seconds": 60, "bump_version": False})
     assert staged["version"] == 2
-    assert storage.read_live(loops_home, run_id) == storage.LivePointer(0, None)
+    assert weight_sync.read_live(loops_home, run_id) == weight_sync.LivePointer(0, None)
     assert len(received) == 1  # staging notifies nobody
 
     published = trainer.op("save_weights_for_sampler", {"name": "default", "bump_version": True})
     assert published == {"version": 2,
                          "path": f"bt://loops:{run_id}/sampler_weights/default"}
-    assert storage.read_live(loops_home, run_id) == storage.LivePointer(2, "default")
+    assert weight_sync.read_live(loops_home, run_id) == weight_sync.LivePointer(2, "default")
     assert received[-1] == {"path": "/internal/live", "run_id": run_id, "version": 2,
                             "name": "default"}
     # save_state never changes what the sampler serves (spec Q18) ...
     trainer.op("save_state", {"name": "s"})
-    assert storage.read_live(loops_home, run_id).version == 2
+    assert weight_sync.read_live(loops_home, run_id).version == 2
     # ... a load drops the live adapter (spec Q3).
     trainer.op("load_state", {"path": f"bt://loops:{run_id}/weights/s"})
-    assert storage.read_live(loops_home, run_id) == storage.LivePointer(0, None)
+    assert weight_sync.read_live(loops_home, run_id) == weight_sync.LivePointer(0, None)
     assert received[-1]["version"] == 0 and received[-1]["name"] is None
 
 

@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loops_runner.storage import CHECKPOINT_KINDS, checkpoint_dir
+from loops_runner.storage.layout import checkpoint_dir
 from loops_runner.wire.names import check_storage_name
+from loops_runner.wire.paths import CHECKPOINT_KINDS
 
 SECRET_FILE = "control_plane.secret"
 DEFAULT_URL_TTL_SECONDS = 3600

@@ -18,14 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from loops_runner.servers.common import error_response, format_validation_errors
+from loops_runner.servers.control_plane.checkpoint_requests import MAX_FILE_PAGE_SIZE
+from loops_runner.servers.control_plane.checks import LOCAL_TEAM, ApiError, invalid
 from loops_runner.servers.control_plane.files import FileTokenError, resolve_file
-from loops_runner.servers.control_plane.service import (
-    LOCAL_TEAM,
-    MAX_FILE_PAGE_SIZE,
-    ApiError,
-    ControlPlane,
-    invalid,
-)
+from loops_runner.servers.control_plane.service import ControlPlane
 from loops_runner.servers.openapi import answers, json_body
 from loops_runner.wire.checkpoints import (
     CheckpointFilesResponse,
@@ -117,22 +113,23 @@ def build_router(cp: ControlPlane) -> APIRouter:
 
     async def create_session(request: Request) -> JSONResponse:
         body = await parse_body(request, CreateSessionRequest, allow_empty=True)
-        return dump(SessionResponse(session=cp.create_session(body, team(request))))
+        return dump(SessionResponse(session=cp.provisioning.create_session(body, team(request))))
 
     async def create_trainer(request: Request) -> JSONResponse:
         body = await parse_body(request, CreateTrainerRequest)
-        return dump(RunResponse(run=await cp.create_run(body, team(request))))
+        return dump(RunResponse(run=await cp.provisioning.create_run(body, team(request))))
 
     async def create_run_with_sampler(request: Request) -> JSONResponse:
         # The older documented name of trainer creation; it embeds the paired
         # sampler, created eagerly.
         body = await parse_body(request, CreateTrainerRequest)
-        return dump(RunResponse(run=await cp.create_run(body, team(request),
-                                                        with_sampler=True)))
+        return dump(RunResponse(run=await cp.provisioning.create_run(body, team(request),
+                                                                     with_sampler=True)))
 
     async def create_sampler(request: Request) -> JSONResponse:
         body = await parse_body(request, CreateSamplerRequest)
-        return dump(SamplerResponse(sampler=await cp.create_sampler(body, team(request))))
+        sampler = await cp.provisioning.create_sampler(body, team(request))
+        return dump(SamplerResponse(sampler=sampler))
 
     CreateHandler = Callable[[Request], Awaitable[JSONResponse]]
     creates: dict[str, tuple[CreateHandler, dict[str, Any], type[BaseModel]]] = {
@@ -154,49 +151,50 @@ def build_router(cp: ControlPlane) -> APIRouter:
 
     @router.get("/v1/loops/sessions/{session_id}", responses=answers(ERRORS))
     async def get_session(session_id: str) -> JSONResponse:
-        return JSONResponse(cp.get_session(session_id))
+        return JSONResponse(cp.views.get_session(session_id))
 
     @router.get("/v1/loops/runs", responses=returns(RunListResponse),
                 openapi_extra=query("run_id", "base_model", "session_id"))
     async def list_runs(request: Request) -> JSONResponse:
         query = request.query_params
-        runs = cp.list_runs(query.get("run_id"), query.get("base_model"),
-                            query.get("session_id"))
+        runs = cp.views.list_runs(query.get("run_id"), query.get("base_model"),
+                                  query.get("session_id"))
         return dump(RunListResponse(runs=runs))
 
     @router.get("/v1/loops/runs/{run_id}", responses=returns(RunResponse))
     async def get_run(run_id: str) -> JSONResponse:
-        return dump(RunResponse(run=cp.get_run(run_id)))
+        return dump(RunResponse(run=cp.views.get_run(run_id)))
 
     @router.get("/v1/loops/samplers", responses=returns(SamplerListResponse),
                 openapi_extra=query("session_id"))
     async def list_samplers(request: Request) -> JSONResponse:
         return dump(SamplerListResponse(
-            samplers=cp.list_samplers(request.query_params.get("session_id"))))
+            samplers=cp.views.list_samplers(request.query_params.get("session_id"))))
 
     @router.get("/v1/loops/samplers/{sampler_id}", responses=returns(SamplerResponse))
     async def get_sampler(sampler_id: str) -> JSONResponse:
-        return dump(SamplerResponse(sampler=cp.get_sampler(sampler_id)))
+        return dump(SamplerResponse(sampler=cp.views.get_sampler(sampler_id)))
 
     @router.get("/v1/loops/deployments", responses=returns(DeploymentListResponse))
     async def list_deployments() -> JSONResponse:
-        return dump(DeploymentListResponse(deployments=cp.list_deployments()))
+        return dump(DeploymentListResponse(deployments=cp.views.list_deployments()))
 
     @router.get("/v1/loops/deployments/{deployment_id}",
                 responses=returns(TrainerDeploymentResponse))
     async def get_deployment(deployment_id: str) -> JSONResponse:
-        return dump(TrainerDeploymentResponse(deployment=cp.get_deployment(deployment_id)))
+        return dump(TrainerDeploymentResponse(deployment=cp.views.get_deployment(deployment_id)))
 
     @router.post("/v1/loops/deployments/{deployment_id}/deactivate",
                  responses=returns(TrainerDeploymentResponse))
     async def deactivate(deployment_id: str) -> JSONResponse:
-        return dump(TrainerDeploymentResponse(deployment=await cp.deactivate(deployment_id)))
+        deployment = await cp.provisioning.deactivate(deployment_id)
+        return dump(TrainerDeploymentResponse(deployment=deployment))
 
     @router.get("/v1/models/{model_id}/deployments/{deployment_id}",
                 responses=returns(SamplerStatusResponse))
     async def sampler_status(model_id: str, deployment_id: str) -> JSONResponse:
-        return dump(SamplerStatusResponse(status=cp.sampler_model_status(model_id,
-                                                                         deployment_id)))
+        status = cp.views.sampler_model_status(model_id, deployment_id)
+        return dump(SamplerStatusResponse(status=status))
 
     @router.get("/v1/loops/capabilities", responses=returns(ServerCapabilities))
     async def capabilities() -> JSONResponse:
@@ -208,14 +206,14 @@ def build_router(cp: ControlPlane) -> APIRouter:
                 openapi_extra=query("run_id", "checkpoint_path", "base_model"))
     async def list_checkpoints(request: Request) -> JSONResponse:
         query = request.query_params
-        checkpoints = cp.list_checkpoints(query.get("run_id"), query.get("checkpoint_path"),
-                                          query.get("base_model"))
+        checkpoints = cp.checkpoints.list_checkpoints(
+            query.get("run_id"), query.get("checkpoint_path"), query.get("base_model"))
         return dump(CheckpointListResponse(checkpoints=checkpoints))
 
     @router.post("/v1/loops/checkpoints/validate", responses=answers(ERRORS),
                  openapi_extra=json_body(ValidateCheckpointRequest))
     async def validate_checkpoint(request: Request) -> JSONResponse:
-        cp.validate_checkpoint(await parse_body(request, ValidateCheckpointRequest))
+        cp.checkpoints.validate_checkpoint(await parse_body(request, ValidateCheckpointRequest))
         return JSONResponse({})
 
     @router.get("/v1/loops/checkpoints/{checkpoint_id}/files",
@@ -225,12 +223,13 @@ def build_router(cp: ControlPlane) -> APIRouter:
         page_size = int_query(request, "page_size", MAX_FILE_PAGE_SIZE)
         page_token = int_query(request, "page_token", 0)
         base_url = str(request.base_url).rstrip("/")
-        return dump(cp.checkpoint_files(checkpoint_id, page_size, page_token, base_url))
+        return dump(cp.checkpoints.checkpoint_files(checkpoint_id, page_size, page_token, base_url))
 
     @router.get("/v1/loops/checkpoints/{checkpoint_id}/source",
                 responses=returns(CheckpointSourceResponse))
     async def checkpoint_source(checkpoint_id: str) -> JSONResponse:
-        return dump(CheckpointSourceResponse.model_validate(cp.checkpoint_source(checkpoint_id)))
+        source = cp.checkpoints.checkpoint_source(checkpoint_id)
+        return dump(CheckpointSourceResponse.model_validate(source))
 
     @router.get("/files/{token}", responses=answers(ERRORS) | {
         200: {"content": {"application/octet-stream": {}}, "description": "the file"}})

@@ -25,15 +25,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
 from loops_runner.servers.control_plane.auth import ApiKeyMiddleware
+from loops_runner.servers.control_plane.checks import ApiError
 from loops_runner.servers.control_plane.routes import (
     api_error_handler,
     build_router,
     http_error_handler,
     request_validation_handler,
 )
-from loops_runner.servers.control_plane.service import ApiError, ControlPlane, Settings
+from loops_runner.servers.control_plane.service import ControlPlane, Settings
 from loops_runner.servers.openapi import install_openapi
-from loops_runner.storage import atomic_write_json
+from loops_runner.storage.atomic import atomic_write_json
 from loops_runner.wire.errors import ErrorBody
 
 logger = logging.getLogger("loops_runner.control_plane")

@@ -1,7 +1,7 @@
 """The control plane's state: one SQLite file under the data home.
 
 Sessions, runs, samplers, deployments (with every status change kept as an
-event) and a mirror of the checkpoint manifests. Everything the API lists
+event) and a mirror of the checkpoint manifests (the tables: ``tables``). Everything the API lists
 comes from here, so a restarted control plane answers as before.
 
 One connection in autocommit mode guarded by a lock: each call is a
@@ -16,114 +16,30 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loops_runner.servers.control_plane.deployment_states import (
+    DEPLOYING,
+    PAIRED,
+    READY_STATUSES,
+    SAMPLER,
+    STANDALONE,
+    sources,
+)
+from loops_runner.servers.control_plane.tables import (
+    SCHEMA,
+    CheckpointRow,
+    DeploymentRow,
+    EventRow,
+    RunRow,
+    SamplerRow,
+    SessionRow,
+    columns,
+)
+
 DB_FILE = "control_plane.sqlite"
-
-# Deployment statuses. Trainers become RUNNING, samplers ACTIVE when healthy.
-DEPLOYING = "DEPLOYING"
-RUNNING = "RUNNING"
-ACTIVE = "ACTIVE"
-FAILED = "FAILED"
-STOPPED = "STOPPED"
-READY_STATUSES = frozenset({RUNNING, ACTIVE})
-LIVE_STATUSES = frozenset({DEPLOYING, RUNNING, ACTIVE})
-
-TRAINER = "trainer"
-SAMPLER = "sampler"
-# Sampler roles: a paired sampler follows the runs of one trainer deployment.
-PAIRED = "paired"
-STANDALONE = "standalone"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    training_project_id TEXT,
-    team_id TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deployments (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    role TEXT NOT NULL,
-    base_model TEXT NOT NULL,
-    launch_model TEXT NOT NULL,
-    model_id TEXT,
-    trainer_deployment_id TEXT,
-    session_id TEXT,
-    status TEXT NOT NULL,
-    reason TEXT,
-    status_updated_at TEXT NOT NULL,
-    url TEXT,
-    port INTEGER,
-    pid INTEGER,
-    log_path TEXT NOT NULL,
-    restarts INTEGER NOT NULL DEFAULT 0,
-    ready_once INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deployments_by_trainer ON deployments (trainer_deployment_id);
-CREATE TABLE IF NOT EXISTS deployment_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    reason TEXT,
-    at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_deployment ON deployment_events (deployment_id, seq);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    base_model TEXT NOT NULL,
-    requested_model TEXT NOT NULL,
-    lora_rank INTEGER NOT NULL,
-    replicas INTEGER NOT NULL,
-    availability_model TEXT NOT NULL,
-    seed INTEGER,
-    max_seq_len INTEGER,
-    name TEXT,
-    path TEXT,
-    deployment_id TEXT NOT NULL,
-    reused INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    reason TEXT,
-    created_at TEXT NOT NULL,
-    reuse_source TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at);
-CREATE INDEX IF NOT EXISTS runs_by_deployment ON runs (deployment_id);
-CREATE TABLE IF NOT EXISTS samplers (
-    id TEXT PRIMARY KEY,
-    session_id TEXT,
-    run_id TEXT UNIQUE,
-    base_model TEXT NOT NULL,
-    model_path TEXT,
-    deployment_id TEXT NOT NULL,
-    max_seq_length INTEGER,
-    num_replicas INTEGER,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    target TEXT NOT NULL,
-    checkpoint_type TEXT NOT NULL,
-    base_model TEXT NOT NULL,
-    lora_rank INTEGER NOT NULL,
-    lora_alpha REAL,
-    step INTEGER,
-    created_at TEXT NOT NULL,
-    ttl_seconds INTEGER,
-    expires_at TEXT,
-    size_bytes INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS checkpoints_by_run ON checkpoints (run_id);
-"""
 
 
 def utcnow() -> datetime:
@@ -149,109 +65,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
-@dataclass
-class SessionRow:
-    id: str
-    training_project_id: str | None
-    team_id: str | None
-    created_at: str
-
-
-@dataclass
-class DeploymentRow:
-    id: str
-    kind: str
-    role: str
-    base_model: str
-    launch_model: str
-    model_id: str | None
-    trainer_deployment_id: str | None
-    session_id: str | None
-    status: str
-    reason: str | None
-    status_updated_at: str
-    url: str | None
-    port: int | None
-    pid: int | None
-    log_path: str
-    restarts: int
-    ready_once: int
-    created_at: str
-
-    @property
-    def ready_status(self) -> str:
-        return RUNNING if self.kind == TRAINER else ACTIVE
-
-
-@dataclass
-class RunRow:
-    id: str
-    session_id: str
-    base_model: str
-    requested_model: str
-    lora_rank: int
-    replicas: int
-    availability_model: str
-    seed: int | None
-    max_seq_len: int | None
-    name: str | None
-    path: str | None
-    deployment_id: str
-    reused: int
-    status: str
-    reason: str | None
-    created_at: str
-    # "session:<id>" / "run:<id>" when created with reuse: later runs asking to
-    # reuse the same source find this run's trainer too (sweep jobs started
-    # together share one trainer).
-    reuse_source: str | None = None
-
-
-@dataclass
-class SamplerRow:
-    id: str
-    session_id: str | None
-    run_id: str | None
-    base_model: str
-    model_path: str | None
-    deployment_id: str
-    max_seq_length: int | None
-    num_replicas: int | None
-    created_at: str
-
-
-@dataclass
-class CheckpointRow:
-    id: str
-    run_id: str
-    name: str
-    kind: str
-    target: str
-    checkpoint_type: str
-    base_model: str
-    lora_rank: int
-    lora_alpha: float | None
-    step: int | None
-    created_at: str
-    ttl_seconds: int | None
-    expires_at: str | None
-    size_bytes: int
-
-
-@dataclass
-class EventRow:
-    seq: int
-    deployment_id: str
-    status: str
-    reason: str | None
-    at: str
-
-
 Row = TypeVar("Row")
-
-
-def _columns(row_type: type) -> list[str]:
-    return [field.name for field in fields(row_type)]
 
 
 class Store:
@@ -264,7 +78,7 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -301,7 +115,7 @@ class Store:
         return rows[0] if rows else None
 
     def _insert(self, table: str, row: Any) -> None:
-        names = _columns(type(row))
+        names = columns(type(row))
         values = [getattr(row, name) for name in names]
         sql = (f"INSERT INTO {table} ({', '.join(names)}) "
                f"VALUES ({', '.join('?' for _ in names)})")
@@ -347,7 +161,7 @@ class Store:
             restarts=0, ready_once=0, created_at=now,
         )
         with self._transaction() as db:
-            names = _columns(DeploymentRow)
+            names = columns(DeploymentRow)
             db.execute(f"INSERT INTO deployments ({', '.join(names)}) "
                        f"VALUES ({', '.join('?' for _ in names)})",
                        [getattr(row, name) for name in names])
@@ -388,18 +202,22 @@ class Store:
         *,
         only_from: Iterable[str] | None = None,
     ) -> bool:
-        """Record a status change (and its event); ``only_from`` makes it conditional.
+        """Record a status change (and its event); ``only_from`` narrows where from.
 
+        Only moves the state machine allows are recorded (``deployment_states``).
         Returns whether the change happened, so racing watchers cannot flip a
         status twice.
         """
+        allowed = sources(status)
+        if only_from is not None:
+            allowed &= set(only_from)
         now = now_iso()
         with self._transaction() as db:
             current = db.execute("SELECT status, reason FROM deployments WHERE id = ?",
                                  (deployment_id,)).fetchone()
             if current is None:
                 return False
-            if only_from is not None and current["status"] not in set(only_from):
+            if current["status"] not in allowed:
                 return False
             if current["status"] == status and current["reason"] == reason:
                 return False
@@ -505,7 +323,7 @@ class Store:
     # -- checkpoints (a mirror of the manifests on disk) ------------------------
 
     def upsert_checkpoint(self, row: CheckpointRow) -> None:
-        names = _columns(CheckpointRow)
+        names = columns(CheckpointRow)
         updates = ", ".join(f"{name} = excluded.{name}" for name in names if name != "id")
         sql = (f"INSERT INTO checkpoints ({', '.join(names)}) "
                f"VALUES ({', '.join('?' for _ in names)}) "

@@ -1,12 +1,11 @@
-"""Process supervision: trainer and sampler servers as deployments.
+"""Supervision: keeps each deployment's server process and its status in step.
 
-Each deployment is one ``loops-runner serve trainer|sampler`` child on a free
-loopback port, logging to ``<home>/logs/<kind>-<deployment>.log``. Its status
-moves ``DEPLOYING`` -> ``RUNNING`` (trainer) / ``ACTIVE`` (sampler) once its
-health route answers 200, and to ``FAILED`` (with the exit status and the last
-log lines) when the process dies or never becomes healthy, or ``STOPPED`` when
-it is idle, deactivated or the control plane shuts down. Every change is kept
-as an event in the store.
+The supervisor starts a deployment's process (``processes``), probes it until
+its health route answers 200, and records each status move the state machine
+allows (``deployment_states``): ready, ``FAILED`` with the exit status and the
+last log lines when the process dies or never becomes healthy, ``STOPPED``
+when it is idle, deactivated or the control plane shuts down. Every change is
+kept as an event in the store.
 
 A watcher task checks the children every ``poll_interval`` seconds (so a death
 shows within about a second), probes deploying ones, and stops idle ones: idle
@@ -21,6 +20,10 @@ The deployment reads ``FAILED`` until the restarted process is healthy. After
 a final failure or a stop, a small tombstone listener keeps the port and
 answers every request with a permanent error naming the reason, because the
 SDK retries refused connections for up to an hour.
+
+One class, a little over the usual module size: launch, probe, exit, stop and
+the idle sweep all take the same per-deployment lock and read the same table
+of children, and splitting them would pass that state around.
 """
 
 from __future__ import annotations
@@ -28,138 +31,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
-from urllib.parse import urlencode, urlsplit
+from typing import TypeVar
+from urllib.parse import urlsplit
 
-import httpx
-
-from loops_runner.servers.activity import ACTIVITY_PATH, SUPERVISOR_HEADER
-from loops_runner.servers.common import GATEWAY_SOURCE_HEADER
-from loops_runner.servers.control_plane.store import (
+from loops_runner.servers.control_plane import deployment_states as states
+from loops_runner.servers.control_plane.deployment_states import (
     DEPLOYING,
     FAILED,
     LIVE_STATUSES,
+    OPEN_RUN_STATUSES,
     PAIRED,
     READY_STATUSES,
     RUNNING,
     STOPPED,
     TRAINER,
-    DeploymentRow,
-    Store,
 )
+from loops_runner.servers.control_plane.probes import WRONG_MODEL, Probes
+from loops_runner.servers.control_plane.processes import (
+    AdoptedHandle,
+    Child,
+    PopenHandle,
+    describe_exit,
+    runs_our_server,
+    spawn,
+    stop_process,
+    with_log_tail,
+)
+from loops_runner.servers.control_plane.store import Store
+from loops_runner.servers.control_plane.tables import DeploymentRow
 from loops_runner.servers.control_plane.tombstone import Tombstones
-from loops_runner.servers.launch import ServerStartError, pid_running, spawn_server, tail
-from loops_runner.wire.headers import GATEWAY_ERROR_SOURCE
+from loops_runner.servers.launch import ServerStartError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_RESTARTS = 1
-LOG_TAIL_LINES = 15
-_PROBE_HEADERS = {SUPERVISOR_HEADER: "1"}
-
-
-class ProcessHandle(Protocol):
-    pid: int
-
-    def exit_code(self) -> int | None:
-        """None while running; the exit code (negative: signal) once it ended."""
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-
-class PopenHandle:
-    """A child this control plane started."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
-        self.pid = process.pid
-
-    def exit_code(self) -> int | None:
-        return self.process.poll()
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-
-
-class AdoptedHandle:
-    """A child of an earlier control plane that was killed before it could stop them.
-
-    Not our child, so no exit code: only whether the pid still runs.
-    """
-
-    UNKNOWN_EXIT = 255
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def exit_code(self) -> int | None:
-        return None if pid_running(self.pid) else self.UNKNOWN_EXIT
-
-    def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-
-def stop_process(handle: ProcessHandle, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` (blocking: run it in a thread)."""
-    handle.terminate()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if handle.exit_code() is not None:
-            return
-        time.sleep(0.05)
-    handle.kill()
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and handle.exit_code() is None:
-        time.sleep(0.05)
-
-
-def describe_exit(kind: str, pid: int, code: int | None) -> str:
-    if code is None:
-        return f"{kind} process {pid} is gone"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"{kind} process {pid} was killed by {name}"
-    if code == AdoptedHandle.UNKNOWN_EXIT:
-        return f"{kind} process {pid} exited"
-    return f"{kind} process {pid} exited with code {code}"
-
-
-def with_log_tail(message: str, log_path: str) -> str:
-    lines = tail(Path(log_path), LOG_TAIL_LINES).strip()
-    return f"{message}. Last log lines ({log_path}):\n{lines}" if lines else message
-
-
-@dataclass
-class Child:
-    deployment_id: str
-    handle: ProcessHandle
-    url: str | None = None  # None while the process has not announced its URL
-    stopping: bool = False
-    started_at: float = field(default_factory=time.time)
 
 
 class Supervisor:
@@ -186,12 +96,11 @@ class Supervisor:
         self._restarting: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._cp_activity: dict[str, float] = {}
-        self._no_activity_route: set[str] = set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
         self._holds: Counter[str] = Counter()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=_PROBE_HEADERS)
+        self.probes = Probes()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -224,7 +133,7 @@ class Supervisor:
         for deployment_id in stopped:
             self._mark_stopped(deployment_id, "the control plane shut down")
         self.tombstones.close_all()
-        await self._http.aclose()
+        await self.probes.aclose()
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -291,8 +200,6 @@ class Supervisor:
         """Start the process of ``row`` and wait for its URL (not for health)."""
         if port:
             self.tombstones.release(port)
-        args = [row.kind, "--base-model", row.launch_model, "--home", str(self.home),
-                "--host", "127.0.0.1", "--port", str(port)]
 
         def on_spawn(process: subprocess.Popen[bytes]) -> None:
             self._children[row.id] = Child(row.id, PopenHandle(process))
@@ -300,7 +207,7 @@ class Supervisor:
 
         try:
             server = await asyncio.to_thread(
-                spawn_server, args, Path(row.log_path), start_timeout=self.start_timeout,
+                spawn, row, self.home, port, start_timeout=self.start_timeout,
                 on_spawn=on_spawn,
             )
         except (ServerStartError, OSError) as exc:
@@ -365,7 +272,7 @@ class Supervisor:
         child = self._children.get(deployment_id)
         if child is None or child.url is None:
             return False
-        if await self._health_status(row, child.url) != 200:
+        if await self.probes.health_status(row, child.url) != 200:
             return False
         self.note_activity(deployment_id)
         return True
@@ -381,7 +288,7 @@ class Supervisor:
                 child.stopping = True
                 await asyncio.to_thread(stop_process, child.handle)
             row = self._row(deployment_id)
-            if row.status in LIVE_STATUSES or row.status == FAILED:
+            if states.can_move(row.status, STOPPED):
                 self._mark_stopped(deployment_id, reason)
             row = self._row(deployment_id)
             if row.port and not self._closing:
@@ -399,13 +306,13 @@ class Supervisor:
 
     def _mark_stopped(self, deployment_id: str, reason: str) -> None:
         row = self._row(deployment_id)
-        if row.status == STOPPED:
+        if not states.can_move(row.status, STOPPED):
             return
         self.store.set_status(deployment_id, STOPPED, reason)
         if row.kind == TRAINER:
             self.store.set_runs_status_of(
                 deployment_id, STOPPED, f"its trainer deployment {deployment_id} stopped: "
-                                        f"{reason}", only_from=(DEPLOYING, RUNNING))
+                                        f"{reason}", only_from=OPEN_RUN_STATUSES)
 
     def _fail_runs(self, row: DeploymentRow, why: str) -> None:
         if row.kind != TRAINER:
@@ -414,30 +321,16 @@ class Supervisor:
             row.id, FAILED,
             f"{why}; the run's in-memory adapter and optimizer state are lost. Start a new "
             "run (create_training_client_from_state to resume from a checkpoint).",
-            only_from=(DEPLOYING, RUNNING))
+            only_from=OPEN_RUN_STATUSES)
 
     def _mark_ready(self, row: DeploymentRow) -> None:
-        allowed: Iterable[str] = (DEPLOYING, FAILED) if row.id in self._restarting else (
-            DEPLOYING,)
+        allowed = states.ready_sources(row.id in self._restarting)
         reason = "restarted after a crash" if row.id in self._restarting else None
         if self.store.set_status(row.id, row.ready_status, reason, only_from=allowed):
             self._restarting.pop(row.id, None)
             self.note_activity(row.id)
             if row.kind == TRAINER:
                 self.store.set_runs_status_of(row.id, RUNNING, None, only_from=(DEPLOYING,))
-
-    async def _health_status(self, row: DeploymentRow, url: str) -> int | None:
-        path = "/health"
-        if row.kind == TRAINER:
-            path += "?" + urlencode({"base_model": row.launch_model})
-        try:
-            response = await self._http.get(url + path)
-        except httpx.HTTPError:
-            return None
-        source = response.headers.get(GATEWAY_SOURCE_HEADER)
-        if response.status_code == 404 and source == GATEWAY_ERROR_SOURCE:
-            return -404  # the server says it does not serve this model: final
-        return response.status_code
 
     async def _probe(self, row: DeploymentRow) -> None:
         """One readiness probe of a deploying (or restarting) deployment."""
@@ -454,10 +347,10 @@ class Supervisor:
             return
         if child.url is None:
             return
-        status = await self._health_status(row, child.url)
+        status = await self.probes.health_status(row, child.url)
         if status == 200:
             self._mark_ready(row)
-        elif status == -404:
+        elif status == WRONG_MODEL:
             await self._shielded(self._fail(
                 row.id, f"{row.kind} server at {child.url} does not serve {row.launch_model!r}"))
 
@@ -492,19 +385,14 @@ class Supervisor:
             del self._children[deployment_id]
             row = self._row(deployment_id)
             cause = describe_exit(row.kind, child.handle.pid, child.handle.exit_code())
-            restart = (not self._closing and bool(row.ready_once)
-                       and row.restarts < MAX_RESTARTS and row.port is not None)
-            if restart:
-                note = "restarting it once on the same port"
-            elif row.ready_once and row.restarts >= MAX_RESTARTS:
-                note = f"not restarting it again (already restarted {row.restarts}x)"
-            else:
-                note = "it never became healthy, so it is not restarted"
+            decision = states.after_exit(closing=self._closing, ready_once=bool(row.ready_once),
+                                         restarts=row.restarts, has_port=row.port is not None)
+            note = decision.note
             self.store.set_status(deployment_id, FAILED,
                                   with_log_tail(f"{cause}; {note}", row.log_path))
             self._fail_runs(row, f"its trainer deployment {deployment_id} failed ({cause})")
             logger.warning("deployment %s: %s; %s", deployment_id, cause, note)
-            if not restart:
+            if not decision.restart:
                 self._restarting.pop(deployment_id, None)
                 if row.port:
                     await self.tombstones.install(row, f"{row.kind} deployment {row.id} "
@@ -546,21 +434,6 @@ class Supervisor:
         if probes:
             await asyncio.gather(*probes)
 
-    async def _child_idle_seconds(self, deployment_id: str, child: Child) -> float | None:
-        if child.url is None:
-            return None
-        try:
-            response = await self._http.get(child.url + ACTIVITY_PATH)
-            if response.status_code == 200:
-                return float(response.json()["idle_seconds"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            return None
-        if deployment_id not in self._no_activity_route:
-            self._no_activity_route.add(deployment_id)
-            logger.warning("deployment %s does not serve %s (HTTP %s): it is never stopped "
-                           "for idleness", deployment_id, ACTIVITY_PATH, response.status_code)
-        return None
-
     async def _idle_sweep(self) -> None:
         now = time.time()
         idle: dict[str, float] = {}
@@ -570,7 +443,9 @@ class Supervisor:
             if row.status not in READY_STATUSES or child.stopping \
                     or deployment_id in self._holds:
                 continue
-            child_idle = await self._child_idle_seconds(deployment_id, child)
+            if child.url is None:
+                continue
+            child_idle = await self.probes.idle_seconds(deployment_id, child.url)
             if child_idle is None:
                 continue
             control_plane_idle = now - self._cp_activity.get(deployment_id, child.started_at)
@@ -602,14 +477,6 @@ class Supervisor:
 
     async def _adoptable(self, row: DeploymentRow) -> bool:
         assert row.pid is not None and row.url is not None
-        if not pid_running(row.pid):
+        if not runs_our_server(row.pid, row.kind, self.home):
             return False
-        try:
-            command = Path(f"/proc/{row.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        words = [part.decode(errors="replace") for part in command]
-        if "loops_runner.cli" not in words or row.kind not in words \
-                or str(self.home) not in words:
-            return False
-        return await self._health_status(row, row.url) is not None
+        return await self.probes.health_status(row, row.url) is not None

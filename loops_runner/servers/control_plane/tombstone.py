@@ -16,7 +16,8 @@ import json
 import logging
 from collections import OrderedDict
 
-from loops_runner.servers.control_plane.store import TRAINER, DeploymentRow
+from loops_runner.servers.control_plane.deployment_states import TRAINER
+from loops_runner.servers.control_plane.tables import DeploymentRow
 
 logger = logging.getLogger(__name__)
 

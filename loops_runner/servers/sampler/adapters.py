@@ -12,8 +12,8 @@ none                        base model (version 0)
 both                        live if ``live >= floor``, else the checkpoint
 ==========================  ====================================================
 
-Live adapters follow the weight-sync contract (storage.py): ``LIVE.json`` of a
-run names the published folder and its version; the trainer also POSTs
+Live adapters follow the weight-sync contract (``storage.weight_sync``):
+``LIVE.json`` of a run names the published folder and its version; the trainer also POSTs
 ``/internal/live`` (``publish`` here), answered after the swap. ``LIVE.json`` is
 the source of truth: a notification is a hint to read it now, and a watcher
 re-reads it whenever its stat signature changes. A swap replaces the live
@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loops_runner import storage
 from loops_runner.models.registry import canonical_model_id
 from loops_runner.servers.sampler.engine import Engine
 from loops_runner.servers.sampler.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError
+from loops_runner.storage import atomic, layout, manifests, weight_sync
 from loops_runner.wire.names import check_storage_name
+from loops_runner.wire.paths import bt_path, parse_bt_path
 
 logger = logging.getLogger("loops_runner.sampler.adapters")
 
@@ -172,7 +173,7 @@ class WeightStore:
         elif run == self.default_run:
             model = LIVE_MODEL_ID
         else:
-            model = storage.bt_path(run, "sampler_weights", live.name)
+            model = bt_path(run, "sampler_weights", live.name)
         return ServedWeights(live.adapter, live.version, model, run)
 
     # -- live adapters ---------------------------------------------------------------
@@ -192,7 +193,7 @@ class WeightStore:
 
     async def _refresh(self, run: str, live: _Live) -> None:
         """Re-read LIVE.json if its stat signature changed since the last read."""
-        pointer_file = storage.run_dir(self.home, run) / storage.LIVE_FILE
+        pointer_file = layout.run_dir(self.home, run) / weight_sync.LIVE_FILE
         signature = _stat_signature(pointer_file)
         if signature is not None and signature == live.signature:
             return
@@ -200,7 +201,7 @@ class WeightStore:
             signature = _stat_signature(pointer_file)
             if signature is not None and signature == live.signature:
                 return
-            pointer = storage.read_live(self.home, run)
+            pointer = weight_sync.read_live(self.home, run)
             try:
                 await self._apply(run, live, pointer.version, pointer.name)
             except (AdapterError, FileNotFoundError) as exc:
@@ -219,7 +220,7 @@ class WeightStore:
                 live.notify()
             return
         check_storage_name(name)
-        directory = storage.checkpoint_dir(self.home, run, "sampler_weights", name)
+        directory = layout.checkpoint_dir(self.home, run, "sampler_weights", name)
         folder = _folder_signature(directory)
         if folder is None:
             raise FileNotFoundError(f"{directory} has no adapter")
@@ -246,7 +247,7 @@ class WeightStore:
         if name is not None:
             check_storage_name(name)
         live = self._live.get(run) or self._live.setdefault(run, _Live())
-        pointer_file = storage.run_dir(self.home, run) / storage.LIVE_FILE
+        pointer_file = layout.run_dir(self.home, run) / weight_sync.LIVE_FILE
         async with live.lock:
             # LIVE.json as it was when the notice came (the trainer writes it
             # first): only a later change to it makes the watcher re-read it.
@@ -277,14 +278,14 @@ class WeightStore:
                 f"X-Checkpoint-Path {path!r}: only bt://loops:<run>/sampler_weights/<name> "
                 "paths are served")
         try:
-            parsed = storage.parse_bt_path(path)
+            parsed = parse_bt_path(path)
         except ValueError as exc:
             raise BadCheckpointError(f"X-Checkpoint-Path: {exc}") from exc
         if parsed.kind != "sampler_weights":
             raise BadCheckpointError(
                 f"X-Checkpoint-Path {path!r} names a {parsed.kind} checkpoint; a sampler serves "
                 "sampler_weights checkpoints (save_weights_for_sampler)")
-        return storage.checkpoint_dir(self.home, parsed.run_id, "sampler_weights", parsed.name)
+        return layout.checkpoint_dir(self.home, parsed.run_id, "sampler_weights", parsed.name)
 
     async def pinned(self, path: str) -> ServedWeights:
         directory = self._checkpoint_dir(path)
@@ -306,7 +307,7 @@ class WeightStore:
 
     async def _load_pinned(self, key: str, directory: Path,
                            signature: tuple[int, ...]) -> _Pinned:
-        manifest = storage.read_json(directory / storage.MANIFEST_FILE)
+        manifest = atomic.read_json(directory / manifests.MANIFEST_FILE)
         step = manifest.get("step") if isinstance(manifest, dict) else None
         version = step if isinstance(step, int) and step >= 0 else 0
         try:
@@ -323,11 +324,11 @@ class WeightStore:
 
     def _load_checked(self, directory: Path, key: str) -> Any:
         try:
-            manifest, checksums = storage.manifest_checksums(directory)
+            manifest, checksums = manifests.manifest_checksums(directory)
             for relative in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
                 if checksums is not None and (directory / relative).is_file():
-                    storage.verified_bytes(directory, relative, checksums)
-        except storage.CheckpointIntegrityError as exc:
+                    manifests.verified_bytes(directory, relative, checksums)
+        except manifests.CheckpointIntegrityError as exc:
             raise AdapterError(str(exc)) from exc
         if isinstance(manifest, dict) and manifest.get("base_model"):
             declared = str(manifest["base_model"])
@@ -351,7 +352,7 @@ class WeightStore:
         if default is not None and default.adapter is not None:
             entries.append((LIVE_MODEL_ID, self.base_model_id))
             seen.add(LIVE_MODEL_ID)
-        others = [storage.bt_path(run, "sampler_weights", live.name)
+        others = [bt_path(run, "sampler_weights", live.name)
                   for run, live in self._live.items()
                   if run != self.default_run and live.adapter is not None and live.name]
         for model_id in [*others, *reversed(self._pinned)]:

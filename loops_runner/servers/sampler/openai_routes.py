@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loops_runner.servers.common import InvalidRequest
 from loops_runner.servers.openapi import answers
 from loops_runner.servers.openapi import json_body as json_body_doc
 from loops_runner.servers.sampler.adapters import BadCheckpointError, ServedWeights
@@ -27,7 +28,6 @@ from loops_runner.servers.sampler.engine import (
     SamplingSpec,
 )
 from loops_runner.servers.sampler.protocol import (
-    InvalidRequest,
     check_token_ids,
     constraint_pattern,
     resolve_max_tokens,

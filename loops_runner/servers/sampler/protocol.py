@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from loops_runner.servers.common import InvalidRequest
 from loops_runner.servers.sampler.constraints import ConstraintError, compile_pattern
 from loops_runner.servers.sampler.engine import (
     GenerationOutput,
@@ -29,12 +30,6 @@ from loops_runner.wire.sampling import (
 # structured_outputs keys that tune a constraint rather than name one (vLLM).
 _CONSTRAINT_OPTIONS = {"disable_fallback", "disable_any_whitespace",
                        "disable_additional_properties", "whitespace_pattern", "backend"}
-
-
-class InvalidRequest(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)

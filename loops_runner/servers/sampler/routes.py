@@ -16,14 +16,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from loops_runner.servers.common import error_response, format_validation_errors, vllm_bad_request
+from loops_runner.servers.common import (
+    InvalidRequest,
+    error_response,
+    format_validation_errors,
+    vllm_bad_request,
+)
 from loops_runner.servers.openapi import answers, header
 from loops_runner.servers.openapi import json_body as json_body_doc
 from loops_runner.servers.sampler.adapters import BadCheckpointError, BehindFloorError
 from loops_runner.servers.sampler.engine import GenerationJob
 from loops_runner.servers.sampler.lora import AdapterError
 from loops_runner.servers.sampler.protocol import (
-    InvalidRequest,
     completion_response,
     prompt_tokens,
     sample_spec,

@@ -29,15 +29,16 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from loops_runner import storage
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
 from loops_runner.servers.openapi import allowed_methods, install_openapi
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
-from loops_runner.servers.sampler.engine import Engine, EngineConfig, TorchEngine
+from loops_runner.servers.sampler.engine import Engine
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
+from loops_runner.servers.sampler.torch_engine import EngineConfig, TorchEngine
+from loops_runner.storage import layout, weight_sync
 from loops_runner.wire.errors import OpenAIError, OpenAIErrorBody, VllmErrorBody
 
 logger = logging.getLogger("loops_runner.sampler")
@@ -96,7 +97,7 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
 
         check_storage_name(settings.run_id)
     engine = engine or build_engine(settings)
-    default_run = settings.run_id or storage.LOCAL_RUN_ID
+    default_run = settings.run_id or layout.LOCAL_RUN_ID
     store = WeightStore(engine, settings.home, base_model_id=engine.info.model_id,
                         default_run=default_run, floor_wait_s=settings.floor_wait_s,
                         poll_interval_s=settings.poll_interval_s,
@@ -170,7 +171,7 @@ async def _register_when_listening(settings: SamplerSettings, url: str) -> None:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.1)
-    storage.register_paired_sampler(settings.home, settings.run_id, url)
+    weight_sync.register_paired_sampler(settings.home, settings.run_id, url)
     logger.info("registered as the paired sampler of run %s at %s", settings.run_id, url)
 
 

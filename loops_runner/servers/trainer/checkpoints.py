@@ -11,7 +11,7 @@ Layout of ``<home>/runs/<run>/<kind>/<name>/``:
   sha256 of every file, checked again on load.
 
 Every folder is written to a staging directory and renamed into place
-(``storage.atomic_directory``), so a crash or kill mid-save leaves the previous
+(``atomic.atomic_directory``), so a crash or kill mid-save leaves the previous
 checkpoint of that name intact. Only safetensors and JSON are ever read: no
 pickle, whatever the folder holds.
 """
@@ -33,8 +33,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from loops_runner import storage
 from loops_runner.servers.trainer.optimizer import AdamState
+from loops_runner.storage import atomic, layout, manifests, weight_sync
+from loops_runner.wire.paths import CHECKPOINT_KINDS, CheckpointKind, bt_path
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -98,7 +99,7 @@ def _adapter_config_dict(adapter: AdapterPayload) -> dict[str, Any]:
 def write_checkpoint(
     home: Path,
     run_id: str,
-    kind: storage.CheckpointKind,
+    kind: CheckpointKind,
     name: str,
     adapter: AdapterPayload,
     *,
@@ -111,7 +112,7 @@ def write_checkpoint(
     A storage failure raises ``CheckpointWriteError`` naming the cause; the
     previous folder of that name is left exactly as it was.
     """
-    final = storage.checkpoint_dir(home, run_id, kind, name)
+    final = layout.checkpoint_dir(home, run_id, kind, name)
     try:
         return _write_checkpoint(final, run_id, kind, name, adapter, step=step,
                                  ttl_seconds=ttl_seconds, optimizer=optimizer)
@@ -149,12 +150,12 @@ def _where(exc: OSError, final: Path) -> Path:
     return path
 
 
-def _write_checkpoint(final: Path, run_id: str, kind: storage.CheckpointKind, name: str,
+def _write_checkpoint(final: Path, run_id: str, kind: CheckpointKind, name: str,
                       adapter: AdapterPayload, *, step: int, ttl_seconds: int | None,
                       optimizer: AdamState | None) -> Path:
-    storage.cleanup_stale(final.parent)  # leftovers of earlier interrupted saves
+    atomic.cleanup_stale(final.parent)  # leftovers of earlier interrupted saves
     files: dict[str, str] = {}
-    with storage.atomic_directory(final) as staging:
+    with atomic.atomic_directory(final) as staging:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()}
         files[ADAPTER_WEIGHTS] = _write_bytes(
             staging / ADAPTER_WEIGHTS, save_safetensors(tensors, metadata={"format": "pt"}))
@@ -177,25 +178,25 @@ def _write_checkpoint(final: Path, run_id: str, kind: storage.CheckpointKind, na
                 "base_model": adapter.base_model,
             })
         size = sum((staging / rel).stat().st_size for rel in files)
-        _write_json(staging / storage.MANIFEST_FILE,
+        _write_json(staging / manifests.MANIFEST_FILE,
                     _manifest(run_id, kind, name, adapter, step, ttl_seconds, files, size))
     return final
 
 
-def _manifest(run_id: str, kind: storage.CheckpointKind, name: str, adapter: AdapterPayload,
+def _manifest(run_id: str, kind: CheckpointKind, name: str, adapter: AdapterPayload,
               step: int, ttl_seconds: int | None, files: dict[str, str],
               size: int) -> dict[str, Any]:
     created = datetime.now(UTC).replace(microsecond=0)
     expires = created + timedelta(seconds=ttl_seconds) if ttl_seconds else None
-    target = storage.TARGET_BY_KIND[kind]
+    target = manifests.TARGET_BY_KIND[kind]
     return {
-        "id": storage.checkpoint_api_id(run_id, kind, name),
+        "id": manifests.checkpoint_api_id(run_id, kind, name),
         "run_id": run_id,
         "checkpoint_id": name,
         "kind": kind,
         "target": target,
         "checkpoint_type": "training" if kind == "weights" else "sampler",
-        "path": storage.bt_path(run_id, kind, name),
+        "path": bt_path(run_id, kind, name),
         "base_model": adapter.base_model,
         "lora_rank": adapter.rank,
         "lora_alpha": adapter.alpha,
@@ -215,21 +216,21 @@ def _manifest(run_id: str, kind: storage.CheckpointKind, name: str, adapter: Ada
 
 def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoint:
     """Read (and verify) a checkpoint folder, or any PEFT LoRA adapter folder."""
-    manifest, checksums = storage.manifest_checksums(directory)
+    manifest, checksums = manifests.manifest_checksums(directory)
     if not (directory / ADAPTER_WEIGHTS).is_file():
         pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = (f" (found {', '.join(sorted(pickles))}: pickled weights are never loaded; "
                 "convert them to safetensors)") if pickles else ""
         raise FileNotFoundError(f"checkpoint {directory} has no {ADAPTER_WEIGHTS}{hint}")
-    tensors = load_safetensors(storage.verified_bytes(directory, ADAPTER_WEIGHTS, checksums))
-    config = json.loads(storage.verified_bytes(directory, ADAPTER_CONFIG, checksums))
+    tensors = load_safetensors(manifests.verified_bytes(directory, ADAPTER_WEIGHTS, checksums))
+    config = json.loads(manifests.verified_bytes(directory, ADAPTER_CONFIG, checksums))
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"checkpoint {directory} is a {config.get('peft_type')} adapter, "
                          "not LoRA")
     rank = int(config.get("r", 0))
     state: dict[str, Any] | None = None
     if (directory / TRAINER_STATE).is_file():
-        state = json.loads(storage.verified_bytes(directory, TRAINER_STATE, checksums))
+        state = json.loads(manifests.verified_bytes(directory, TRAINER_STATE, checksums))
     base_model = (manifest or {}).get("base_model") or (state or {}).get("base_model")
     step = int((state or {}).get("step", (manifest or {}).get("step", 0)))
     optimizer: AdamState | None = None
@@ -237,7 +238,7 @@ def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoin
         if state is None or not (directory / OPTIMIZER_FILE).is_file():
             raise ValueError(f"checkpoint {directory} holds no optimizer state (it is not a "
                              "save_state checkpoint); use load_state instead")
-        raw = load_safetensors(storage.verified_bytes(directory, OPTIMIZER_FILE, checksums))
+        raw = load_safetensors(manifests.verified_bytes(directory, OPTIMIZER_FILE, checksums))
         optimizer = AdamState(step=int(state.get("adam_step", step)))
         for key, value in raw.items():
             slot, _, param = key.partition("/")
@@ -250,13 +251,28 @@ def read_checkpoint(directory: Path, *, with_optimizer: bool) -> LoadedCheckpoin
     return LoadedCheckpoint(directory, tensors, rank, base_model, step, optimizer, manifest)
 
 
+def check_layout(path: str, what: str, found: dict[str, torch.Tensor],
+                 params: dict[str, torch.nn.Parameter]) -> None:
+    """Refuse a checkpoint whose tensors do not match the run's LoRA keys and shapes."""
+    missing = sorted(set(params) - set(found))
+    extra = sorted(set(found) - set(params))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path}: {what} do not match this model's LoRA layout "
+                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, "
+                         f"e.g. {extra[:1]})")
+    for key, param in params.items():
+        if tuple(found[key].shape) != tuple(param.shape):
+            raise ValueError(f"checkpoint {path}: {what} {key} has shape "
+                             f"{tuple(found[key].shape)}, expected {tuple(param.shape)}")
+
+
 def sweep_expired(home: Path, run_ids: list[str], now: datetime | None = None) -> list[Path]:
     """Delete checkpoints of ``run_ids`` whose ``expires_at`` has passed (ttl_seconds)."""
     now = now or datetime.now(UTC)
     removed = []
     for run_id in run_ids:
-        live = storage.read_live(home, run_id)
-        for manifest in storage.iter_checkpoint_manifests(home, run_id):
+        live = weight_sync.read_live(home, run_id)
+        for manifest in manifests.iter_checkpoint_manifests(home, run_id):
             expires = manifest.get("expires_at")
             if not expires:
                 continue
@@ -268,8 +284,8 @@ def sweep_expired(home: Path, run_ids: list[str], now: datetime | None = None) -
                 kind, name = manifest.get("kind"), manifest.get("checkpoint_id")
                 if kind == "sampler_weights" and name == live.name:
                     continue  # a paired sampler is serving it; the next publish replaces it
-                if kind in storage.CHECKPOINT_KINDS and isinstance(name, str):
-                    path = storage.checkpoint_dir(home, run_id, kind, name)
+                if kind in CHECKPOINT_KINDS and isinstance(name, str):
+                    path = layout.checkpoint_dir(home, run_id, kind, name)
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
     return removed

@@ -13,6 +13,7 @@ per-token losses and adds its count of active tokens (pairs for DPO);
 ``optim_step`` divides by ``max(1, count)`` (unless the step's gradients came
 with ``skip_token_normalization``), clips the global norm, applies AdamW and
 clears the buffer. Chunked submissions therefore give the same update as one.
+One micro-batch's forward (logits, loss, per-datum outputs) is ``forward_pass``.
 """
 
 from __future__ import annotations
@@ -25,29 +26,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from loops_runner import storage
 from loops_runner.models.loading import LoadedModel
-from loops_runner.servers.trainer import checkpoints, publish, residency
+from loops_runner.servers.trainer import checkpoints, forward_pass, publish, residency
 from loops_runner.servers.trainer.batching import (
     CUDA_BATCH_OVERHEAD_TOKENS,
     DEFAULT_BATCH_OVERHEAD_TOKENS,
-    MicroBatch,
     Strategy,
     default_token_budget,
     plan_micro_batches,
 )
 from loops_runner.servers.trainer.losses import (
-    FlatInputs,
-    LossPart,
-    compute_loss,
     finish_stats,
     merge_stats,
 )
 from loops_runner.servers.trainer.optimizer import AdamState, adamw_step, global_grad_norm
-from loops_runner.servers.trainer.validation import ModelLimits, PreparedBatch, PreparedDatum
+from loops_runner.servers.trainer.validation import ModelLimits, PreparedBatch
+from loops_runner.storage import atomic, layout
+from loops_runner.wire.paths import bt_path, parse_bt_path
 from loops_runner.wire.tensors import TensorData
 from loops_runner.wire.training import (
     AdamParams,
@@ -258,7 +255,8 @@ class TrainerEngine:
         try:
             for micro in plan:
                 with torch.set_grad_enabled(backward):
-                    part = self._micro_batch(micro, batch, outputs)
+                    part = forward_pass.micro_batch(micro, batch, outputs, self._logits,
+                                                    self.device)
                     if backward and part.loss_sum.requires_grad:
                         part.loss_sum.backward()
                 count += part.count
@@ -305,73 +303,6 @@ class TrainerEngine:
                 param.grad = old.add_(new)
             elif old is not None:
                 param.grad = old
-
-    def _micro_batch(self, micro: MicroBatch, batch: PreparedBatch,
-                     outputs: list[dict[str, TensorData]]) -> LossPart:
-        rows: list[PreparedDatum] = [batch.data[i] for i in micro.indices]
-        width = micro.max_len
-        ids = torch.zeros(len(rows), width, dtype=torch.int64)
-        flat_index, seg = [], []
-        for r, datum in enumerate(rows):
-            ids[r, : datum.length] = datum.tokens
-            positions = datum.valid_any.nonzero().squeeze(1)
-            flat_index.append(positions + r * width)
-            seg.append(torch.full((positions.numel(),), r, dtype=torch.int64))
-        index = torch.cat(flat_index).to(self.device)
-        logits = self._logits(ids.to(self.device), index)  # (P, V) float32
-
-        def gather(attr: str) -> torch.Tensor | None:
-            parts = [getattr(d, attr) for d in rows]
-            if parts[0] is None:
-                return None
-            return torch.cat([p[d.valid_any] for p, d in zip(parts, rows, strict=True)]
-                             ).to(self.device)
-
-        targets = gather("target")
-        assert targets is not None
-        safe_targets = targets.clamp(min=0)
-        if targets.shape[1] == 1:
-            # The fused log-softmax + NLL kernel: ~15% cheaper than
-            # logsumexp + gather on full-vocabulary logits, same values.
-            lp = -F.cross_entropy(logits, safe_targets[:, 0], reduction="none").unsqueeze(1)
-        else:
-            lp = logits.gather(1, safe_targets) - torch.logsumexp(logits, dim=-1, keepdim=True)
-        flat = FlatInputs(
-            seg=torch.cat(seg).to(self.device), num_datums=len(rows), valid=targets >= 0,
-            weights=gather("weights"), mask=gather("mask"),  # type: ignore[arg-type]
-            logprobs=gather("logprobs"), advantages=gather("advantages"),
-            ref_logprobs=gather("ref_logprobs"))
-        part = compute_loss(batch.loss_fn, lp, flat, batch.config)
-
-        # Per-datum outputs: real logprobs wherever a target exists, NaN (null) elsewhere.
-        lp_cpu = lp.detach().float().cpu()
-        top_values = top_ids = None
-        if batch.top_k:
-            detached = logits.detach()
-            # log Z per row, recovered from any target's logit and logprob.
-            lse = detached.gather(1, safe_targets[:, :1]) - lp.detach()[:, :1]
-            top = detached.topk(batch.top_k, dim=-1)
-            top_values = (top.values - lse).float().cpu()
-            top_ids = top.indices.cpu()
-        offset = 0
-        for r, datum in enumerate(rows):
-            count = int(datum.valid_any.sum())
-            full = torch.full(datum.target.shape, math.nan)
-            full[datum.valid_any] = lp_cpu[offset: offset + count]
-            full[datum.target < 0] = math.nan
-            if datum.target_rank == 1:
-                full = full[:, 0]
-            out = {"logprobs": _tensor_data(full, "float32")}
-            if top_values is not None and top_ids is not None:
-                values = torch.full((datum.length, batch.top_k), math.nan)
-                token_ids = torch.full((datum.length, batch.top_k), -1, dtype=torch.int64)
-                values[datum.valid_any] = top_values[offset: offset + count]
-                token_ids[datum.valid_any] = top_ids[offset: offset + count]
-                out["top_k_logprobs"] = _tensor_data(values, "float32")
-                out["top_k_token_ids"] = _tensor_data(token_ids, "int64")
-            outputs[micro.indices[r]] = out
-            offset += count
-        return part
 
     def _logits(self, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """fp32 logits of the flattened ``(row * width + position)`` ``index``.
@@ -433,7 +364,7 @@ class TrainerEngine:
         checkpoints.write_checkpoint(self.home, run_id, "weights", name, self._payload(run),
                                      step=run.step, ttl_seconds=ttl_seconds,
                                      optimizer=run.optimizer)
-        return SaveWeightsResponse(mode="state", path=storage.bt_path(run_id, "weights", name))
+        return SaveWeightsResponse(mode="state", path=bt_path(run_id, "weights", name))
 
     def save_weights_for_sampler(self, run_id: str, name: str, ttl_seconds: int | None,
                                  bump_version: bool) -> SaveWeightsForSamplerResponse:
@@ -443,14 +374,14 @@ class TrainerEngine:
         if bump_version:
             publish.set_live(self.home, run_id, run.step, name)
         return SaveWeightsForSamplerResponse(
-            version=run.step, path=storage.bt_path(run_id, "sampler_weights", name))
+            version=run.step, path=bt_path(run_id, "sampler_weights", name))
 
     def load_state(self, run_id: str, path: str, *, with_optimizer: bool) -> LoadWeightsResponse:
         run = self.run(run_id)
         if path.startswith("bt://"):
-            parsed = storage.parse_bt_path(path)
-            _restore_moved_aside(storage.run_dir(self.home, parsed.run_id) / parsed.kind)
-        directory = storage.resolve_checkpoint_path(self.home, path)
+            parsed = parse_bt_path(path)
+            atomic.restore_moved_aside(layout.run_dir(self.home, parsed.run_id) / parsed.kind)
+        directory = layout.resolve_checkpoint_path(self.home, path)
         loaded = checkpoints.read_checkpoint(directory, with_optimizer=with_optimizer)
         if loaded.base_model is not None and not self._same_base(loaded.base_model):
             raise ValueError(f"checkpoint {path} was trained on base model {loaded.base_model!r}, "
@@ -458,9 +389,10 @@ class TrainerEngine:
         if loaded.rank != run.rank:
             raise ValueError(f"checkpoint {path} has LoRA rank {loaded.rank}, but run "
                              f"{run_id!r} was created with rank {run.rank}")
-        _check_keys(path, "adapter weights", loaded.tensors, run.params)
+        checkpoints.check_layout(path, "adapter weights", loaded.tensors, run.params)
         if loaded.optimizer is not None:
-            _check_keys(path, "optimizer moments", loaded.optimizer.exp_avg, run.params)
+            checkpoints.check_layout(path, "optimizer moments", loaded.optimizer.exp_avg,
+                                     run.params)
         with torch.no_grad():
             for key, param in run.params.items():
                 param.copy_(loaded.tensors[key].to(param.device, param.dtype))
@@ -503,41 +435,6 @@ class TrainerEngine:
         run = self.run(run_id)
         tensors = {key: param.detach().to("cpu").clone() for key, param in run.params.items()}
         return tensors, {"step": str(run.step), "rank": str(run.rank), "alpha": repr(run.alpha)}
-
-
-def _tensor_data(tensor: torch.Tensor, dtype: str) -> TensorData:
-    # model_construct: the values come from a tensor, re-validating them one by
-    # one would only cost time. NaN becomes null when serialised.
-    return TensorData.model_construct(data=tensor.flatten().tolist(), dtype=dtype,
-                                      shape=list(tensor.shape))
-
-
-def _check_keys(path: str, what: str, found: dict[str, torch.Tensor],
-                params: dict[str, torch.nn.Parameter]) -> None:
-    missing = sorted(set(params) - set(found))
-    extra = sorted(set(found) - set(params))
-    if missing or extra:
-        raise ValueError(f"checkpoint {path}: {what} do not match this model's LoRA layout "
-                         f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, "
-                         f"e.g. {extra[:1]})")
-    for key, param in params.items():
-        if tuple(found[key].shape) != tuple(param.shape):
-            raise ValueError(f"checkpoint {path}: {what} {key} has shape "
-                             f"{tuple(found[key].shape)}, expected {tuple(param.shape)}")
-
-
-def _restore_moved_aside(parent: Path) -> None:
-    """Undo a save killed between its two renames (old folder aside, new not yet in place).
-
-    Staging folders are left alone: another save may be writing them right now.
-    """
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        if entry.name.startswith(".") and ".old-" in entry.name:
-            original = parent / entry.name[1:].split(".old-")[0]
-            if not original.exists():
-                entry.replace(original)
 
 
 def _projection_modules(model: torch.nn.Module) -> set[str]:

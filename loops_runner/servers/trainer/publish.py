@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from loops_runner import storage
+from loops_runner.storage import weight_sync
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ LIVE_ROUTE = "/internal/live"
 def set_live(home: Path, run_id: str, version: int, name: str | None,
              timeout: float = NOTIFY_TIMEOUT_S) -> bool:
     """Point the run's live adapter at ``name`` (None: base model); True if a sampler acked."""
-    storage.write_live(home, run_id, version, name)
-    url = storage.paired_sampler_url(home, run_id)
+    weight_sync.write_live(home, run_id, version, name)
+    url = weight_sync.paired_sampler_url(home, run_id)
     if not url:
         return False
     payload = {"run_id": run_id, "version": version, "name": name}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from loops_runner import storage
+from loops_runner.storage import atomic, layout
 
 MAX_RESIDENT_ENV = "LOOPS_TRAINER_MAX_RESIDENT_RUNS"
 DEFAULT_MAX_RESIDENT_RUNS = 32
@@ -36,7 +36,7 @@ def max_resident_runs() -> int:
 
 
 def resident_dir(home: Path, run_id: str) -> Path:
-    return storage.run_dir(home, run_id) / ".resident"
+    return layout.run_dir(home, run_id) / ".resident"
 
 
 @dataclass
@@ -56,7 +56,7 @@ def save_evicted(home: Path, run_id: str, meta: EvictedRun, params: dict[str, to
     tensors |= {f"exp_avg/{k}": v.detach().to("cpu").contiguous() for k, v in exp_avg.items()}
     tensors |= {f"exp_avg_sq/{k}": v.detach().to("cpu").contiguous()
                 for k, v in exp_avg_sq.items()}
-    with storage.atomic_directory(resident_dir(home, run_id)) as staging:
+    with atomic.atomic_directory(resident_dir(home, run_id)) as staging:
         save_file(tensors, staging / STATE_FILE,
                   metadata={"run": json.dumps(meta.__dict__)})
 

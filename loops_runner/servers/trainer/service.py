@@ -21,12 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from loops_runner import storage
 from loops_runner.models.registry import canonical_model_id
-from loops_runner.servers.common import format_validation_errors
+from loops_runner.servers.common import InvalidRequest, format_validation_errors
 from loops_runner.servers.operations import Accepted, OperationRejected, OperationStore
-from loops_runner.servers.trainer.validation import ModelLimits, RequestInvalid, prepare_forward
+from loops_runner.servers.trainer.validation import ModelLimits, prepare_forward
+from loops_runner.storage import layout
 from loops_runner.wire.names import check_storage_name
+from loops_runner.wire.paths import parse_checkpoint_path
 from loops_runner.wire.training import (
     ForwardBackwardRequest,
     InitTrainerServerRequest,
@@ -167,7 +168,7 @@ class TrainerService:
                           f"{header_run!r}", "RUN_ID_MISMATCH")
         run_id = body_run if body_run is not None else header_run
         if run_id is None or run_id == "":
-            return storage.LOCAL_RUN_ID
+            return layout.LOCAL_RUN_ID
         try:
             return check_storage_name(run_id)
         except ValueError as exc:
@@ -231,7 +232,7 @@ class TrainerService:
             self.require_run(run_id)
             try:
                 return prepare_forward(request, limits), run_id
-            except RequestInvalid as exc:
+            except InvalidRequest as exc:
                 raise _reject(str(exc)) from exc
 
         batch, run_id = await asyncio.to_thread(parse_and_validate)
@@ -289,12 +290,9 @@ def check_checkpoint_path(path: str) -> None:
     """Syntax only: the folder may not exist yet (a save queued just before this load)."""
     if path.startswith("bt://"):
         try:
-            parsed = storage.parse_bt_path(path)
+            parse_checkpoint_path(path)
         except ValueError as exc:
             raise _reject(f"path: {exc}", "INVALID_PATH") from exc
-        if parsed.kind not in storage.CHECKPOINT_KINDS:
-            raise _reject(f"path {path!r} names {parsed.kind}, not a weights checkpoint",
-                          "INVALID_PATH")
     elif "://" in path and not path.startswith("file://"):
         raise _reject(f"path {path!r}: this trainer reads bt://loops:<run>/weights/<name>, "
                       "file:// and local paths only", "INVALID_PATH")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from loops_runner.servers.common import InvalidRequest
 from loops_runner.servers.trainer.losses import (
     LOSS_CONFIG_DEFAULTS,
     LOSS_REQUIRED_INPUTS,
@@ -28,10 +29,6 @@ from loops_runner.wire.tensors import BOOL_DTYPES, FLOAT_DTYPES, TensorData
 from loops_runner.wire.training import ForwardBackwardRequest
 
 PER_POSITION_INPUTS = ("logprobs", "advantages", "ref_logprobs", "mask")
-
-
-class RequestInvalid(ValueError):
-    """A request that can never succeed; answered 422 with this message."""
 
 
 @dataclass(frozen=True)
@@ -89,15 +86,15 @@ def check_loss_config(loss_fn: str, config: dict[str, Any] | None) -> dict[str, 
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         allowed = ", ".join(sorted(defaults)) or "none"
-        raise RequestInvalid(f"loss_fn_config: unknown key(s) {', '.join(map(repr, unknown))} "
+        raise InvalidRequest(f"loss_fn_config: unknown key(s) {', '.join(map(repr, unknown))} "
                              f"for loss_fn {loss_fn!r} (allowed keys: {allowed})")
     for key, value in config.items():
         if isinstance(defaults[key], bool):
             if not isinstance(value, bool):
-                raise RequestInvalid(f"loss_fn_config.{key} must be true or false, got {value!r}")
+                raise InvalidRequest(f"loss_fn_config.{key} must be true or false, got {value!r}")
         elif (isinstance(value, bool) or not isinstance(value, int | float)
               or not math.isfinite(value)):
-            raise RequestInvalid(f"loss_fn_config.{key} must be a finite number, got {value!r}")
+            raise InvalidRequest(f"loss_fn_config.{key} must be a finite number, got {value!r}")
         merged[key] = value
     _check_config_ranges(loss_fn, merged)
     return merged
@@ -106,7 +103,7 @@ def check_loss_config(loss_fn: str, config: dict[str, Any] | None) -> dict[str, 
 def _check_config_ranges(loss_fn: str, cfg: dict[str, Any]) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise RequestInvalid(f"loss_fn_config.{message}")
+            raise InvalidRequest(f"loss_fn_config.{message}")
 
     if loss_fn in ("ppo", "cispo"):
         lo, hi = cfg["clip_low_threshold"], cfg["clip_high_threshold"]
@@ -128,7 +125,7 @@ def _check_config_ranges(loss_fn: str, cfg: dict[str, Any]) -> None:
 
 def _int_tensor(td: TensorData, where: str) -> torch.Tensor:
     if td.dtype in BOOL_DTYPES:
-        raise RequestInvalid(f"{where}: dtype bool is not allowed for token ids (use int64)")
+        raise InvalidRequest(f"{where}: dtype bool is not allowed for token ids (use int64)")
     if td.dtype in FLOAT_DTYPES:
         # The SDK's TensorData.from_list defaults to float32, so integral floats
         # are accepted as token ids; anything fractional is refused.
@@ -136,7 +133,7 @@ def _int_tensor(td: TensorData, where: str) -> torch.Tensor:
         bad = ~torch.isfinite(values) | (values != values.round())
         if bool(bad.any()):
             index = int(bad.nonzero()[0, 0])
-            raise RequestInvalid(f"{where}: token ids must be integers; value {td.data[index]!r} "
+            raise InvalidRequest(f"{where}: token ids must be integers; value {td.data[index]!r} "
                                  f"at flat index {index} is not (dtype {td.dtype}; use int64)")
         return values.to(torch.int64).reshape(td.shape or [])
     return torch.tensor(td.data, dtype=torch.int64).reshape(td.shape or [])
@@ -162,10 +159,10 @@ def prepare_forward(request: ForwardBackwardRequest, limits: ModelLimits) -> Pre
     loss_fn = request.loss_fn
     config = check_loss_config(loss_fn, request.loss_fn_config)
     if request.top_k_logprobs > limits.vocab_size:
-        raise RequestInvalid(f"top_k_logprobs {request.top_k_logprobs} exceeds the vocabulary "
+        raise InvalidRequest(f"top_k_logprobs {request.top_k_logprobs} exceeds the vocabulary "
                              f"size {limits.vocab_size}")
     if loss_fn == "dpo" and len(request.data) % 2:
-        raise RequestInvalid(f"loss_fn 'dpo' needs an even number of data rows (chosen, "
+        raise InvalidRequest(f"loss_fn 'dpo' needs an even number of data rows (chosen, "
                              f"rejected pairs); got {len(request.data)}")
     prepared: list[PreparedDatum] = []
     target_shape: tuple[int, int | None] | None = None  # (rank, K) of the first datum
@@ -175,7 +172,7 @@ def prepare_forward(request: ForwardBackwardRequest, limits: ModelLimits) -> Pre
         if target_shape is None:
             target_shape = shape
         elif shape != target_shape:
-            raise RequestInvalid(
+            raise InvalidRequest(
                 f"data[{index}].loss_fn_inputs.target_tokens: every datum of a request must "
                 f"use the same target shape; data[0] has rank {target_shape[0]}"
                 + (f" with K={target_shape[1]}" if target_shape[1] else "")
@@ -190,48 +187,48 @@ def _prepare_datum(i: int, datum: Any, loss_fn: str, limits: ModelLimits) -> Pre
     for j, chunk in enumerate(datum.model_input.chunks):
         if isinstance(chunk, ImageChunk):
             if not limits.supports_images:
-                raise RequestInvalid(f"{where}.model_input.chunks[{j}]: image chunks are not "
+                raise InvalidRequest(f"{where}.model_input.chunks[{j}]: image chunks are not "
                                      f"supported: {limits.model_name} is a text-only model")
-            raise RequestInvalid(f"{where}.model_input.chunks[{j}]: image input is not "
+            raise InvalidRequest(f"{where}.model_input.chunks[{j}]: image input is not "
                                  "implemented by this trainer")
         tokens.extend(chunk.tokens)
     n = len(tokens)
     if n == 0:
-        raise RequestInvalid(f"{where}.model_input: no tokens; a datum needs at least one")
+        raise InvalidRequest(f"{where}.model_input: no tokens; a datum needs at least one")
     if n > limits.max_length:
-        raise RequestInvalid(f"{where}.model_input: {n} tokens exceed the model's maximum "
+        raise InvalidRequest(f"{where}.model_input: {n} tokens exceed the model's maximum "
                              f"sequence length {limits.max_length}")
     token_tensor = torch.tensor(tokens, dtype=torch.int64)
     out_of_vocab = (token_tensor < 0) | (token_tensor >= limits.vocab_size)
     if bool(out_of_vocab.any()):
         pos = int(out_of_vocab.nonzero()[0, 0])
-        raise RequestInvalid(f"{where}.model_input: token id {tokens[pos]} at position {pos} is "
+        raise InvalidRequest(f"{where}.model_input: token id {tokens[pos]} at position {pos} is "
                              f"outside the vocabulary [0, {limits.vocab_size})")
 
     inputs: dict[str, TensorData] = datum.loss_fn_inputs
     required = LOSS_REQUIRED_INPUTS[loss_fn]
     missing = [key for key in required if key not in inputs]
     if missing:
-        raise RequestInvalid(
+        raise InvalidRequest(
             f"{where}.loss_fn_inputs: missing {', '.join(map(repr, missing))} (loss_fn "
             f"{loss_fn!r} requires {', '.join(required)})")
 
     field_name = f"{where}.loss_fn_inputs.target_tokens"
     target = _int_tensor(inputs["target_tokens"], field_name)
     if target.dim() == 2 and loss_fn != "cross_entropy":
-        raise RequestInvalid(f"{field_name}: shape {list(target.shape)}: (N, K) targets are only "
+        raise InvalidRequest(f"{field_name}: shape {list(target.shape)}: (N, K) targets are only "
                              f"supported by cross_entropy; {loss_fn!r} needs shape (N,)")
     if target.dim() not in (1, 2):
-        raise RequestInvalid(f"{field_name}: shape {list(target.shape)} must be (N,) or (N, K)")
+        raise InvalidRequest(f"{field_name}: shape {list(target.shape)} must be (N,) or (N, K)")
     if target.shape[0] != n:
-        raise RequestInvalid(
+        raise InvalidRequest(
             f"{field_name}: length {target.shape[0]} does not match model_input length {n} "
             "(position i of model_input predicts target_tokens[i])")
     if target.dim() == 2 and target.shape[1] < 1:
-        raise RequestInvalid(f"{field_name}: shape {list(target.shape)} needs K >= 1")
+        raise InvalidRequest(f"{field_name}: shape {list(target.shape)} needs K >= 1")
     if bool((target >= limits.vocab_size).any()):
         pos = _first_bad(target >= limits.vocab_size)
-        raise RequestInvalid(f"{field_name}: token id {int(target.max())} (at {pos}) is outside "
+        raise InvalidRequest(f"{field_name}: token id {int(target.max())} (at {pos}) is outside "
                              f"the vocabulary [0, {limits.vocab_size}); use a negative id to "
                              "mask a position")
     rank = target.dim()
@@ -246,7 +243,7 @@ def _prepare_datum(i: int, datum: Any, loss_fn: str, limits: ModelLimits) -> Pre
     valid_any = valid.any(dim=1)
     bad_mask = valid_any & ~torch.isfinite(mask)
     if bool(bad_mask.any()):
-        raise RequestInvalid(f"{where}.loss_fn_inputs.mask: not finite at position "
+        raise InvalidRequest(f"{where}.loss_fn_inputs.mask: not finite at position "
                              f"{_first_bad(bad_mask)}, which has a target")
     mask = torch.where(valid_any, mask, torch.zeros_like(mask))
 
@@ -259,7 +256,7 @@ def _prepare_datum(i: int, datum: Any, loss_fn: str, limits: ModelLimits) -> Pre
         uses = valid[:, 0] & (weights[:, 0] != 0)
         bad = uses & ~torch.isfinite(ref)
         if bool(bad.any()):
-            raise RequestInvalid(f"{where}.loss_fn_inputs.ref_logprobs: not finite (null/NaN/inf) "
+            raise InvalidRequest(f"{where}.loss_fn_inputs.ref_logprobs: not finite (null/NaN/inf) "
                                  f"at position {_first_bad(bad)}, which has a weighted target")
         datum_out.ref_logprobs = torch.where(uses, ref, torch.zeros_like(ref))
     return datum_out
@@ -272,11 +269,11 @@ def _weights(where: str, td: TensorData | None, target: torch.Tensor, valid: tor
         return valid.to(torch.float32)
     weights = _float_tensor(td)
     if list(weights.shape) != list(target.shape):
-        raise RequestInvalid(f"{field_name}: shape {list(weights.shape)} must equal the shape of "
+        raise InvalidRequest(f"{field_name}: shape {list(weights.shape)} must equal the shape of "
                              f"target_tokens {list(target.shape)}")
     bad = (target >= 0) & ~torch.isfinite(weights)
     if bool(bad.any()):
-        raise RequestInvalid(f"{field_name}: not finite (null/NaN/inf) at {_first_bad(bad)}, "
+        raise InvalidRequest(f"{field_name}: not finite (null/NaN/inf) at {_first_bad(bad)}, "
                              "which has a target (weights may be null only where the target "
                              "is masked)")
     weights2 = weights if rank == 2 else weights.unsqueeze(1)
@@ -291,7 +288,7 @@ def _per_position(where: str, key: str, td: TensorData | None, n: int) -> torch.
     allowed = [[n], [1]] if key == "advantages" else [[n]]
     if list(values.shape) not in allowed:
         shapes = " or ".join(str(s) for s in allowed)
-        raise RequestInvalid(f"{field_name}: shape {list(values.shape)} must be {shapes} "
+        raise InvalidRequest(f"{field_name}: shape {list(values.shape)} must be {shapes} "
                              f"(model_input has {n} tokens)")
     return values.expand(n).clone() if values.shape[0] != n else values
 
@@ -305,13 +302,13 @@ def _policy_inputs(where: str, datum: PreparedDatum, per_pos: dict[str, torch.Te
     counts = valid & (coef != 0)
     bad = counts & ~torch.isfinite(adv)
     if bool(bad.any()):
-        raise RequestInvalid(f"{where}.loss_fn_inputs.advantages: not finite (null/NaN/inf) at "
+        raise InvalidRequest(f"{where}.loss_fn_inputs.advantages: not finite (null/NaN/inf) at "
                              f"position {_first_bad(bad)}, which has a target")
     adv = torch.where(counts, adv, torch.zeros_like(adv))
     active = policy_active(valid, coef, adv)
     bad = active & ~torch.isfinite(q)
     if bool(bad.any()):
-        raise RequestInvalid(f"{where}.loss_fn_inputs.logprobs: not finite (null/NaN/inf) at "
+        raise InvalidRequest(f"{where}.loss_fn_inputs.logprobs: not finite (null/NaN/inf) at "
                              f"position {_first_bad(bad)}, an active token (target, weight and "
                              "advantage all set)")
     datum.advantages = adv

@@ -24,19 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from loops_runner.models.registry import canonical_model_id
-from loops_runner.servers.control_plane.store import CheckpointRow, Store, iso, parse_iso, utcnow
-from loops_runner.storage import (
-    CHECKPOINT_KINDS,
-    MANIFEST_FILE,
-    TARGET_BY_KIND,
-    bt_path,
-    checkpoint_api_id,
-    checkpoint_dir,
-    run_dir,
-    runs_root,
-)
+from loops_runner.servers.control_plane.store import Store, iso, parse_iso, utcnow
+from loops_runner.servers.control_plane.tables import CheckpointRow
+from loops_runner.storage.layout import checkpoint_dir, run_dir, runs_root
+from loops_runner.storage.manifests import MANIFEST_FILE, TARGET_BY_KIND, checkpoint_api_id
 from loops_runner.wire.checkpoints import Checkpoint, LoraAdapterConfig
 from loops_runner.wire.names import check_storage_name
+from loops_runner.wire.paths import CHECKPOINT_KINDS, bt_path
 
 logger = logging.getLogger(__name__)
 
