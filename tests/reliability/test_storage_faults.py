@@ -144,7 +144,7 @@ def _check_saves_again(trainer: Trainer, kind: str, destination: Path) -> None:
     """Off the faulty disk (unmounted), the run trains, and saves and loads again."""
     _step(trainer)
     trainer.op(SAVE_OP[kind], {"name": "keep"})
-    assert (destination / "keep" / storage.MANIFEST_FILE).is_file()
+    assert (destination / "keep" / manifests.MANIFEST_FILE).is_file()
     if kind == "weights":
         step = trainer.op("load_state_with_optimizer",
                           {"path": f"bt://loops:{trainer.run_id}/weights/keep"})["step"]
