@@ -10,8 +10,9 @@ evaluation question.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
-from loops_runner.tasks import as_conversation, sample_rows
+from loops_runner.tasks import FAMILIES, as_conversation, sample_rows
 from loops_runner.tasks.words import WORDS
 
 Conversation = dict[str, list[dict[str, str]]]
@@ -99,9 +100,12 @@ def lexicon(seed: int = 0) -> list[str]:
     return facts
 
 
-def conversations(count: int, seed: int = 0) -> list[Conversation]:
-    """``count`` single-turn chats ``{"messages": [user, assistant]}`` from the train split."""
-    return [as_conversation(row) for row in sample_rows(count, split="train", seed=seed)]
+def conversations(count: int, seed: int = 0,
+                  families: Sequence[str] | None = None) -> list[Conversation]:
+    """``count`` single-turn chats ``{"messages": [user, assistant]}`` from the train split
+    (of the default task mix unless ``families`` are given)."""
+    return [as_conversation(row)
+            for row in sample_rows(count, split="train", seed=seed, families=families)]
 
 
 def render_chat(chat: Conversation) -> str:
@@ -114,7 +118,9 @@ def tokenizer_corpus(seed: int = 1234) -> list[str]:
     """Text the built-in tokenizer is trained on: task chats, prose, words and numbers."""
     # Chats rendered the way the chat template renders them, so role names
     # and the newline after them become single tokens.
-    lines = [render_chat(chat) for chat in conversations(6000, seed=seed)]
+    # Every family of the registry, whatever the default mix: the tokenizer (and
+    # so the shipped model) must not change when the default mix does.
+    lines = [render_chat(chat) for chat in conversations(6000, seed=seed, families=list(FAMILIES))]
     lines.extend("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                  for _ in range(200))
     lines.extend(prose(3000, seed=seed))

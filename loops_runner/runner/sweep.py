@@ -141,8 +141,11 @@ def print_summary(sweep_dir: Path, console: Console | None = None) -> None:
         return
     numeric = sorted({key for row in rows for key, value in (row["final_metrics"] or {}).items()
                       if isinstance(value, int | float)})
-    # The headline metrics only; every metric is in sweep.jsonl.
-    metric_names = [m for m in numeric if m.startswith(SUMMARY_PREFIXES)][:4] or numeric[:4]
+    # The headline metrics only, not their parts (eval/accuracy, not
+    # eval/accuracy/<family>); every metric is in sweep.jsonl.
+    present = set(numeric)
+    headline = [m for m in numeric if m.rsplit("/", 1)[0] not in present]
+    metric_names = [m for m in headline if m.startswith(SUMMARY_PREFIXES)][:4] or headline[:4]
     table = Table(title=f"sweep summary ({sweep_file})")
     for column in ("job", "overrides", "status", *metric_names):
         table.add_column(column, overflow="fold")

@@ -151,18 +151,29 @@ def _check_saves_again(trainer: Trainer, kind: str, destination: Path) -> None:
         assert step == 2
 
 
-@pytest.mark.parametrize("kind", ["weights", "sampler_weights"])
-def test_full_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
-                                 kind: str) -> None:
-    """A real ENOSPC: the tmpfs holds the previous checkpoint and half a new one."""
+@contextmanager
+def _checkpoint_on_small_disk(trainer_server, run_id: str, loops_home: Path, kind: str,
+                              seed: int) -> Iterator[tuple[Trainer, Path, Path, dict[str, str]]]:
+    """A trained run whose ``kind`` folder is a small tmpfs holding one checkpoint, "keep":
+    yields (trainer, that folder's parent, the checkpoint, its digest); after the disk is
+    unmounted, the run must train, save and load again."""
     trainer = Trainer(trainer_server.url, run_id)
-    trainer.init(rank=4, seed=4)
+    trainer.init(rank=4, seed=seed)
     _step(trainer)
     destination = loops_home / "runs" / run_id / kind
     with small_disk(destination):
         trainer.op(SAVE_OP[kind], {"name": "keep"})
         folder = destination / "keep"
-        saved = _folder_digest(folder)
+        yield trainer, destination, folder, _folder_digest(folder)
+    _check_saves_again(trainer, kind, destination)
+
+
+@pytest.mark.parametrize("kind", ["weights", "sampler_weights"])
+def test_full_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
+                                 kind: str) -> None:
+    """A real ENOSPC: the tmpfs holds the previous checkpoint and half a new one."""
+    with _checkpoint_on_small_disk(trainer_server, run_id, loops_home, kind, seed=4) as (
+            trainer, destination, folder, saved):
         used = _used_bytes(destination)
         assert used >= 2 * PAGE, used  # the checkpoint really is on the small disk
         # Room for half of a second copy: the save fails part-way, inside its
@@ -172,25 +183,17 @@ def test_full_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
         _check_refused_save(trainer, kind, folder, saved, "No space left on device",
                             "free space on that disk")
         assert _used_bytes(destination) == used  # the failed save gave its space back
-    _check_saves_again(trainer, kind, destination)
 
 
 @pytest.mark.parametrize("kind", ["weights", "sampler_weights"])
 def test_read_only_disk_during_a_save(trainer_server, run_id: str, loops_home: Path,
                                       kind: str) -> None:
     """A real EROFS: the checkpoint folder's file system is remounted read-only."""
-    trainer = Trainer(trainer_server.url, run_id)
-    trainer.init(rank=4, seed=6)
-    _step(trainer)
-    destination = loops_home / "runs" / run_id / kind
-    with small_disk(destination):
-        trainer.op(SAVE_OP[kind], {"name": "keep"})
-        folder = destination / "keep"
-        saved = _folder_digest(folder)
+    with _checkpoint_on_small_disk(trainer_server, run_id, loops_home, kind, seed=6) as (
+            trainer, destination, folder, saved):
         _mount("-o", "remount,ro", str(destination))
         _check_refused_save(trainer, kind, folder, saved, "Read-only file system",
                             "make that file system writable")
-    _check_saves_again(trainer, kind, destination)
 
 
 def _saved(trainer: Trainer, loops_home: Path, kind: str, name: str) -> Path:
