@@ -8,8 +8,11 @@ exchange. A route parses and validates its request, then hands the store a
   replay of an accepted submit returns the same id and never runs the work
   again; the same key with a different body is a 409 conflict);
 * enqueues the job before answering 202, so acceptance order is execution
-  order; each *lane* runs its jobs one at a time, in that order, on its own
-  worker thread, so heavy work never blocks the event loop;
+  order within a *group* (a trainer's run); each *lane* runs its jobs one at
+  a time on its own worker thread, so heavy work never blocks the event loop,
+  and takes turns between the groups that have work queued (round-robin), so
+  one run's burst of 50 operations does not hold another run's single
+  operation until the burst drains (runs sharing a trainer, issue #17);
 * answers ``GET /operations/{id}`` by holding the request until the job
   finishes or ``poll_hold_s`` passes (then 408: the SDK re-polls at once);
 * keeps finished results for ``retention_s`` (default 1 h), with caps on the
@@ -33,7 +36,7 @@ import logging
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +65,7 @@ DEFAULT_MAX_FINISHED = 20_000
 DEFAULT_MAX_RESULT_BYTES = 1 << 30
 DEFAULT_MAX_TOMBSTONES = 200_000
 DEFAULT_LANE = "default"
+_DEFAULT_GROUP = "\0default"  # cannot collide with a run id (those are storage names)
 
 Job = Callable[[], Any]
 
@@ -99,6 +103,9 @@ class Accepted:
     job: Job
     lane: str = DEFAULT_LANE
     on_accept: Callable[[], None] | None = None
+    # Jobs of one group run in acceptance order; groups take turns. None = the
+    # lane's shared default group.
+    group: str | None = None
 
 
 @dataclass
@@ -136,14 +143,47 @@ def error_body(exc: BaseException) -> bytes:
 
 
 class _Lane:
-    """One worker: a FIFO of operations and the single thread that runs them."""
+    """One worker thread and its queues: one FIFO per group, served round-robin.
+
+    ``urgent`` holds internal calls that belong to no group (the model load,
+    janitor sweeps): they go before any group's next job.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.queue: asyncio.Queue[StoredOperation | None] = asyncio.Queue()
+        # Groups with queued work, in turn order: the head goes next, then
+        # moves to the back if it still has work.
+        self.groups: OrderedDict[str, deque[StoredOperation]] = OrderedDict()
+        self.urgent: deque[StoredOperation] = deque()
+        self.wakeup = asyncio.Event()
+        self.closed = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"op-{name}")
         self.task: asyncio.Task[None] | None = None
         self.executed = 0
+
+    def put(self, op: StoredOperation, group: str | None) -> None:
+        if group is None and op.kind == "internal":
+            self.urgent.append(op)
+        else:
+            self.groups.setdefault(group or _DEFAULT_GROUP, deque()).append(op)
+        self.wakeup.set()
+
+    def take(self) -> StoredOperation | None:
+        """The next job to run, or None when nothing is queued."""
+        if self.urgent:
+            return self.urgent.popleft()
+        if not self.groups:
+            return None
+        group, queue = next(iter(self.groups.items()))
+        op = queue.popleft()
+        del self.groups[group]
+        if queue:
+            self.groups[group] = queue
+        return op
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
 
 
 class OperationStore:
@@ -246,7 +286,7 @@ class OperationStore:
         self._ops[key] = op
         if accepted.on_accept is not None:
             accepted.on_accept()
-        self._lane(accepted.lane).queue.put_nowait(op)
+        self._lane(accepted.lane).put(op, accepted.group)
         self._expire()
         return self._accepted_response(key)
 
@@ -266,10 +306,12 @@ class OperationStore:
         return JSONResponse(body, status_code=202,
                             headers={"Location": f"/operations/{quote(operation_id, safe='')}"})
 
-    async def call(self, fn: Callable[[], Any], lane: str = DEFAULT_LANE) -> Any:
-        """Run ``fn`` on a lane's worker, after everything accepted before it.
+    async def call(self, fn: Callable[[], Any], lane: str = DEFAULT_LANE,
+                   group: str | None = None) -> Any:
+        """Run ``fn`` on a lane's worker: after everything of ``group`` accepted before
+        it, or, without a group, before any queued job (the model load, sweeps).
 
-        For cheap synchronous reads that must see the state the queued
+        For cheap synchronous reads that must see the state a run's queued
         operations leave behind (e.g. diagnostics); no operation record.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -284,7 +326,7 @@ class OperationStore:
 
         loop = asyncio.get_running_loop()
         marker = StoredOperation(f"internal-{uuid.uuid4().hex}", "internal", "", run, 0)
-        self._lane(lane).queue.put_nowait(marker)
+        self._lane(lane).put(marker, group)
         return await future
 
     # -- execution ------------------------------------------------------------
@@ -292,9 +334,13 @@ class OperationStore:
     async def _consume(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            op = await lane.queue.get()
-            if op is None:
+            if lane.closed:
                 return
+            op = lane.take()
+            if op is None:
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
+                continue
             if op.kind == "internal":
                 assert op.job is not None
                 await loop.run_in_executor(lane.executor, op.job)
@@ -373,7 +419,7 @@ class OperationStore:
         if self._shutdown_event is not None:
             self._shutdown_event.set()
         for lane in self._lanes.values():
-            lane.queue.put_nowait(None)
+            lane.close()
 
     def begin_shutdown_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         """For signal handlers and other threads."""

@@ -138,7 +138,7 @@ def create_app(service: TrainerService) -> FastAPI:
         return JSONResponse(PolicyVersionResponse(policy_version=version).model_dump())
 
     # Diagnostics: read-only views of one run's tensors as safetensors, taken on
-    # the engine thread after every operation accepted before the call.
+    # the engine thread after every operation of that run accepted before the call.
     debug_answers = answers(ERRORS) | {200: {
         "content": {"application/octet-stream": {}}, "description": "safetensors bytes"}}
 
@@ -181,5 +181,5 @@ async def _debug_tensors(service: TrainerService, run_id: str, method: str) -> R
         tensors, meta = getattr(service._engine(), method)(run_id)
         return save_safetensors(tensors, metadata=meta)
 
-    data = await service.store.call(read)
+    data = await service.store.call(read, group=run_id)
     return Response(data, media_type="application/octet-stream")

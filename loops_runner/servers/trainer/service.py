@@ -3,8 +3,11 @@
 Sits between the routes (HTTP parsing) and the engine (math). For each
 operation it parses and validates the body (off the event loop), checks the
 run, and hands the operation store a job that calls the engine on the single
-engine thread. The base model loads as the engine thread's first job, so
-operations accepted while it loads simply queue behind it.
+engine thread. Each run's jobs form their own group there: a run's operations
+run in the order they were accepted (spec 4.2), and runs sharing this trainer
+take turns, so one run's burst does not starve another. The base model loads
+as the engine thread's first job, so operations accepted while it loads
+simply queue behind it.
 """
 
 from __future__ import annotations
@@ -220,7 +223,7 @@ class TrainerService:
                         request.seq_id)
 
         return Accepted(job=lambda: self._engine().init_run(run_id, rank, seed),
-                        on_accept=accepted)
+                        on_accept=accepted, group=run_id)
 
     async def _forward_like(self, body: bytes, header_run: str | None, backward: bool
                             ) -> Accepted:
@@ -237,7 +240,8 @@ class TrainerService:
 
         batch, run_id = await asyncio.to_thread(parse_and_validate)
         return Accepted(job=lambda: self._engine().forward_backward(run_id, batch,
-                                                                    backward=backward))
+                                                                    backward=backward),
+                        group=run_id)
 
     async def _forward(self, body: bytes, header_run: str | None) -> Accepted:
         return await self._forward_like(body, header_run, backward=False)
@@ -248,18 +252,20 @@ class TrainerService:
     async def _optim_step(self, body: bytes, header_run: str | None) -> Accepted:
         request, run_id = await self._parsed(OptimStepRequest, body, header_run)
         params = request.adam_params
-        return Accepted(job=lambda: self._engine().optim_step(run_id, params))
+        return Accepted(job=lambda: self._engine().optim_step(run_id, params), group=run_id)
 
     async def _save_state(self, body: bytes, header_run: str | None) -> Accepted:
         request, run_id = await self._parsed(SaveStateRequest, body, header_run)
         name, ttl = request.name, request.ttl_seconds
-        return Accepted(job=lambda: self._engine().save_state(run_id, name, ttl))
+        return Accepted(job=lambda: self._engine().save_state(run_id, name, ttl),
+                        group=run_id)
 
     async def _save_weights_for_sampler(self, body: bytes, header_run: str | None) -> Accepted:
         request, run_id = await self._parsed(SaveWeightsForSamplerRequest, body, header_run)
         name, ttl, bump = request.name, request.ttl_seconds, request.bump_version
         return Accepted(job=lambda: self._engine().save_weights_for_sampler(run_id, name, ttl,
-                                                                            bump))
+                                                                            bump),
+                        group=run_id)
 
     async def _load_like(self, body: bytes, header_run: str | None, with_optimizer: bool
                          ) -> Accepted:
@@ -267,7 +273,8 @@ class TrainerService:
         path = request.path.strip()
         check_checkpoint_path(path)
         return Accepted(job=lambda: self._engine().load_state(run_id, path,
-                                                              with_optimizer=with_optimizer))
+                                                              with_optimizer=with_optimizer),
+                        group=run_id)
 
     async def _load_state(self, body: bytes, header_run: str | None) -> Accepted:
         return await self._load_like(body, header_run, with_optimizer=False)
