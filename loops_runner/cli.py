@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from loops_runner.home import loops_home
+from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--api-key", default=None, help="require this key on every route")
     control.add_argument("--idle-timeout", type=float, default=1800.0,
                          help="stop servers idle this many seconds (default 1800)")
+    control.add_argument("--runs-per-trainer", type=int, default=DEFAULT_RUNS_PER_TRAINER,
+                         help="open runs of one base model that share a trainer process "
+                              f"before another starts (default {DEFAULT_RUNS_PER_TRAINER}; "
+                              "1 = a process per run)")
     return parser
 
 

@@ -91,12 +91,13 @@ def build_service_client(config: RunnerConfig) -> Any:
                 reconnect_control_plane,
             )
 
-            daemon = ensure_control_plane(home, backend.idle_timeout_s)
+            daemon = ensure_control_plane(home, backend.idle_timeout_s,
+                                          backend.runs_per_trainer)
             url, api_key = daemon.url, daemon.api_key
             # The runner owns this daemon: if it dies mid-run, the clients start
             # it again and carry on with the same session, run and trainer.
             reconnect = functools.partial(reconnect_control_plane, home,
-                                          backend.idle_timeout_s)
+                                          backend.idle_timeout_s, backend.runs_per_trainer)
         return ServiceClient(api_key=api_key, base_url=url,
                              reuse_from_session_id=_reuse_session(config, home),
                              reconnect=reconnect)

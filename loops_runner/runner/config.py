@@ -13,6 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loops_runner.servers.control_plane.placement import (
+    DEFAULT_RUNS_PER_TRAINER,
+    MAX_RUNS_PER_TRAINER,
+)
+
 
 class ConfigSection(BaseModel):
     """A group of the run config; unknown keys are refused, so a typo fails loudly."""
@@ -25,6 +30,8 @@ class LocalBackend(ConfigSection):
     home: str | None = None
     control_plane_url: str | None = None
     idle_timeout_s: float = Field(default=1800.0, gt=0)
+    runs_per_trainer: int = Field(default=DEFAULT_RUNS_PER_TRAINER, ge=1,
+                                  le=MAX_RUNS_PER_TRAINER)
 
 
 class BasetenBackend(ConfigSection):

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from filelock import FileLock
 
+from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
 from loops_runner.servers.launch import pid_running, spawn_server
 from loops_runner.storage.atomic import atomic_write_json, read_json
 
@@ -72,8 +73,13 @@ def find_control_plane(home: Path) -> DaemonControlPlane | None:
     return None
 
 
-def ensure_control_plane(home: Path, idle_timeout_s: float) -> DaemonControlPlane:
-    """Find the running daemon for ``home`` or start one."""
+def ensure_control_plane(home: Path, idle_timeout_s: float,
+                         runs_per_trainer: int = DEFAULT_RUNS_PER_TRAINER
+                         ) -> DaemonControlPlane:
+    """Find the running daemon for ``home`` or start one.
+
+    A daemon already running keeps the settings it was started with.
+    """
     with FileLock(str(runner_dir(home) / "control_plane.lock")):
         found = find_control_plane(home)
         if found is not None:
@@ -81,14 +87,17 @@ def ensure_control_plane(home: Path, idle_timeout_s: float) -> DaemonControlPlan
         api_key = user_api_key(home)
         server = spawn_server(
             ["control-plane", "--home", str(home), f"--api-key={api_key}",
-             "--idle-timeout", str(idle_timeout_s)],
+             "--idle-timeout", str(idle_timeout_s),
+             "--runs-per-trainer", str(runs_per_trainer)],
             home / "logs" / "control-plane.log",
         )
         atomic_write_json(runner_dir(home) / STATE_FILE, {"url": server.url, "pid": server.pid})
         return DaemonControlPlane(server.url, api_key, server.pid, started_now=True)
 
 
-def reconnect_control_plane(home: Path, idle_timeout_s: float) -> tuple[str, str | None]:
+def reconnect_control_plane(home: Path, idle_timeout_s: float,
+                            runs_per_trainer: int = DEFAULT_RUNS_PER_TRAINER
+                            ) -> tuple[str, str | None]:
     """The client's reconnect hook: where the daemon of ``home`` listens now.
 
     A daemon that died is started again here; it finds the sessions and runs
@@ -96,7 +105,7 @@ def reconnect_control_plane(home: Path, idle_timeout_s: float) -> tuple[str, str
     the run in progress keeps its trainer and state. (A module function, not a
     closure: a sampling client that holds it must stay picklable.)
     """
-    daemon = ensure_control_plane(home, idle_timeout_s)
+    daemon = ensure_control_plane(home, idle_timeout_s, runs_per_trainer)
     return daemon.url, daemon.api_key
 
 

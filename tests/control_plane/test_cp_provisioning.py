@@ -236,19 +236,23 @@ def test_save_list_download_and_resume(cp: ControlPlaneProcess, api: httpx.Clien
                            "run_id": run["id"]})
     assert valid.status_code == 200
 
-    # Resume in a fresh trainer from the saved state: the same forward loss.
+    # Resume as a new run from the saved state: the same forward loss.
     expected = forward_loss(trained.trainer)
     resumed = create_run(api, trained.session_id, base_model=state["base_model"],
                          lora_rank=state["lora_adapter_config"]["r"], path=path)
-    assert resumed["deployment_id"] != run["deployment_id"]  # no reuse asked: fresh trainer
+    # No reuse asked: placed on the run's trainer process all the same (same base model,
+    # under the runs-per-trainer cap), with its own adapter slot.
+    assert resumed["deployment_id"] == run["deployment_id"] and resumed["reused"] is True
     trainer = Trainer(resumed["base_url"], resumed["id"])
     trainer.op("init_trainer_server", {"lora_rank": 8, "base_model": resumed["base_model"]})
     loaded = trainer.op("load_state_with_optimizer", {"path": path})
     assert loaded["step"] == 4
     assert forward_loss(trainer) == pytest.approx(expected, rel=1e-6, abs=1e-6)
-    # The resumed trainer is not needed by later tests.
-    ok(api.post(f"/v1/loops/deployments/{resumed['deployment_id']}/deactivate"))
-    assert deployment(api, resumed["deployment_id"])["status"]["name"] == "STOPPED"
+    # The resumed run is not needed by later tests: it stops, the shared trainer stays.
+    ok(api.post(f"/v1/loops/deployments/{resumed['deployment_id']}/deactivate",
+                params={"run_id": resumed["id"]}))
+    assert ok(api.get(f"/v1/loops/runs/{resumed['id']}"))["run"]["status"] == "STOPPED"
+    assert deployment(api, resumed["deployment_id"])["status"]["name"] == "RUNNING"
 
 
 def test_runs_alias_embeds_paired_sampler_and_reuses(api: httpx.Client,

@@ -28,6 +28,7 @@ from loops_runner.servers.control_plane.checks import (
 from loops_runner.servers.control_plane.deployment_states import (
     DEPLOYING,
     LIVE_STATUSES,
+    OPEN_RUN_STATUSES,
     PAIRED,
     READY_STATUSES,
     RUNNING,
@@ -36,6 +37,7 @@ from loops_runner.servers.control_plane.deployment_states import (
     STOPPED,
     TRAINER,
 )
+from loops_runner.servers.control_plane.placement import Placement, lock_key, open_runs
 from loops_runner.servers.control_plane.store import Store, new_id, now_iso
 from loops_runner.servers.control_plane.supervisor import Supervisor
 from loops_runner.servers.control_plane.tables import (
@@ -84,6 +86,7 @@ class Provisioning:
     # How long a create call waits for the new server's health before it
     # answers anyway.
     create_wait: float
+    placement: Placement
 
     # -- sessions --------------------------------------------------------------------
 
@@ -127,19 +130,30 @@ class Provisioning:
         # gone the first provisions a new one and the others attach to it.
         serial = (self.supervisor.lock(f"reuse:{reuse_source}") if reuse_source
                   else contextlib.nullcontext())
+        launch_model = launch_name(resolved, self.home)
         async with serial:
             deployment: DeploymentRow | None = None
             for candidate in self._reuse_candidates(body, resolved, reuse_source):
                 if await self.supervisor.ensure_usable(candidate, self.create_wait):
                     deployment = self.store.get_deployment(candidate)
                     break
-            reused = deployment is not None
-            if deployment is None:
-                deployment = await self.supervisor.provision(
-                    kind=TRAINER, role=TRAINER, base_model=resolved.load_path,
-                    launch_model=launch_name(resolved, self.home), session_id=session.id)
-            assert deployment is not None
-            run = self._insert_run(body, session, resolved, deployment, reused, reuse_source)
+            # Creates of one model take turns from the placement choice to the
+            # run's insert, so each counts the runs placed before it.
+            shared = body.replicas == 1 and deployment is None
+            placing = (self.supervisor.lock(lock_key(resolved.load_path)) if shared
+                       else contextlib.nullcontext())
+            async with placing:
+                if shared:
+                    deployment = await self.placement.shared_trainer(
+                        resolved.load_path, launch_model, self.create_wait)
+                reused = deployment is not None
+                if deployment is None:
+                    deployment = await self.supervisor.provision(
+                        kind=TRAINER, role=TRAINER, base_model=resolved.load_path,
+                        launch_model=launch_model, session_id=session.id)
+                assert deployment is not None
+                run = self._insert_run(body, session, resolved, deployment, reused,
+                                       reuse_source)
         with self.supervisor.hold(deployment.id):
             return await self._finish_run(run, session, deployment, with_sampler)
 
@@ -327,8 +341,34 @@ class Provisioning:
 
     # -- deployments -----------------------------------------------------------------------
 
-    async def deactivate(self, deployment_id: str) -> TrainerDeployment:
+    async def deactivate(self, deployment_id: str, run_id: str | None = None,
+                         force: bool = False) -> TrainerDeployment:
+        """Stop a deployment, or one run of a shared trainer deployment.
+
+        With ``run_id`` only that run stops; its trainer process stops once no
+        open run remains on it. Without it, a trainer that still hosts other
+        open runs is refused (409) unless ``force``: runs placed on a shared
+        process must not lose it because one client is done.
+        """
         row = self.checks.deployment(deployment_id)
+        hosted = open_runs(self.store.list_runs(deployment_id=row.id)) \
+            if row.kind == TRAINER else []
+        if run_id is not None:
+            run = self.store.get_run(run_id)
+            if run is None or run.deployment_id != row.id:
+                raise invalid(f"run_id {run_id!r} is not a run of deployment {row.id!r}",
+                              "UNKNOWN_RUN")
+            if run.status in OPEN_RUN_STATUSES:
+                self.store.set_run_status(run.id, STOPPED, "deactivated through the API")
+            hosted = [other for other in hosted if other.id != run.id]
+            if hosted:
+                return self.views.deployment_info(self.checks.deployment(row.id))
+        elif len(hosted) > 1 and not force:
+            names = ", ".join(other.id for other in hosted)
+            raise ApiError(409, f"deployment {row.id} is a trainer shared by {len(hosted)} open "
+                                f"runs ({names}): pass run_id=<run> to stop one run (the "
+                                "process stops with its last run), or force=true to stop the "
+                                "process and all of them", "DEPLOYMENT_SHARED")
         if states.can_move(row.status, STOPPED):
             row = await self.supervisor.stop(deployment_id, "deactivated through the API")
         return self.views.deployment_info(row)

@@ -185,9 +185,15 @@ def build_router(cp: ControlPlane) -> APIRouter:
         return dump(TrainerDeploymentResponse(deployment=cp.views.get_deployment(deployment_id)))
 
     @router.post("/v1/loops/deployments/{deployment_id}/deactivate",
-                 responses=returns(TrainerDeploymentResponse))
-    async def deactivate(deployment_id: str) -> JSONResponse:
-        deployment = await cp.provisioning.deactivate(deployment_id)
+                 responses=returns(TrainerDeploymentResponse),
+                 openapi_extra=query("run_id", "force"))
+    async def deactivate(deployment_id: str, request: Request) -> JSONResponse:
+        params = request.query_params
+        force = params.get("force", "false").lower()
+        if force not in {"true", "false", "1", "0"}:
+            raise invalid(f"force must be true or false, got {params.get('force')!r}")
+        deployment = await cp.provisioning.deactivate(
+            deployment_id, run_id=params.get("run_id"), force=force in {"true", "1"})
         return dump(TrainerDeploymentResponse(deployment=deployment))
 
     @router.get("/v1/models/{model_id}/deployments/{deployment_id}",

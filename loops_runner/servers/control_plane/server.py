@@ -26,6 +26,7 @@ from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
 from loops_runner.servers.control_plane.auth import ApiKeyMiddleware
 from loops_runner.servers.control_plane.checks import ApiError
+from loops_runner.servers.control_plane.placement import check_runs_per_trainer
 from loops_runner.servers.control_plane.routes import (
     api_error_handler,
     build_router,
@@ -103,11 +104,16 @@ def serve(args: argparse.Namespace) -> None:
                        "can start servers and read checkpoints", args.host)
     if args.idle_timeout <= 0:
         sys.exit("--idle-timeout must be > 0 seconds")
+    try:
+        check_runs_per_trainer(args.runs_per_trainer, "--runs-per-trainer")
+    except ValueError as exc:
+        sys.exit(str(exc))
     lock = _hold_home_lock(home)
     settings = Settings(
         home=home, api_key=args.api_key or None, idle_timeout=float(args.idle_timeout),
         create_wait=float(os.environ.get("LOOPS_CP_CREATE_WAIT", 240.0)),
         deploy_timeout=float(os.environ.get("LOOPS_CP_DEPLOY_TIMEOUT", 1800.0)),
+        runs_per_trainer=args.runs_per_trainer,
     )
     try:
         serve_app(create_app(settings), host, args.port, log_level="warning",

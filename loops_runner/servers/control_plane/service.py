@@ -24,6 +24,11 @@ from loops_runner.servers.control_plane.checkpoint_registry import CheckpointReg
 from loops_runner.servers.control_plane.checkpoint_requests import CheckpointRequests
 from loops_runner.servers.control_plane.checks import Checks
 from loops_runner.servers.control_plane.files import FileSigner, load_or_create_secret
+from loops_runner.servers.control_plane.placement import (
+    DEFAULT_RUNS_PER_TRAINER,
+    Placement,
+    check_runs_per_trainer,
+)
 from loops_runner.servers.control_plane.provisioning import Provisioning
 from loops_runner.servers.control_plane.store import Store
 from loops_runner.servers.control_plane.supervisor import Supervisor
@@ -44,6 +49,12 @@ class Settings:
     deploy_timeout: float = 1800.0
     url_ttl_seconds: int = 3600
     poll_interval: float = 1.0
+    # Open runs one trainer process hosts before a new run of the same base
+    # model gets a process of its own (1 = one process per run).
+    runs_per_trainer: int = DEFAULT_RUNS_PER_TRAINER
+
+    def __post_init__(self) -> None:
+        check_runs_per_trainer(self.runs_per_trainer)
 
 
 class ControlPlane:
@@ -60,7 +71,9 @@ class ControlPlane:
         self.checks = Checks(self.store, self.registry, self.home)
         self.views = Views(self.store, self.supervisor, self.checks)
         self.provisioning = Provisioning(self.home, self.store, self.supervisor, self.checks,
-                                         self.views, create_wait=settings.create_wait)
+                                         self.views, create_wait=settings.create_wait,
+                                         placement=Placement(self.store, self.supervisor,
+                                                             settings.runs_per_trainer))
         self.checkpoints = CheckpointRequests(self.store, self.registry, self.signer,
                                               self.checks)
         self._device_classes: list[str] | None = None
