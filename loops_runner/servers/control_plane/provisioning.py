@@ -4,9 +4,11 @@ Presentation (spec 1.1): runs and samplers are *dedicated* deployments. One
 trainer process hosts many runs (one adapter slot each, created by the
 client's ``init_trainer_server``); one paired sampler process per trainer
 deployment follows all of its runs (live adapter per ``X-Run-Id``). A create
-call reuses a healthy deployment where the request allows it, otherwise asks
-the supervisor for a new one, and answers once it is ready (or after
-``Settings.create_wait``, still deploying).
+call reuses a healthy deployment where the request asks for it, else places
+the run on a running trainer of its model with room (``placement``), else
+asks the supervisor for a new one, and answers once it is ready (or after
+``Settings.create_wait``, still deploying). Deactivation stops one run of a
+shared trainer, and the process only with its last open run.
 """
 
 from __future__ import annotations

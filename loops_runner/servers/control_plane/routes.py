@@ -186,7 +186,10 @@ def build_router(cp: ControlPlane) -> APIRouter:
 
     @router.post("/v1/loops/deployments/{deployment_id}/deactivate",
                  responses=returns(TrainerDeploymentResponse),
-                 openapi_extra=query("run_id", "force"))
+                 openapi_extra={"parameters": [
+                     *query("run_id")["parameters"],
+                     {"name": "force", "in": "query", "required": False,
+                      "schema": {"type": "boolean"}}]})
     async def deactivate(deployment_id: str, request: Request) -> JSONResponse:
         params = request.query_params
         force = params.get("force", "false").lower()
