@@ -334,10 +334,12 @@ class OperationStore:
     async def _consume(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if lane.closed:
-                return
             op = lane.take()
             if op is None:
+                # Closing drains: operations accepted before shutdown still run
+                # (their clients were told 202), then the worker ends.
+                if lane.closed:
+                    return
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
                 continue
