@@ -8,6 +8,7 @@ and the same gradient clipping. torch is imported inside functions only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from pathlib import Path
@@ -45,6 +46,31 @@ def start_trainer(home: Path, base_model: str, log_name: str) -> ServerProcess:
     except BaseException:
         server.stop()
         raise
+
+
+_SHARED: dict[tuple[str, str], ServerProcess] = {}
+
+
+def shared_trainer(home: Path, base_model: str) -> ServerProcess:
+    """One trainer per (home, model) for the whole benchmark process, stopped at exit.
+
+    Starting a trainer costs tens of seconds on a busy 2-core machine (imports
+    dominate); measures that only drive it over HTTP share one. Each of them
+    uses its own run, so they never see each other's adapters. Measures that
+    read process-wide figures (peak RSS) start their own instead.
+    """
+    key = (str(home), base_model)
+    server = _SHARED.get(key)
+    if server is None or not server.alive():
+        server = start_trainer(home, base_model, f"bench-trainer-{len(_SHARED)}.log")
+        _SHARED[key] = server
+    return server
+
+
+@atexit.register
+def _stop_shared() -> None:
+    for server in _SHARED.values():
+        server.stop()
 
 
 def sequences(rows: int, length: int, seed: int = 0, *, low: int = 10,
