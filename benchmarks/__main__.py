@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks import measures
 from benchmarks.suite import BenchContext, Result
 from benchmarks.table import Failure, Row, document, render
+from loops_runner.servers.launch import CHILD_ENV_DEFAULTS
 
 # Cheap, self-contained measures first, so a quick look at the top of the
 # output comes early; modules not named here run after these, by name.
@@ -125,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         # Before torch loads anywhere: this process and every server it starts.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    # The servers get passive OpenMP waiting by default (servers/launch.py);
+    # the in-process anchors must run under the same runtime settings.
+    for key, value in CHILD_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else FULL_ROUNDS)
