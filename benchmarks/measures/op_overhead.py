@@ -34,7 +34,7 @@ def run(ctx: BenchContext) -> list[Result]:
     from loops_runner.sdk.http import make_client
     from loops_runner.sdk.training_client import TrainingClient
 
-    calls = 30 if ctx.quick else 100
+    calls = 20 if ctx.quick else 100
     server = shared_trainer(ctx.home, "tiny")
     # A heartbeat mid-measure would only add noise.
     client = TrainingClient(server.url, lora_rank=RANK, base_model="tiny", run_id="op-overhead",
