@@ -31,6 +31,15 @@ def pid_running(pid: int) -> bool:
         return True
 
 
+# Servers inherit these unless the caller's environment sets them. libgomp's
+# default lets idle OpenMP threads spin between parallel regions, taking the
+# CPU from everything else on the machine (the other local servers, the
+# runner, other jobs); where cores are shared that made a LoRA step 3-6x
+# slower (docs/performance.md). Passive waiting costs a futex wake-up per
+# parallel region, nothing next to the matmuls.
+CHILD_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 class ServerStartError(RuntimeError):
     pass
 
@@ -81,7 +90,7 @@ def spawn_server(
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "loops_runner.cli", "serve", *args]
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env = {**CHILD_ENV_DEFAULTS, **os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
