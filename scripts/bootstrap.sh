@@ -3,6 +3,9 @@
 # launchers (the tests run sweeps through them) and the test tools.
 # Idempotent: when nothing changed since the last run it returns at once.
 #
+# scripts/constraints.txt pins the few libraries whose versions decide the bytes
+# of the built-in tiny model, so every checkout rebuilds it bit for bit.
+#
 # torch: the CPU build (torch==2.13.0) is installed unless .venv already has a
 # torch. GPU users install their CUDA build into .venv first (see README);
 # LOOPS_TORCH_SPEC overrides the spec used here.
@@ -13,7 +16,7 @@ cd "$root"
 python="${PYTHON:-python3}"
 torch_spec="${LOOPS_TORCH_SPEC:-torch==2.13.0}"
 stamp=".venv/.loops-bootstrap"
-want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1) ${torch_spec}"
+want="$(cat pyproject.toml scripts/bootstrap.sh scripts/constraints.txt | sha256sum | cut -d' ' -f1) ${torch_spec}"
 
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
@@ -35,5 +38,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${pip[@]}" install "$torch_spec"
 fi
 echo "Installing loops-runner (editable, with the local stack, sweep launchers, eval frameworks and test tools) ..." >&2
-"${pip[@]}" install -e ".[local,sweeps,dev,eval-frameworks]"
+# The constraints pin the libraries the tiny build's bytes depend on (see the file).
+"${pip[@]}" install -c scripts/constraints.txt -e ".[local,sweeps,dev,eval-frameworks]"
 echo "$want" > "$stamp"

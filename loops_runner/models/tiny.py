@@ -251,9 +251,23 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
         "heldout_accuracy": {name: round(value, 3) for name, value in accuracy.items()},
         "heldout_sample": ACCURACY_SAMPLE,
         "build_seconds": round(time.monotonic() - started, 1),
+        "libraries": build_libraries(),
         "sha256": digests,
     }
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+# The libraries whose numerics or file format decide the build's bytes. The
+# same code gives other weights under another torch or transformers (kernels,
+# initialisation order), so a bit-for-bit rebuild needs these exact versions:
+# scripts/constraints.txt pins them for development and CI.
+BUILD_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy")
+
+
+def build_libraries() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in BUILD_LIBRARIES}
 
 
 def heldout_accuracy(model: Any, tokenizer: Any, threads: int) -> dict[str, float]:

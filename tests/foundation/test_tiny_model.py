@@ -48,12 +48,18 @@ def test_pretraining_script_reproduces_the_shipped_model_bit_for_bit(tmp_path: P
     Other thread settings and hash seeds in the environment must not matter:
     the build pins its own thread count and seeds.
     """
+    shipped = tiny.build_info(tiny.SHIPPED_DIR)
+    # Other library versions give other bytes from the same code; say so
+    # plainly rather than as a digest mismatch 5 minutes later.
+    assert tiny.build_libraries() == shipped["libraries"], (
+        "this environment's libraries differ from those the shipped tiny was built with; "
+        "install them with scripts/bootstrap.sh (scripts/constraints.txt pins them)")
     out = tmp_path / "tiny"
     subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=1800,
                    env={**os.environ, "PYTHONHASHSEED": "7", "OMP_NUM_THREADS": "1"})
     rebuilt = tiny.build_info(out)
-    shipped = tiny.build_info(tiny.SHIPPED_DIR)
+    assert rebuilt["libraries"] == shipped["libraries"]
     assert rebuilt["sha256"] == shipped["sha256"]
     assert {"tokenizer.json", "model.safetensors", "config.json"} <= set(rebuilt["sha256"])
     assert rebuilt["heldout_accuracy"] == shipped["heldout_accuracy"]
