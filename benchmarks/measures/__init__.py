@@ -1,0 +1,1 @@
+"""Measures of python -m benchmarks: one module each, run(ctx) -> list[Result]."""
