@@ -15,6 +15,8 @@ import weakref
 
 import httpx
 
+from loops_runner.sdk.http import make_client
+
 logger = logging.getLogger("loops_runner.sdk")
 
 INTERVAL = 60.0
@@ -72,9 +74,9 @@ class Heartbeat:
 
     def __init__(self, url: str, headers: dict[str, str], interval: float = INTERVAL) -> None:
         # Its own connection: a ping must not queue behind pipelined long-polls.
-        client = httpx.Client(headers=headers, timeout=PING_TIMEOUT,
-                              limits=httpx.Limits(max_connections=1,
-                                                  max_keepalive_connections=1))
+        client = make_client(headers=headers, timeout=PING_TIMEOUT,
+                             limits=httpx.Limits(max_connections=1,
+                                                 max_keepalive_connections=1))
         self._pinger = _Pinger(client, url, interval)
         self._finalizer = weakref.finalize(self, self._pinger.stop)
 
