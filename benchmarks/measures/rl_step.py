@@ -56,7 +56,7 @@ def run(ctx: BenchContext) -> list[Result]:
 
     try:
         # Starts the daemon (inheriting the thread cap), trainer and sampler.
-        run_rl(work, home, [*common, "recipe.max_steps=2"], "warmup", threads=threads)
+        run_rl(work, home, [*common, "recipe.max_steps=1"], "warmup", threads=threads)
         values = interleave(rounds, {"off_policy": lambda: steps_run(1),
                                      "sync": lambda: steps_run(0)})
     finally:
