@@ -31,13 +31,18 @@ PUBLISH_NAME = "bench-live"
 
 
 def run(ctx: BenchContext) -> list[Result]:
+    from loops_runner.models import tiny
     from loops_runner.sdk import AdamParams, Datum, ModelInput, ServiceClient, TensorData
     from loops_runner.servers.launch import spawn_server
     from loops_runner.storage import layout
 
     rounds = min(ctx.rounds, 5) if ctx.quick else ctx.rounds
-    control_plane = spawn_server(["control-plane", "--port", "0", "--home", str(ctx.home)],
-                                 ctx.home / "logs" / "bench-weight-sync-cp.log",
+    # A home of its own: the control plane's SQLite state (its deployments, stopped
+    # at the end) must not become what a later measure's daemon finds in ctx.home.
+    home = ctx.scratch("weight_sync") / "home"
+    tiny.prepare(home)
+    control_plane = spawn_server(["control-plane", "--port", "0", "--home", str(home)],
+                                 home / "logs" / "bench-weight-sync-cp.log",
                                  env=thread_env(ctx.threads))
     try:
         wait_ready(control_plane.url, "/v1/loops/capabilities")
@@ -59,8 +64,8 @@ def run(ctx: BenchContext) -> list[Result]:
         publish()  # creates the paired sampler (a process start) and warms both ends
         run_id = training.run_id
         assert run_id is not None
-        published = layout.checkpoint_dir(ctx.home, run_id, "sampler_weights", PUBLISH_NAME)
-        raw = _raw_save_load(ctx, published)
+        published = layout.checkpoint_dir(home, run_id, "sampler_weights", PUBLISH_NAME)
+        raw = _raw_save_load(ctx, home, published)
         raw()
         values = interleave(rounds, {"publish": publish, "raw": raw})
         size = (published / "adapter_model.safetensors").stat().st_size
@@ -74,7 +79,7 @@ def run(ctx: BenchContext) -> list[Result]:
                         "per-round ours/anchor (lower is better)")]
 
 
-def _raw_save_load(ctx: BenchContext, published: Path):  # -> Callable[[], float]
+def _raw_save_load(ctx: BenchContext, home: Path, published: Path):  # -> Callable[[], float]
     """The anchor: save the published adapter from a PEFT model, load it into another."""
     import torch
     from peft import PeftModel, set_peft_model_state_dict
@@ -82,9 +87,9 @@ def _raw_save_load(ctx: BenchContext, published: Path):  # -> Callable[[], float
 
     from loops_runner.models.loading import load_base_model
 
-    source = PeftModel.from_pretrained(load_base_model("tiny", home=ctx.home,
+    source = PeftModel.from_pretrained(load_base_model("tiny", home=home,
                                                        device="cpu").model, str(published))
-    target = PeftModel.from_pretrained(load_base_model("tiny", home=ctx.home,
+    target = PeftModel.from_pretrained(load_base_model("tiny", home=home,
                                                        device="cpu").model, str(published))
     scratch = Path(tempfile.mkdtemp(prefix="raw-adapter-", dir=ctx.scratch("weight_sync")))
 
