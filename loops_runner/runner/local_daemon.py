@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from filelock import FileLock
 
+from loops_runner.sdk.http import tls_context
 from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
 from loops_runner.servers.launch import pid_running, spawn_server
 from loops_runner.storage.atomic import atomic_write_json, read_json
@@ -56,7 +57,8 @@ def user_api_key(home: Path) -> str:
 def _answers(url: str, api_key: str) -> bool:
     try:
         response = httpx.get(f"{url}/v1/loops/capabilities", timeout=5.0,
-                             headers={"Authorization": f"Api-Key {api_key}"})
+                             headers={"Authorization": f"Api-Key {api_key}"},
+                             verify=tls_context())
     except httpx.HTTPError:
         return False
     return response.status_code == 200

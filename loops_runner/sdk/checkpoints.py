@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import RequestRejectedError
-from loops_runner.sdk.http import raise_for_status
+from loops_runner.sdk.http import make_client, raise_for_status
 from loops_runner.sdk.types import CheckpointDownload
 from loops_runner.wire import (
     Checkpoint,
@@ -116,7 +114,7 @@ def download(control_plane: ControlPlaneClient, checkpoint_id: str, dest_dir: st
     written = 0
     total = sum(entry.size_bytes for entry in files)
     # Signed URLs carry their own authorisation: no client headers at all.
-    with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as client:
+    with make_client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as client:
         for entry in files:
             target = (root / entry.relative_file_name).resolve()
             if not target.is_relative_to(root):

@@ -153,14 +153,15 @@ def raise_for_status(response: httpx.Response, **context: Any) -> None:
 # -- clients -------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client of this process.
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings every httpx client of this process shares.
 
-    httpx builds a new one per client by default, loading the CA bundle each
-    time (~0.1 s): a training client makes five clients, which was most of the
-    time a run placed on a running trainer took to start. The context is the
-    one httpx would build (same CA bundle and ``SSL_CERT_*`` variables).
+    httpx builds them for each new client by reading the whole CA bundle: tens
+    of milliseconds (over 100 on a busy machine), three times per publish (the
+    trainer's notify, the wait for the version, the new SamplingClient). Built
+    once here, with httpx's own defaults (``SSL_CERT_FILE``/``SSL_CERT_DIR`` or
+    certifi), an ``httpx.Client(verify=tls_context())`` costs a few ms.
     """
     return httpx.create_ssl_context()
 
@@ -170,9 +171,14 @@ def make_client(
     headers: dict[str, str] | None = None,
     timeout: httpx.Timeout | float | None = 60.0,
     limits: httpx.Limits | None = None,
+    follow_redirects: bool = False,
 ) -> httpx.Client:
-    return httpx.Client(headers=headers, timeout=timeout, verify=shared_ssl_context(),
-                        limits=limits or httpx.Limits(), follow_redirects=False)
+    return httpx.Client(headers=headers, timeout=timeout, limits=limits or httpx.Limits(),
+                        follow_redirects=follow_redirects, verify=tls_context())
+
+
+def make_async_client(**kwargs: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(verify=tls_context(), **kwargs)
 
 
 class AsyncClients:
@@ -193,8 +199,7 @@ class AsyncClients:
         with self._lock:
             client = self._clients.get(loop)
             if client is None or client.is_closed:
-                client = httpx.AsyncClient(follow_redirects=False,
-                                           verify=shared_ssl_context(), **self._kwargs)
+                client = make_async_client(follow_redirects=False, **self._kwargs)
                 self._clients[loop] = client
             return client
 

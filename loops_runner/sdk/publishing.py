@@ -14,6 +14,7 @@ import time
 import httpx
 
 from loops_runner.sdk.errors import OperationTimeoutError
+from loops_runner.sdk.http import make_async_client, make_client
 
 WAIT = 600.0
 FIRST_PAUSE = 0.1
@@ -42,7 +43,7 @@ def wait_for_version(sampler_url: str, headers: dict[str, str], target: int,
     url = f"{sampler_url}/trainers_policy_version"
     deadline = time.monotonic() + WAIT
     pause = FIRST_PAUSE
-    with httpx.Client(headers=headers, timeout=10.0) as client:
+    with make_client(headers=headers, timeout=10.0) as client:
         while True:
             try:
                 last = _answer(client.get(url), target)
@@ -61,7 +62,7 @@ async def wait_for_version_async(sampler_url: str, headers: dict[str, str], targ
     url = f"{sampler_url}/trainers_policy_version"
     deadline = time.monotonic() + WAIT
     pause = FIRST_PAUSE
-    async with httpx.AsyncClient(headers=headers, timeout=10.0) as client:
+    async with make_async_client(headers=headers, timeout=10.0) as client:
         while True:
             try:
                 last = _answer(await client.get(url), target)

@@ -9,12 +9,10 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from loops_runner.servers.launch import URL_LINE_PREFIX
 from loops_runner.wire.errors import ErrorBody, ErrorDetails, VllmError, VllmErrorBody
 from loops_runner.wire.headers import ERROR_CODE_HEADER, ERROR_SOURCE_HEADER, GATEWAY_ERROR_SOURCE
 
-# A server prints this line (and flushes) once it accepts connections; launchers
-# and tests read the URL from it, which is how ``--port 0`` reports its port.
-URL_LINE_PREFIX = "LOOPS_SERVER_URL="
 GATEWAY_SOURCE_HEADER = ERROR_SOURCE_HEADER
 GATEWAY_CODE_HEADER = ERROR_CODE_HEADER
 

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loops_runner.servers.common import URL_LINE_PREFIX
+# A server prints this line (and flushes) once it accepts connections; launchers
+# and tests read the URL from it, which is how ``--port 0`` reports its port.
+# Defined here, not with the servers' shared pieces: the runner's CLI imports
+# this module to start its daemon, and must not pay for importing fastapi.
+URL_LINE_PREFIX = "LOOPS_SERVER_URL="
 
 
 def pid_running(pid: int) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from loops_runner.sdk.http import tls_context
 from loops_runner.storage import weight_sync
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def set_live(home: Path, run_id: str, version: int, name: str | None,
         return False
     payload = {"run_id": run_id, "version": version, "name": name}
     try:
-        response = httpx.post(url.rstrip("/") + LIVE_ROUTE, json=payload, timeout=timeout)
+        # The shared TLS context: building one per call was most of a publish.
+        response = httpx.post(url.rstrip("/") + LIVE_ROUTE, json=payload, timeout=timeout,
+                              verify=tls_context())
     except httpx.HTTPError as exc:
         logger.warning("paired sampler %s did not take live=%s for run %s: %s "
                        "(it will pick LIVE.json up itself)", url, version, run_id, exc)

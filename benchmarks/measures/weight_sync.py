@@ -1,0 +1,108 @@
+"""Weight sync: a trainer's publish until its paired sampler serves the new weights,
+vs a raw PEFT save + load of the same adapter.
+
+* **ours**: a real control plane (``loops-runner serve control-plane``) provisions
+  a trainer (tiny, LoRA rank ``RANK``) and, on the first publish, its paired
+  sampler; per round, after an untimed ``forward_backward`` + ``optim_step`` (new
+  weights, like a training step), ``save_weights_and_get_sampling_client`` is
+  timed: the trainer writes the adapter atomically with its manifest, bumps
+  LIVE.json, notifies the sampler, which loads and swaps it, and the client
+  returns once the sampler serves that version.
+* **anchor**: in this process, ``save_pretrained`` of a PEFT model holding the
+  adapter the trainer published into a fresh folder, then its safetensors read
+  back and set into a second PEFT model (``set_peft_model_state_dict``): the
+  least any publish has to do.
+
+Rounds alternate which goes first; value = median of per-round ours/anchor.
+Goal: <= 1.5x. Quick: the rounds of the context, at most 5.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.measures._support import interleave, paired, standalone, thread_env, wait_ready
+from benchmarks.suite import BenchContext, Result
+
+RANK = 32
+PUBLISH_NAME = "bench-live"
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    from loops_runner.models import tiny
+    from loops_runner.sdk import AdamParams, Datum, ModelInput, ServiceClient, TensorData
+    from loops_runner.servers.launch import spawn_server
+    from loops_runner.storage import layout
+
+    rounds = min(ctx.rounds, 5) if ctx.quick else ctx.rounds
+    # A home of its own: the control plane's SQLite state (its deployments, stopped
+    # at the end) must not become what a later measure's daemon finds in ctx.home.
+    home = ctx.scratch("weight_sync") / "home"
+    tiny.prepare(home)
+    control_plane = spawn_server(["control-plane", "--port", "0", "--home", str(home)],
+                                 home / "logs" / "bench-weight-sync-cp.log",
+                                 env=thread_env(ctx.threads))
+    try:
+        wait_ready(control_plane.url, "/v1/loops/capabilities")
+        service = ServiceClient(base_url=control_plane.url)
+        training = service.create_lora_training_client(base_model="tiny", rank=RANK, seed=0)
+        datum = Datum(model_input=ModelInput.from_ints(list(range(20, 52))), loss_fn_inputs={
+            "target_tokens": TensorData(data=list(range(21, 53)), dtype="int64", shape=[32])})
+
+        def train_step() -> None:
+            training.forward_backward([datum]).result()
+            training.optim_step(AdamParams(learning_rate=1e-2)).result()
+
+        def publish() -> float:
+            train_step()
+            start = time.perf_counter()
+            training.save_weights_and_get_sampling_client(PUBLISH_NAME)
+            return time.perf_counter() - start
+
+        publish()  # creates the paired sampler (a process start) and warms both ends
+        run_id = training.run_id
+        assert run_id is not None
+        published = layout.checkpoint_dir(home, run_id, "sampler_weights", PUBLISH_NAME)
+        raw = _raw_save_load(ctx, home, published)
+        raw()
+        values = interleave(rounds, {"publish": publish, "raw": raw})
+        size = (published / "adapter_model.safetensors").stat().st_size
+    finally:
+        control_plane.stop(timeout=60)
+    return [paired("weight_sync", values["publish"], values["raw"], unit="s", goal=1.5,
+                   direction="at_most",
+                   note=f"save_weights_and_get_sampling_client (trainer -> paired sampler "
+                        f"serving it) vs PEFT save_pretrained + load into a model of the "
+                        f"same rank-{RANK} adapter ({size / 1e6:.2f} MB); value = median "
+                        "per-round ours/anchor (lower is better)")]
+
+
+def _raw_save_load(ctx: BenchContext, home: Path, published: Path):  # -> Callable[[], float]
+    """The anchor: save the published adapter from a PEFT model, load it into another."""
+    import torch
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from loops_runner.models.loading import load_base_model
+
+    source = PeftModel.from_pretrained(load_base_model("tiny", home=home,
+                                                       device="cpu").model, str(published))
+    target = PeftModel.from_pretrained(load_base_model("tiny", home=home,
+                                                       device="cpu").model, str(published))
+    scratch = Path(tempfile.mkdtemp(prefix="raw-adapter-", dir=ctx.scratch("weight_sync")))
+
+    def raw() -> float:
+        folder = scratch / f"raw-{time.monotonic_ns()}"
+        start = time.perf_counter()
+        source.save_pretrained(str(folder))
+        with torch.no_grad():
+            set_peft_model_state_dict(target, load_file(str(folder / "adapter_model.safetensors")))
+        return time.perf_counter() - start
+
+    return raw
+
+
+if __name__ == "__main__":
+    standalone(run)
