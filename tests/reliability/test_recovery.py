@@ -162,7 +162,10 @@ def test_client_reconnects_to_a_restarted_daemon_and_keeps_its_session(
         second = _control_plane_pid(home)
         os.kill(second, signal.SIGKILL)
         _wait_until_dead(second)
-        with pytest.raises(httpx.ConnectError):
+        # One attempt, and the transport's error: a refused connect, or, when
+        # the pooled keep-alive connection to the dead daemon is reused before
+        # the kernel's reset has been seen, a reset read.
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             plain.list_checkpoints("run-without-checkpoints")
 
     dead = service.base_url
