@@ -32,7 +32,7 @@ from filelock import FileLock
 
 from loops_runner.models.pretrain import PretrainSettings
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 SEED = 20251129
 VOCAB_TARGET = 4096
 # Full-weight pretraining before the model is saved (see models/pretrain.py and
