@@ -6,7 +6,9 @@ underscore keeps ``python -m benchmarks`` from running it).
 * ``paired``: a ``Result`` from per-round pairs, value = median of the per-round
   ratios (each round's two figures were taken back to back; the ratio of the
   medians would pair figures from different moments).
-* ``start_sampler``: a real ``loops-runner serve sampler``, ready to sample.
+* ``start_sampler``: a real ``loops-runner serve sampler``, ready to sample;
+  ``shared_sampler``: one of them for every measure of the process that only
+  drives it over HTTP (a start costs ~10 s of imports).
 * ``standalone``: ``python -m benchmarks.measures.<name> [--quick]`` builds its
   own ``BenchContext`` (a temporary home with tiny) and prints the results.
 """
@@ -14,12 +16,14 @@ underscore keeps ``python -m benchmarks`` from running it).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.suite import BenchContext, Direction, Result, median
 
@@ -97,6 +101,29 @@ def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None
         server.stop()
         raise
     return server
+
+
+_SHARED_SAMPLERS: dict[tuple[str, int | None], Any] = {}
+
+
+def shared_sampler(ctx: BenchContext):  # -> ServerProcess
+    """One base-model sampler per (home, threads) for the whole benchmark process.
+
+    The sampling measures send their own prompts with their own seeds and read
+    only their own responses, so one process serves them all; stopped at exit.
+    """
+    key = (str(ctx.home), ctx.threads)
+    server = _SHARED_SAMPLERS.get(key)
+    if server is None or not server.alive():
+        server = start_sampler(ctx, f"bench-sampler-{len(_SHARED_SAMPLERS)}.log")
+        _SHARED_SAMPLERS[key] = server
+    return server
+
+
+@atexit.register
+def _stop_shared_samplers() -> None:
+    for server in _SHARED_SAMPLERS.values():
+        server.stop()
 
 
 def standalone(run: Callable[[BenchContext], list[Result]],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.measures._support import interleave, paired, standalone, start_sampler
+from benchmarks.measures._support import interleave, paired, shared_sampler, standalone
 from benchmarks.suite import BenchContext, Result
 
 GROUP = 8
@@ -27,9 +27,8 @@ def run(ctx: BenchContext) -> list[Result]:
     from loops_runner.sdk import ModelInput, SamplingClient, SamplingParams
 
     max_tokens = 16 if ctx.quick else 32
-    server = start_sampler(ctx, "bench-group-sampling.log")
+    client = SamplingClient(base_model="tiny", endpoint=shared_sampler(ctx).url)
     try:
-        client = SamplingClient(base_model="tiny", endpoint=server.url)
         prompt = ModelInput.from_ints(PROMPT)
         seed = 0
 
@@ -57,9 +56,8 @@ def run(ctx: BenchContext) -> list[Result]:
         group()  # first-call costs (connection, allocator) stay out of the rounds
         one_by_one()
         values = interleave(ctx.rounds, {"group": group, "one_by_one": one_by_one})
-        client.close()
     finally:
-        server.stop()
+        client.close()
     return [paired("group_sampling", values["group"], values["one_by_one"], unit="tok/s",
                    goal=3.0, direction="at_least",
                    note=f"sample(num_samples={GROUP}) vs {GROUP} num_samples=1 calls in a row, "

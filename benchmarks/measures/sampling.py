@@ -24,7 +24,7 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks.measures._support import interleave, paired, standalone, start_sampler
+from benchmarks.measures._support import interleave, paired, shared_sampler, standalone
 from benchmarks.suite import BenchContext, Result
 
 REQUESTS = 32
@@ -40,7 +40,7 @@ def run(ctx: BenchContext) -> list[Result]:
     new_tokens = 64
     sequential_count = 2 if ctx.quick else 8
     rounds = min(ctx.rounds, 2) if ctx.quick else ctx.rounds
-    server = start_sampler(ctx, "bench-sampling.log")
+    server = shared_sampler(ctx)
     previous_threads = torch.get_num_threads()
     try:
         url = server.url
@@ -100,7 +100,6 @@ def run(ctx: BenchContext) -> list[Result]:
                                      "sequential": sequential})
     finally:
         torch.set_num_threads(previous_threads)
-        server.stop()
     shape = (f"{REQUESTS} x {new_tokens} new tokens, prompts of {PROMPT_TOKENS}, greedy, "
              f"{engine_threads} thread(s) for engine and generate; tokens/s")
     return [
