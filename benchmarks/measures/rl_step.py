@@ -45,7 +45,9 @@ def run(ctx: BenchContext) -> list[Result]:
     tiny.prepare(home)
     common = [*write_scratch_task(work), f"recipe.max_steps={steps}",
               f"recipe.groups_per_batch={groups}", "recipe.group_size=8", "recipe.max_tokens=16",
-              "recipe.save_every=0", "recipe.num_groups_to_log=0"]
+              "recipe.save_every=0", "recipe.num_groups_to_log=0",
+              # The HTML report (plots) comes after the last step: seconds no figure uses.
+              "report=false"]
     counter = 0
 
     def steps_run(k: int) -> float:

@@ -1,13 +1,15 @@
 """Weight sync: a trainer's publish until its paired sampler serves the new weights,
 vs a raw PEFT save + load of the same adapter.
 
-* **ours**: a real control plane (``loops-runner serve control-plane``) provisions
-  a trainer (tiny, LoRA rank ``RANK``) and, on the first publish, its paired
-  sampler; per round, after an untimed ``forward_backward`` + ``optim_step`` (new
-  weights, like a training step), ``save_weights_and_get_sampling_client`` is
-  timed: the trainer writes the adapter atomically with its manifest, bumps
-  LIVE.json, notifies the sampler, which loads and swaps it, and the client
-  returns once the sampler serves that version.
+* **ours**: the benchmark's shared tiny trainer and shared base-model sampler
+  (real ``loops-runner serve`` processes), the sampler registered as this run's
+  paired sampler in the home (``storage.weight_sync``, what the control plane
+  does when it creates one; the control plane is not on the publish path). Per
+  round, after an untimed ``forward_backward`` + ``optim_step`` (new weights,
+  like a training step), ``save_weights_and_get_sampling_client`` is timed: the
+  trainer writes the adapter (LoRA rank ``RANK``) atomically with its manifest,
+  bumps LIVE.json, notifies the sampler, which loads and swaps it, and the
+  client returns once the sampler serves that version.
 * **anchor**: in this process, ``save_pretrained`` of a PEFT model holding the
   adapter the trainer published into a fresh folder, then its safetensors read
   back and set into a second PEFT model (``set_peft_model_state_dict``): the
@@ -21,33 +23,30 @@ from __future__ import annotations
 
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from benchmarks.measures._support import interleave, paired, standalone, thread_env, wait_ready
+from benchmarks.measures._support import interleave, paired, shared_sampler, standalone
 from benchmarks.suite import BenchContext, Result
+from benchmarks.trainer_bench import shared_trainer
 
 RANK = 32
 PUBLISH_NAME = "bench-live"
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    from loops_runner.models import tiny
-    from loops_runner.sdk import AdamParams, Datum, ModelInput, ServiceClient, TensorData
-    from loops_runner.servers.launch import spawn_server
-    from loops_runner.storage import layout
+    from loops_runner.sdk import AdamParams, Datum, ModelInput, TensorData
+    from loops_runner.sdk.training_client import TrainingClient
+    from loops_runner.storage import layout, weight_sync
 
     rounds = min(ctx.rounds, 5) if ctx.quick else ctx.rounds
-    # A home of its own: the control plane's SQLite state (its deployments, stopped
-    # at the end) must not become what a later measure's daemon finds in ctx.home.
-    home = ctx.scratch("weight_sync") / "home"
-    tiny.prepare(home)
-    control_plane = spawn_server(["control-plane", "--port", "0", "--home", str(home)],
-                                 home / "logs" / "bench-weight-sync-cp.log",
-                                 env=thread_env(ctx.threads))
+    run_id = f"weight-sync-{uuid.uuid4().hex[:8]}"
+    sampler = shared_sampler(ctx)
+    weight_sync.register_paired_sampler(ctx.home, run_id, sampler.url)
+    training = TrainingClient(shared_trainer(ctx.home, "tiny").url, lora_rank=RANK,
+                              base_model="tiny", run_id=run_id, heartbeat_interval=3600.0,
+                              paired_sampling_deployment=sampler.url)
     try:
-        wait_ready(control_plane.url, "/v1/loops/capabilities")
-        service = ServiceClient(base_url=control_plane.url)
-        training = service.create_lora_training_client(base_model="tiny", rank=RANK, seed=0)
         datum = Datum(model_input=ModelInput.from_ints(list(range(20, 52))), loss_fn_inputs={
             "target_tokens": TensorData(data=list(range(21, 53)), dtype="int64", shape=[32])})
 
@@ -61,16 +60,14 @@ def run(ctx: BenchContext) -> list[Result]:
             training.save_weights_and_get_sampling_client(PUBLISH_NAME)
             return time.perf_counter() - start
 
-        publish()  # creates the paired sampler (a process start) and warms both ends
-        run_id = training.run_id
-        assert run_id is not None
-        published = layout.checkpoint_dir(home, run_id, "sampler_weights", PUBLISH_NAME)
-        raw = _raw_save_load(ctx, home, published)
+        publish()  # warms both ends (first adapter load, connections)
+        published = layout.checkpoint_dir(ctx.home, run_id, "sampler_weights", PUBLISH_NAME)
+        raw = _raw_save_load(ctx, ctx.home, published)
         raw()
         values = interleave(rounds, {"publish": publish, "raw": raw})
         size = (published / "adapter_model.safetensors").stat().st_size
     finally:
-        control_plane.stop(timeout=60)
+        training.close()
     return [paired("weight_sync", values["publish"], values["raw"], unit="s", goal=1.5,
                    direction="at_most",
                    note=f"save_weights_and_get_sampling_client (trainer -> paired sampler "
