@@ -8,7 +8,6 @@ and the same gradient clipping. torch is imported inside functions only.
 
 from __future__ import annotations
 
-import atexit
 import os
 import time
 from pathlib import Path
@@ -48,9 +47,6 @@ def start_trainer(home: Path, base_model: str, log_name: str) -> ServerProcess:
         raise
 
 
-_SHARED: dict[tuple[str, str], ServerProcess] = {}
-
-
 def shared_trainer(home: Path, base_model: str) -> ServerProcess:
     """One trainer per (home, model) for the whole benchmark process, stopped at exit.
 
@@ -59,18 +55,11 @@ def shared_trainer(home: Path, base_model: str) -> ServerProcess:
     uses its own run, so they never see each other's adapters. Measures that
     read process-wide figures (peak RSS) start their own instead.
     """
-    key = (str(home), base_model)
-    server = _SHARED.get(key)
-    if server is None or not server.alive():
-        server = start_trainer(home, base_model, f"bench-trainer-{len(_SHARED)}.log")
-        _SHARED[key] = server
-    return server
+    from benchmarks.measures._support import shared_server
 
-
-@atexit.register
-def _stop_shared() -> None:
-    for server in _SHARED.values():
-        server.stop()
+    return shared_server(("trainer", str(home), base_model),
+                         lambda: start_trainer(home, base_model,
+                                               f"bench-trainer-{Path(base_model).name}.log"))
 
 
 def sequences(rows: int, length: int, seed: int = 0, *, low: int = 10,

@@ -103,27 +103,33 @@ def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None
     return server
 
 
-_SHARED_SAMPLERS: dict[tuple[str, int | None], Any] = {}
+_SHARED_SERVERS: dict[tuple[Any, ...], Any] = {}
+
+
+def shared_server(key: tuple[Any, ...], start: Callable[[], Any]):  # -> ServerProcess
+    """One server per ``key`` for the whole benchmark process, started on first use
+    (again if it died) and stopped at exit: a start costs ~10 s of imports."""
+    server = _SHARED_SERVERS.get(key)
+    if server is None or not server.alive():
+        server = start()
+        _SHARED_SERVERS[key] = server
+    return server
+
+
+@atexit.register
+def _stop_shared_servers() -> None:
+    for server in _SHARED_SERVERS.values():
+        server.stop()
 
 
 def shared_sampler(ctx: BenchContext):  # -> ServerProcess
     """One base-model sampler per (home, threads) for the whole benchmark process.
 
     The sampling measures send their own prompts with their own seeds and read
-    only their own responses, so one process serves them all; stopped at exit.
+    only their own responses, so one process serves them all.
     """
-    key = (str(ctx.home), ctx.threads)
-    server = _SHARED_SAMPLERS.get(key)
-    if server is None or not server.alive():
-        server = start_sampler(ctx, f"bench-sampler-{len(_SHARED_SAMPLERS)}.log")
-        _SHARED_SAMPLERS[key] = server
-    return server
-
-
-@atexit.register
-def _stop_shared_samplers() -> None:
-    for server in _SHARED_SAMPLERS.values():
-        server.stop()
+    return shared_server(("sampler", str(ctx.home), ctx.threads),
+                         lambda: start_sampler(ctx, f"bench-sampler-{len(_SHARED_SERVERS)}.log"))
 
 
 def standalone(run: Callable[[BenchContext], list[Result]],
