@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.measures._support import shared_server
 from loops_runner.servers.launch import ServerProcess, spawn_server, tail
 
 RANK = 8
@@ -55,8 +56,6 @@ def shared_trainer(home: Path, base_model: str) -> ServerProcess:
     uses its own run, so they never see each other's adapters. Measures that
     read process-wide figures (peak RSS) start their own instead.
     """
-    from benchmarks.measures._support import shared_server
-
     return shared_server(("trainer", str(home), base_model),
                          lambda: start_trainer(home, base_model,
                                                f"bench-trainer-{Path(base_model).name}.log"))

@@ -62,7 +62,7 @@ def run(ctx: BenchContext) -> list[Result]:
 
         publish()  # warms both ends (first adapter load, connections)
         published = layout.checkpoint_dir(ctx.home, run_id, "sampler_weights", PUBLISH_NAME)
-        raw = _raw_save_load(ctx, ctx.home, published)
+        raw = _raw_save_load(ctx, published)
         raw()
         values = interleave(rounds, {"publish": publish, "raw": raw})
         size = (published / "adapter_model.safetensors").stat().st_size
@@ -76,7 +76,7 @@ def run(ctx: BenchContext) -> list[Result]:
                         "per-round ours/anchor (lower is better)")]
 
 
-def _raw_save_load(ctx: BenchContext, home: Path, published: Path):  # -> Callable[[], float]
+def _raw_save_load(ctx: BenchContext, published: Path):  # -> Callable[[], float]
     """The anchor: save the published adapter from a PEFT model, load it into another."""
     import torch
     from peft import PeftModel, set_peft_model_state_dict
@@ -84,9 +84,9 @@ def _raw_save_load(ctx: BenchContext, home: Path, published: Path):  # -> Callab
 
     from loops_runner.models.loading import load_base_model
 
-    source = PeftModel.from_pretrained(load_base_model("tiny", home=home,
+    source = PeftModel.from_pretrained(load_base_model("tiny", home=ctx.home,
                                                        device="cpu").model, str(published))
-    target = PeftModel.from_pretrained(load_base_model("tiny", home=home,
+    target = PeftModel.from_pretrained(load_base_model("tiny", home=ctx.home,
                                                        device="cpu").model, str(published))
     scratch = Path(tempfile.mkdtemp(prefix="raw-adapter-", dir=ctx.scratch("weight_sync")))
 
