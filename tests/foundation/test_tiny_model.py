@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from loops_runner.models import tiny
+from tests.foundation.tiny_rebuild import BackgroundRebuild
 
 CLI = [sys.executable, "-m", "loops_runner.cli"]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _prepare_via_cli(home: Path, extra_env: dict[str, str] | None = None) -> tuple[str, float]:
@@ -42,23 +42,22 @@ def test_prepare_twice_reuses_the_build(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_script_reproduces_the_shipped_model_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.timeout(2400)  # alone, the build takes 7-15 minutes on 2 cores
+def test_pretraining_script_reproduces_the_shipped_model_bit_for_bit(
+        tiny_rebuild: BackgroundRebuild) -> None:
     """scripts/pretrain_tiny.py, run afresh, writes the very bytes the package ships.
 
     Other thread settings and hash seeds in the environment must not matter:
-    the build pins its own thread count and seeds.
+    the build pins its own thread count and seeds. The build runs in the
+    background from the start of the session (tests/foundation/tiny_rebuild.py).
     """
     shipped = tiny.build_info(tiny.SHIPPED_DIR)
     # Other library versions give other bytes from the same code; say so
-    # plainly rather than as a digest mismatch 5 minutes later.
+    # plainly rather than as a digest mismatch minutes later.
     assert tiny.build_libraries() == shipped["libraries"], (
         "this environment's libraries differ from those the shipped tiny was built with; "
         "install them with scripts/bootstrap.sh (scripts/constraints.txt pins them)")
-    out = tmp_path / "tiny"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=1800,
-                   env={**os.environ, "PYTHONHASHSEED": "7", "OMP_NUM_THREADS": "1"})
-    rebuilt = tiny.build_info(out)
+    rebuilt = tiny.build_info(tiny_rebuild.wait(timeout=1800))
     assert rebuilt["libraries"] == shipped["libraries"]
     assert rebuilt["sha256"] == shipped["sha256"]
     assert {"tokenizer.json", "model.safetensors", "config.json"} <= set(rebuilt["sha256"])

@@ -65,8 +65,8 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     teacher_dir = tmp_path / "teacher"
     sft = run_runner("+recipe=sft", "recipe.max_steps=4", "recipe.dataset.num_examples=200",
                      "recipe.batch_size=16", "recipe.eval_every=0", "recipe.num_final_samples=0",
-                     f"hydra.run.dir={teacher_dir}", cwd=tmp_path, home=runner_home,
-                     timeout=600)
+                     "recipe.evaluators.0.num_prompts=14", f"hydra.run.dir={teacher_dir}",
+                     cwd=tmp_path, home=runner_home, timeout=600)
     assert sft.returncode == 0, sft.stdout[-2000:] + sft.stderr[-2000:]
     run_dir = tmp_path / "distill"
     result = run_runner("+recipe=distill", f"recipe.teacher={teacher_dir}", "recipe.max_steps=3",

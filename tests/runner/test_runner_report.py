@@ -16,7 +16,8 @@ from tests.report.pages import figures, table_rows, trace_names
 from tests.runner.conftest import run_runner, runner_env, write_user_recipe
 
 QUICK = ["recipe.dataset.num_examples=200", "recipe.batch_size=8", "recipe.eval_every=2",
-         "recipe.dataset.eval_examples=8", "recipe.num_final_samples=2", "recipe.save_every=0"]
+         "recipe.dataset.eval_examples=8", "recipe.num_final_samples=2", "recipe.save_every=0",
+         "recipe.evaluators.0.num_prompts=14"]
 
 
 def test_cli_reports_a_real_sft_run(tmp_path: Path, runner_home: Path) -> None:

@@ -28,7 +28,8 @@ from tests.runner.conftest import (
 # Tiny jobs: a few steps, no periodic eval, no final sampling.
 TINY_SFT = ["+recipe=sft", "recipe.max_steps=3", "recipe.eval_every=0", "recipe.save_every=0",
             "recipe.num_final_samples=0", "recipe.dataset.num_examples=200",
-            "recipe.dataset.eval_examples=16", "recipe.batch_size=8"]
+            "recipe.dataset.eval_examples=16", "recipe.batch_size=8",
+            "recipe.evaluators.0.num_prompts=7"]
 JOBLIB = ["hydra/launcher=joblib"]
 # A local Ray instance of 2 CPUs (one job each), without its dashboard.
 RAY = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
