@@ -39,5 +39,19 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 echo "Installing loops-runner (editable, with the local stack, sweep launchers, eval frameworks and test tools) ..." >&2
 # The constraints pin the libraries the tiny build's bytes depend on (see the file).
-"${pip[@]}" install -c scripts/constraints.txt -e ".[local,sweeps,dev,eval-frameworks]"
+spec=(-c scripts/constraints.txt -e ".[local,sweeps,dev,eval-frameworks]")
+# uv installs the same resolution several times faster than pip (pip spends ~2
+# CPU-minutes here unpacking and compiling on one core; uv uses every core),
+# which is most of a fresh CI run's set-up. torch stays with pip above: pip's
+# configuration (find-links, constraints) is what picks the CPU build. Any uv
+# failure (no uv wheel reachable, a private index only pip is configured for)
+# falls back to pip; LOOPS_BOOTSTRAP_INSTALLER=pip skips uv altogether.
+if [ "${LOOPS_BOOTSTRAP_INSTALLER:-uv}" = "uv" ] \
+        && "${pip[@]}" install uv >/dev/null 2>&1 \
+        && .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python "${spec[@]}"; then
+    :
+else
+    echo "Installing with pip ..." >&2
+    "${pip[@]}" install "${spec[@]}"
+fi
 echo "$want" > "$stamp"
