@@ -10,6 +10,7 @@ only when a tokenizer is first asked for; remote code is never trusted.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,33 @@ def _load_path(name: str) -> str:
     return name
 
 
+# Tokenizer classes for which AutoTokenizer resolves to the plain fast tokenizer.
+# A local folder that names one is loaded with that class directly: the same
+# object, without AutoTokenizer's config machinery, which imports torch (about
+# 2 of the 3 CPU-seconds a runner process spent loading tiny's tokenizer).
+_PLAIN_FAST_CLASSES = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
+
+
+def _is_plain_fast_folder(path: str) -> bool:
+    folder = Path(path)
+    config = folder / "tokenizer_config.json"
+    if not (config.is_file() and (folder / "tokenizer.json").is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("tokenizer_class") in _PLAIN_FAST_CLASSES
+    except (OSError, ValueError):
+        return False
+
+
 @lru_cache(maxsize=16)
 def load_tokenizer(name: str, revision: str | None = None) -> Any:
+    path = _load_path(name)
+    if revision is None and _is_plain_fast_folder(path):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer
 
-    path = _load_path(name)
     extra = {"revision": revision} if revision else {}
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **extra)
