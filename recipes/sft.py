@@ -256,11 +256,15 @@ def cross_section(samples: list[dict[str, Any]], count: int) -> list[dict[str, A
 
 def final_samples(ctx: RunContext, cfg: Config, data: SftData,
                   results: list[EvalResult]) -> None:
-    """Log a few final completions: the last evaluation's, marked ✓/✗ by its scorer.
+    """Log a few final completions.
 
-    Without a sampling evaluator, publish the adapter and answer a few eval prompts.
+    On the built-in task data: the last evaluation's answers, marked ✓/✗ by its
+    scorer. On a user's own data (or without a sampling evaluator): publish the
+    adapter and answer the user's held-out prompts, next to their references;
+    the registry's questions would show nothing of what this run was taught.
     """
-    scored = next((r.samples for r in results if r.samples), None)
+    on_registry_data = cfg.dataset.source == "synthetic"
+    scored = next((r.samples for r in results if r.samples), None) if on_registry_data else None
     if scored is not None:
         rows = [[s["prompt"], str(s["answer"]), s["completion"], s["score"]]
                 for s in cross_section(scored, cfg.num_final_samples)]

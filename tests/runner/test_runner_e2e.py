@@ -139,3 +139,30 @@ def test_user_recipe_from_another_directory_runs(tmp_path: Path, runner_home: Pa
     record = json.loads(next((tmp_path / "outputs" / "two_steps").iterdir())
                         .joinpath("run.json").read_text())
     assert record["status"] == "completed" and record["final_metrics"]["improved"] == 1.0
+
+
+def test_sft_on_a_users_chats_ends_with_answers_to_their_held_out_prompts(
+        tmp_path: Path, runner_home: Path) -> None:
+    names = ["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo"] * 4
+    chats = tmp_path / "greetings.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Greet {name} number {i}"},
+        {"role": "assistant", "content": f"Hello, {name}!"}]}) + "\n"
+        for i, name in enumerate(names)))
+    result = run_runner("+recipe=sft", f"recipe.dataset.source={chats}", "recipe.max_steps=2",
+                        "recipe.batch_size=8", "recipe.eval_every=0", "recipe.save_every=0",
+                        "recipe.dataset.eval_examples=6", "recipe.num_final_samples=3",
+                        "recipe.evaluators.0.num_prompts=7", "hydra.run.dir=mine",
+                        cwd=tmp_path, home=runner_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    samples = [json.loads(line)
+               for line in (tmp_path / "mine" / "samples.jsonl").read_text().splitlines()]
+    # The user's own held-out prompts and references, not the task registry's questions
+    # (which the accuracy evaluator still scores, as eval/accuracy).
+    assert len(samples) == 3
+    for sample in samples:
+        assert sample["prompt"].startswith("Greet ") and sample["score"] is None
+        assert sample["reference"] == f"Hello, {sample['prompt'].split()[1]}!"
+        assert sample["prompt"] in result.stdout
+    metrics = read_metrics(tmp_path / "mine")
+    assert "eval/accuracy" in metrics[-1]
