@@ -68,23 +68,6 @@ def thread_env(threads: int | None) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def wait_ready(url: str, path: str = "/health", timeout: float = SERVER_READY_S) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url + path, timeout=10)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"{url}{path} not ready after {timeout:.0f}s ({last})")
-
-
 def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None,
                   env: dict[str, str] | None = None):  # -> ServerProcess
     """``loops-runner serve sampler`` for tiny on the context's home, once it answers."""
@@ -96,7 +79,7 @@ def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None
     server = spawn_server(args, ctx.home / "logs" / log_name,
                           env={**thread_env(ctx.threads), **(env or {})})
     try:
-        wait_ready(server.url)
+        server.wait_healthy(timeout=SERVER_READY_S)
     except BaseException:
         server.stop()
         raise

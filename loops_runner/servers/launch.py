@@ -61,6 +61,30 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def wait_healthy(self, path: str = "/health", timeout: float = 180.0) -> None:
+        """Poll ``path`` until it answers 200; fail early, with the log, if the server dies.
+
+        The URL line means the socket listens; a server may still be loading its
+        model behind it, which its health route reports.
+        """
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ServerStartError(f"server died:\n{tail(self.log_path)}")
+            try:
+                response = httpx.get(self.url + path, timeout=5.0)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise ServerStartError(f"{self.url}{path} not healthy after {timeout:.0f}s ({last}):\n"
+                               f"{tail(self.log_path)}")
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is not None:
             return
