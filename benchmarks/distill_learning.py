@@ -41,8 +41,12 @@ def main() -> None:
     student = series(lines, "eval/task_accuracy")
     teacher_accuracy = lines[0].get("eval/teacher_task_accuracy", float("nan"))
     fall = 1 - kl[-1][1] / kl[0][1]
+    # The KL is a per-token estimate from sampled tokens, so it can dip below 0
+    # once student and teacher agree; "108% lower" would misread that.
+    change = (f"{fall:.0%} lower" if kl[-1][1] > 0
+              else "at or below 0: within the sampled estimate's noise of the teacher")
     print(f"wall {wall:.0f} s; held-out reverse KL {kl[0][1]:.3f} -> {kl[-1][1]:.3f} "
-          f"({fall:.0%} lower, target >= 50%); student task accuracy {student[0][1]:.3f} -> "
+          f"({change}; target >= 50% lower); student task accuracy {student[0][1]:.3f} -> "
           f"{student[-1][1]:.3f}, teacher {teacher_accuracy:.3f}")
     toward = abs(teacher_accuracy - student[-1][1]) <= abs(teacher_accuracy - student[0][1])
     print("PASS" if fall >= 0.5 and toward and wall <= 180 else "FAIL")
