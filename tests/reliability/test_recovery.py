@@ -34,7 +34,7 @@ STEPS = 6
 ARGS = ["+recipe=sft", f"recipe.max_steps={STEPS}", "recipe.save_every=2", "seed=11",
         "recipe.dataset.num_examples=400", "recipe.batch_size=16", "recipe.eval_every=3",
         "recipe.dataset.eval_examples=32", "recipe.num_final_samples=1",
-        "recipe.evaluators.0.num_prompts=14"]
+        "recipe.evaluators.0.num_prompts=14", "report=false"]
 
 
 def _final_metrics(run_dir: Path) -> dict:

@@ -75,7 +75,8 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path) -> None:
-    args = ["+recipe=sft", "recipe.max_steps=12", "recipe.save_every=4", "seed=7", *QUICK]
+    args = ["+recipe=sft", "recipe.max_steps=12", "recipe.save_every=4", "seed=7", *QUICK,
+            "report=false"]
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = run_runner(*args, cwd=reference_dir, home=runner_home)
