@@ -32,6 +32,18 @@ def libraries_match() -> bool:
     return tiny.build_libraries() == tiny.build_info(tiny.SHIPPED_DIR)["libraries"]
 
 
+def _lowest_priority_child() -> None:
+    """In the child before exec: nice 19, and (Linux) die with the test process, so a
+    killed pytest leaves no build running."""
+    os.nice(19)
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class BackgroundRebuild:
     """``scripts/pretrain_tiny.py --out <tmp>/tiny`` in a child process at nice 19."""
 
@@ -44,7 +56,7 @@ class BackgroundRebuild:
                 [sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--out",
                  str(self.out)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **FOREIGN_ENV},
-                preexec_fn=lambda: os.nice(19))
+                preexec_fn=_lowest_priority_child)
 
     def wait(self, timeout: float) -> Path:
         """The rebuilt folder, once the build has ended well (raises with its log if not)."""
