@@ -2,8 +2,8 @@
 
 Rebuilding is the whole pretraining (~7 minutes of two cores here), and the rest
 of the suite leaves about one core idle on average (it mostly waits on servers
-and subprocesses). So the root conftest starts the rebuild when the session
-starts, at the lowest CPU priority so that it only takes cycles nobody else
+and subprocesses). So the root conftest starts the rebuild as soon as pytest
+has collected the test, at the lowest CPU priority so that it only takes cycles nobody else
 wants, and the test that compares the bytes runs last and waits for it.
 Priority changes nothing in the bytes: the build pins its thread count and seeds.
 """
