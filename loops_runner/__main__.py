@@ -15,9 +15,8 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
-    from loops_runner.data.sources import DataError
+    from loops_runner.errors import UserInputError
     from loops_runner.runner.app import run_job, sweep_value
-    from loops_runner.runner.config import ConfigError
     from loops_runner.runner.sweep import portable_error
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -29,7 +28,7 @@ def main(cfg: DictConfig) -> Any:
             overrides = list(HydraConfig.get().overrides.task)
             return sweep_value(cfg, run_pipeline(cfg, run_dir, overrides))
         return sweep_value(cfg, run_job(cfg, run_dir))
-    except (ConfigError, DataError) as error:
+    except UserInputError as error:
         # One line for the user: Hydra would add a traceback and its HYDRA_FULL_ERROR hint.
         print(f"loops-runner: {error}", file=sys.stderr)
         if multirun:

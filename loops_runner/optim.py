@@ -28,13 +28,24 @@ class OptimConfig(BaseModel):
     beta2: float = Field(default=0.95, ge=0, lt=1)
 
 
+# Warmup never takes more than this share of a run: 10 warmup steps of a 12-step run
+# on small data would train at a fraction of the rate almost throughout.
+MAX_WARMUP_FRACTION = 0.2
+
+
+def warmup_steps(cfg: OptimConfig, steps: int) -> int:
+    """The warmup a run of ``steps`` gets: ``cfg.warmup_steps``, capped at a fifth of the run."""
+    return min(cfg.warmup_steps, int(steps * MAX_WARMUP_FRACTION))
+
+
 def learning_rate(step: int, cfg: OptimConfig, steps: int) -> float:
     """Linear warmup to the peak, then constant / linear / cosine decay to the floor."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    warmup = warmup_steps(cfg, steps)
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
-    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+    progress = (step - warmup) / max(1, steps - warmup)
     if cfg.lr_schedule == "linear":
         shape = 1 - progress
     else:

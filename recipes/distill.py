@@ -32,7 +32,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from loops_runner.data.chat import RenderedExample
-from loops_runner.data.sources import DataError, SourceConfig, load_rows
+from loops_runner.data.checks import DataSummary, check_rows, held_out_count
+from loops_runner.data.prompts import prompt_messages
+from loops_runner.data.sources import SourceConfig, read_source
 from loops_runner.optim import OptimConfig, adam_params, learning_rate
 from loops_runner.rl.datums import TokenSequence, trajectory_sequences
 from loops_runner.rl.envs.tasks import task_builder
@@ -96,17 +98,12 @@ class DistillData:
     train: list[Prompt]
     eval: list[Prompt]
     teacher: TeacherSource
+    summary: DataSummary
+    digest: str  # the prompts' content: part of the run's identity
 
 
 def _prompt_of(row: dict[str, Any], where: str) -> Prompt:
-    value = row.get("prompt")
-    if isinstance(value, str) and value.strip():
-        return Prompt([{"role": "user", "content": value}])
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        return Prompt([{"role": str(m["role"]), "content": str(m["content"])} for m in value])
-    raise DataError(f"{where}: field 'prompt' must be non-empty text or a list of "
-                    f"{{role, content}} messages (found {sorted(row)})")
+    return Prompt(prompt_messages(row, where))
 
 
 def prepare_data(cfg: Config, seed: int) -> DistillData:
@@ -116,14 +113,18 @@ def prepare_data(cfg: Config, seed: int) -> DistillData:
     if source.source == TASKS_SOURCE:
         train = [Prompt(as_messages(r), r) for r in sample_rows(source.num_prompts, seed=seed)]
         held = sample_rows(source.eval_prompts, split="heldout", seed=seed, unique=True)
-        return DistillData(train, [Prompt(as_messages(r), r) for r in held], teacher)
-    rows = load_rows(source.source, split=source.split, columns=source.columns)
-    prompts = [_prompt_of(row, f"{source.source} row {i + 1}") for i, row in enumerate(rows)]
+        summary = DataSummary(TASKS_SOURCE, len(train) + len(held), len(train), len(held))
+        return DistillData(train, [Prompt(as_messages(r), r) for r in held], teacher, summary,
+                           f"{TASKS_SOURCE}:{source.num_prompts}:{source.eval_prompts}:{seed}")
+    rows = read_source(source.source, split=source.split, columns=source.columns)
+    checked = check_rows(rows, _prompt_of, policy=source.bad_rows,
+                         policy_key="recipe.prompts.bad_rows")
+    prompts = list(checked.items)
     random.Random(seed).shuffle(prompts)
-    held_out = min(source.eval_prompts, len(prompts) // 2)
-    if held_out == 0:
-        raise DataError(f"{source.source}: needs at least 2 prompts (train and held-out)")
-    return DistillData(prompts[held_out:], prompts[:held_out], teacher)
+    held_out = held_out_count(len(prompts), source.eval_prompts, source.source, "prompts")
+    summary = DataSummary(source.source, checked.read, len(prompts) - held_out, held_out,
+                          checked.skipped, checked.first_problem)
+    return DistillData(prompts[held_out:], prompts[:held_out], teacher, summary, rows.digest)
 
 
 def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import Field
 
+from loops_runner.data.checks import DataSummary, held_out_count
 from loops_runner.data.preferences import (
     TASKS_SOURCE,
     PairSet,
@@ -78,32 +79,38 @@ class Pairs:
 
     train: list[PreferencePair]
     eval: list[PreferencePair]
-    bad_rows: int = 0
-    first_problem: str | None = None
+    summary: DataSummary
+    digest: str  # the pairs' content: part of the run's identity
 
 
 def prepare_data(cfg: Config, seed: int) -> Pairs:
     """Read and check every pair; the runner calls this before provisioning."""
     ds = cfg.dataset
     if ds.source == TASKS_SOURCE:
-        return Pairs(task_pairs(ds.num_pairs, "train", seed),
-                     task_pairs(ds.eval_pairs, "heldout", seed))
-    loaded = load_pairs(ds.source, split=ds.split, columns=ds.columns)
+        train, held = task_pairs(ds.num_pairs, "train", seed), task_pairs(ds.eval_pairs,
+                                                                          "heldout", seed)
+        return Pairs(train, held, DataSummary(ds.source, len(train) + len(held), len(train),
+                                              len(held)),
+                     f"{TASKS_SOURCE}:{ds.num_pairs}:{ds.eval_pairs}:{seed}")
+    loaded = load_pairs(ds.source, split=ds.split, columns=ds.columns, bad_rows=ds.bad_rows)
     if ds.eval_split is not None:
-        held = load_pairs(ds.source, split=ds.eval_split, columns=ds.columns)
-        return Pairs(loaded.pairs, held.pairs, loaded.bad_rows + held.bad_rows,
-                     loaded.first_problem or held.first_problem)
-    return _hold_out(loaded, ds.eval_pairs, seed)
+        held = load_pairs(ds.source, split=ds.eval_split, columns=ds.columns,
+                          bad_rows=ds.bad_rows)
+        summary = DataSummary(ds.source, loaded.read + held.read, len(loaded.pairs),
+                              len(held.pairs), loaded.bad_rows + held.bad_rows,
+                              loaded.first_problem or held.first_problem)
+        return Pairs(loaded.pairs, held.pairs, summary, loaded.digest + held.digest)
+    return _hold_out(loaded, ds.eval_pairs, seed, ds.source)
 
 
-def _hold_out(loaded: PairSet, eval_pairs: int, seed: int) -> Pairs:
+def _hold_out(loaded: PairSet, eval_pairs: int, seed: int, source: str) -> Pairs:
     order = list(range(len(loaded.pairs)))
     random.Random(seed).shuffle(order)
-    held = min(eval_pairs, len(order) // 2)
-    if held == 0:
-        raise DataError("the preference data has fewer than 2 valid pairs")
+    held = held_out_count(len(order), eval_pairs, source, "preference pairs")
+    summary = DataSummary(source, loaded.read, len(order) - held, held, loaded.bad_rows,
+                          loaded.first_problem)
     return Pairs([loaded.pairs[i] for i in order[held:]], [loaded.pairs[i] for i in order[:held]],
-                 loaded.bad_rows, loaded.first_problem)
+                 summary, loaded.digest)
 
 
 def render_all(tokenizer: Any, pairs: list[PreferencePair], max_length: int
@@ -214,12 +221,9 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     pairs: Pairs = ctx.data
     train_P, dropped_train = render_all(ctx.tokenizer, pairs.train, cfg.dataset.max_length)
     eval_P, dropped_eval = render_all(ctx.tokenizer, pairs.eval, cfg.dataset.max_length)
-    skipped = pairs.bad_rows + dropped_train + dropped_eval
-    if skipped:
-        ctx.metrics.print(f"DPO: skipped {skipped} pairs ({pairs.bad_rows} invalid rows, "
-                          f"{dropped_train + dropped_eval} empty or identical after rendering)"
-                          + (f"; first problem: {pairs.first_problem}" if pairs.first_problem
-                             else ""))
+    if dropped_train + dropped_eval:  # invalid rows were counted in the data summary
+        ctx.metrics.print(f"DPO: skipped {dropped_train + dropped_eval} pairs empty or "
+                          "identical after rendering")
     if not train_P or not eval_P:
         raise DataError(f"{cfg.dataset.source}: no usable pairs after rendering "
                         f"(train {len(train_P)}, eval {len(eval_P)})")

@@ -4,7 +4,10 @@ Reads top to bottom:
 
 1. build the dataset of groups: the bundled arithmetic task, the user's env
    (``recipe.env=module:make_dataset``) or the user's reward function on a prompt
-   file (``recipe.reward=module:score`` + ``recipe.prompts=data.jsonl``);
+   file (``recipe.reward=module:score`` + ``recipe.prompts=data.jsonl``; the reward
+   loads and every prompt row is checked before anything is provisioned, and
+   ``eval_prompts`` of them are held out: ``eval/reward`` is the mean reward on
+   prompts no step trained on, before training and every ``eval_every`` steps);
 2. per step, sample ``groups_per_batch`` prompts × ``group_size`` episodes from the
    current policy's sampler (one ``sample(n=group_size)`` per prompt, all at once;
    with ``max_steps_off_policy: k >= 1`` the next batches are sampled while this
@@ -23,12 +26,15 @@ Reads top to bottom:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loops_runner.data.checks import MAX_HELD_OUT_FRACTION, DataSummary
+from loops_runner.data.sources import BadRowPolicy
 from loops_runner.rl import plugins
 from loops_runner.rl.advantages import group_advantages, is_constant
 from loops_runner.rl.datasets import DatasetSetup
@@ -70,6 +76,9 @@ class Config(BaseModel):
     reward: str | None = None
     prompts: str | None = None
     prompts_split: str = "train"
+    prompts_bad_rows: BadRowPolicy = "stop"
+    eval_prompts: int = Field(default=16, ge=0)
+    eval_every: int = Field(default=10, ge=0)
 
     groups_per_batch: int = Field(default=8, ge=1)
     group_size: int = Field(default=8, ge=2)
@@ -96,24 +105,44 @@ class Config(BaseModel):
     num_groups_to_log: int = Field(default=2, ge=0)
     save_every: int = Field(default=20, ge=0)
 
-    _prompt_rows: list[dict[str, Any]] | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
-    def _plug_ins_load(self) -> Config:
-        # Fail at validation, before a trainer is provisioned, on a missing file, a
-        # bad row or a reward/env that cannot be imported.
+    def _plug_ins_fit(self) -> Config:
         if (self.reward is None) != (self.prompts is None):
             raise ValueError("recipe.reward and recipe.prompts go together: the reward "
                              "function scores replies to the prompts")
         if self.reward is not None and self.env is not None:
             raise ValueError("set either recipe.env (your dataset of envs) or recipe.reward "
                              "with recipe.prompts, not both")
-        if self.reward is not None and self.prompts is not None:
-            plugins.load_reward(self.reward)
-            self._prompt_rows = plugins.load_prompt_rows(self.prompts, self.prompts_split)
-        elif self.env is not None:
-            plugins.load_dataset_factory(self.env)
         return self
+
+
+@dataclass
+class RewardPrompts:
+    """The user's reward and prompt rows, loaded and checked before provisioning."""
+
+    score: Any
+    train: list[plugins.PromptRow]
+    eval: list[plugins.PromptRow]
+    summary: DataSummary
+    digest: str
+
+
+def prepare_data(cfg: Config, seed: int) -> RewardPrompts | None:
+    """Load the user's plug-ins and read their prompts; the runner calls this first."""
+    if cfg.env is not None:
+        plugins.load_dataset_factory(cfg.env)
+    if cfg.reward is None or cfg.prompts is None:
+        return None
+    score = plugins.load_reward(cfg.reward)
+    rows, raw, skipped, first_problem = plugins.read_prompt_rows(
+        cfg.prompts, cfg.prompts_split, cfg.prompts_bad_rows, "recipe.prompts_bad_rows")
+    plugins.check_reward_fits(score, cfg.reward, rows)
+    order = list(range(len(rows)))
+    random.Random(f"{seed}-rl-eval").shuffle(order)
+    held = min(cfg.eval_prompts, int(len(rows) * MAX_HELD_OUT_FRACTION))
+    train = [rows[i] for i in order[held:]]
+    summary = DataSummary(cfg.prompts, len(raw), len(train), held, skipped, first_problem)
+    return RewardPrompts(score, train, [rows[i] for i in order[:held]], summary, raw.digest)
 
 
 def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
@@ -128,12 +157,11 @@ def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
 # -- 1. the dataset ---------------------------------------------------------------
 
 
-def build_dataset(cfg: Config, tokenizer: Any, seed: int) -> RLDataset:
+def build_dataset(cfg: Config, tokenizer: Any, seed: int,
+                  prompts: RewardPrompts | None) -> RLDataset:
     setup = DatasetSetup(tokenizer=tokenizer, groups_per_batch=cfg.groups_per_batch, seed=seed)
-    if cfg.reward is not None and cfg.prompts is not None:
-        rows = cfg._prompt_rows or plugins.load_prompt_rows(cfg.prompts, cfg.prompts_split)
-        return plugins.reward_dataset(rows, plugins.load_reward(cfg.reward), cfg.reward, setup,
-                                      cfg.prompts)
+    if prompts is not None and cfg.reward is not None:
+        return plugins.reward_dataset(prompts.train, prompts.score, cfg.reward, setup)
     factory = plugins.load_dataset_factory(cfg.env) if cfg.env else task_envs.make_dataset
     dataset = factory(setup, **cfg.env_args)
     if not isinstance(dataset, RLDataset) or len(dataset) < 1:
@@ -195,7 +223,10 @@ def check_error_rate(batch: RolloutBatch, cfg: Config, step: int) -> None:
 
 
 def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
-    dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed)
+    prompts: RewardPrompts | None = ctx.data
+    dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed, prompts)
+    heldout = (plugins.reward_builders(prompts.eval, prompts.score, str(cfg.reward),
+                                       ctx.tokenizer) if prompts is not None else [])
     steps = ctx.budget.steps(cfg.max_steps)
     settings = RolloutSettings(
         max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -215,6 +246,8 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
 
     policy = ctx.publish(POLICY_NAME)
     version = policy.min_policy_version or 0
+    if heldout and ctx.start_step == 0:
+        ctx.log(0, {"eval/reward": heldout_reward(heldout, cfg, policy, settings)})
     pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
                                last_step=steps, max_ahead=cfg.max_steps_off_policy)
     ctx.metrics.start_progress(steps, completed=ctx.start_step)
@@ -263,7 +296,9 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 version = policy.min_policy_version or version
             pipeline.publish(policy, step)
 
-            # 6. log, transcripts, checkpoint
+            # 6. evaluate, log, transcripts, checkpoint
+            if heldout and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+                metrics["eval/reward"] = heldout_reward(heldout, cfg, policy, settings)
             now = time.monotonic()
             metrics["time/step_s"] = now - step_started
             step_started = now
@@ -286,3 +321,11 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     final = {k: v for k, v in last.items() if not k.startswith("time/")}
     final["steps"] = step
     return final
+
+
+def heldout_reward(builders: list[Any], cfg: Config, policy: Any,
+                   settings: RolloutSettings) -> float:
+    """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``."""
+    batch = asyncio.run(rollout_batch(builders, cfg.group_size, policy, settings, step=-1))
+    rewards = [r for group in batch.groups for r in group.rewards_G() if r == r]  # no NaN
+    return sum(rewards) / len(rewards) if rewards else float("nan")

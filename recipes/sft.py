@@ -2,14 +2,15 @@
 
 Reads top to bottom:
 
-1. load conversations (built-in synthetic data, any local file ``datasets`` reads, or a
-   dataset name) before anything is provisioned, hold out an eval split, render
+1. read and check every conversation (built-in synthetic data, a local file, or a
+   dataset name) before anything is provisioned, hold out an eval split, then render
    everything with the tokenizer's chat template;
 2. train: length-grouped batches, a warmup + decay learning-rate schedule, and
    futures submitted ahead so the trainer never waits for the client;
 3. evaluate every ``eval_every`` steps (and before the first step): NLL on the
-   held-out split, plus the ``evaluators`` (default: greedy accuracy on the task
-   registry's held-out questions, through the sampler); checkpoint every
+   held-out split, plus the ``evaluators`` (default: greedy answers scored against
+   the references of the held-out rows on your own data, or the task registry's
+   held-out questions on the built-in data, through the sampler); checkpoint every
    ``save_every`` steps (resumable: the data cursor is the step);
 4. log a few of the final evaluation's samples, marked ✓/✗ by the scorer.
 """
@@ -27,7 +28,10 @@ from pydantic import Field
 
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import RenderedExample, TrainOn, prompt_tokens, render
-from loops_runner.data.sources import Conversation, DataFormat, SourceConfig, load_conversations
+from loops_runner.data.checks import DataSummary, held_out_count
+from loops_runner.data.conversations import Conversation, DataFormat, read_conversations
+from loops_runner.data.sources import SourceConfig
+from loops_runner.data.synthetic import conversations as synthetic_conversations
 from loops_runner.eval import (
     EvalResult,
     EvalTarget,
@@ -37,16 +41,22 @@ from loops_runner.eval import (
     sampler_for_current_weights,
 )
 from loops_runner.eval import eval_nll as nll_of
-from loops_runner.optim import OptimConfig, adam_params, learning_rate
+from loops_runner.optim import OptimConfig, adam_params, learning_rate, warmup_steps
 from loops_runner.runner.context import Budget, RunContext
 from loops_runner.sdk import ModelInput, SamplingParams
 
 # -- configuration (validated before anything starts) --------------------------
 
 
-class DatasetConfig(SourceConfig):  # source, split and column mapping come from SourceConfig
-    source: str = "synthetic"
+SYNTHETIC = "synthetic"
+# Fewer optimizer steps than this get a line saying how to have more.
+FEW_STEPS = 30
+
+
+class DatasetConfig(SourceConfig):  # source, split, columns, bad_rows come from SourceConfig
+    source: str = SYNTHETIC
     format: DataFormat = "auto"
+    roles: dict[str, str] = Field(default_factory=dict)  # rename roles {theirs: ours}
     num_examples: int = Field(default=2000, ge=2)
     eval_examples: int = Field(default=64, ge=1)
     max_length: int = Field(default=256, ge=2)
@@ -72,33 +82,71 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
 
 
 @dataclass
+class SftRows:
+    """What ``prepare_data`` read and checked, split, before any tokenizer is involved."""
+
+    train: list[Conversation]
+    eval: list[Conversation]
+    summary: DataSummary
+    digest: str  # the rows' content: part of the run's identity
+    builtin: bool  # the built-in task data (scored on the task registry)
+
+
+@dataclass
 class SftData:
     train: list[RenderedExample]
     eval: list[RenderedExample]
     eval_conversations: list[dict[str, Any]]
 
 
-def prepare_data(cfg: Config, seed: int) -> list[Conversation]:
-    """Read and check every conversation; the runner calls this before provisioning."""
-    return load_conversations(cfg.dataset.source, cfg.dataset.format, split=cfg.dataset.split,
-                              num_examples=cfg.dataset.num_examples, seed=seed,
-                              columns=cfg.dataset.columns)
-
-
-def load_data(cfg: Config, tokenizer: Any, seed: int,
-              conversations: list[Conversation]) -> SftData:
-    order = list(range(len(conversations)))
+def prepare_data(cfg: Config, seed: int) -> SftRows:
+    """Read, check and split every conversation; the runner calls this before provisioning."""
+    ds = cfg.dataset
+    if ds.source == SYNTHETIC:
+        chats = synthetic_conversations(ds.num_examples, seed=seed)
+        read, skipped, first_problem = len(chats), 0, None
+        digest = f"{SYNTHETIC}:{ds.num_examples}:{seed}"
+    else:
+        checked, digest = read_conversations(ds.source, ds.format, split=ds.split,
+                                             columns=ds.columns, roles=ds.roles,
+                                             bad_rows=ds.bad_rows)
+        chats, read = checked.items, checked.read
+        skipped, first_problem = checked.skipped, checked.first_problem
+    order = list(range(len(chats)))
     random.Random(seed).shuffle(order)
-    held_out = min(cfg.dataset.eval_examples, len(order) // 2)
-    eval_ids, train_ids = order[:held_out], order[held_out:]
+    held = held_out_count(len(chats), ds.eval_examples, ds.source, "conversations")
+    train = [chats[i] for i in order[held:]]
+    summary = DataSummary(ds.source, read, len(train), held, skipped, first_problem,
+                          notes=small_data_notes(cfg, len(train)))
+    return SftRows(train, [chats[i] for i in order[:held]], summary, digest,
+                   builtin=ds.source == SYNTHETIC)
 
-    def rendered(ids: list[int]) -> list[RenderedExample]:
-        examples = [render(tokenizer, conversations[i]["messages"], cfg.train_on,
-                           cfg.dataset.max_length) for i in ids]
+
+def small_data_notes(cfg: Config, train_size: int) -> tuple[str, ...]:
+    """A line when the data makes a short run: how many steps, and the knob that adds more."""
+    per_epoch = steps_per_epoch(cfg, train_size)
+    steps = min(cfg.max_steps, cfg.epochs * per_epoch) if cfg.max_steps else \
+        cfg.epochs * per_epoch
+    if steps >= FEW_STEPS:
+        return ()
+    how = (f"raise recipe.epochs (now {cfg.epochs})" if cfg.max_steps is None
+           or cfg.epochs * per_epoch < cfg.max_steps else
+           f"raise recipe.max_steps (now {cfg.max_steps})")
+    warmup = warmup_steps(cfg, steps)
+    capped = (f"; warmup capped at {warmup} of them (recipe.warmup_steps={cfg.warmup_steps})"
+              if warmup < cfg.warmup_steps else "")
+    return (f"plan: only {steps} optimizer steps ({cfg.epochs} epochs × {per_epoch} "
+            f"batch{'es' if per_epoch > 1 else ''} of {cfg.batch_size} from {train_size} train "
+            f"rows){capped}; for more, {how} or lower recipe.batch_size",)
+
+
+def load_data(cfg: Config, tokenizer: Any, rows: SftRows) -> SftData:
+    def rendered(chats: list[Conversation]) -> list[RenderedExample]:
+        examples = [render(tokenizer, chat["messages"], cfg.train_on, cfg.dataset.max_length)
+                    for chat in chats]
         return [e for e in examples if e.trained_tokens > 0]
 
-    return SftData(rendered(train_ids), rendered(eval_ids),
-                   [conversations[i] for i in eval_ids])
+    return SftData(rendered(rows.train), rendered(rows.eval), rows.eval)
 
 
 def steps_per_epoch(cfg: Config, data_size: int) -> int:
@@ -124,7 +172,7 @@ def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
     result: dict[str, Any] = {"dataset": cfg.dataset.source, "batch size": cfg.batch_size}
     if tokenizer is None:
         return result
-    data = load_data(cfg, tokenizer, 0, prepare_data(cfg, 0))
+    data = load_data(cfg, tokenizer, prepare_data(cfg, 0))
     steps = total_steps(cfg, len(data.train), budget)
     mean_tokens = sum(len(e.tokens) for e in data.train) / max(1, len(data.train))
     saves = [s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0]
@@ -133,7 +181,8 @@ def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
         "steps": steps,
         "checkpoints at steps": saves + ([steps] if steps not in saves else []),
         "estimated tokens": int(steps * cfg.batch_size * mean_tokens),
-        "learning rate": f"{cfg.learning_rate} ({cfg.lr_schedule}, warmup {cfg.warmup_steps})",
+        "learning rate": f"{cfg.learning_rate} ({cfg.lr_schedule}, warmup "
+                         f"{warmup_steps(cfg, steps)})",
     })
     return result
 
@@ -150,10 +199,12 @@ def evaluate(ctx: RunContext, cfg: Config, step: int) -> tuple[dict[str, float],
     """Run the recipe's evaluators on the weights of ``step`` (published to the sampler)."""
     if not cfg.evaluators:
         return {}, []
+    rows: SftRows = ctx.data
     target = EvalTarget(model=f"{ctx.record.run_id or ctx.run_dir.name}@step-{step}",
                         tokenizer=ctx.tokenizer, training_client=ctx.training_client,
                         sampler=lambda: sampler_for_current_weights(ctx.training_client,
-                                                                    f"eval-step-{step}"))
+                                                                    f"eval-step-{step}"),
+                        heldout=None if rows.builtin else rows.eval)
     results = run_evaluators(cfg.evaluators, target, step=step, run_dir=ctx.run_dir)
     return {k: v for r in results for k, v in r.metrics.items()}, results
 
@@ -169,7 +220,7 @@ class InFlight:
 
 
 def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
-    data = load_data(cfg, ctx.tokenizer, ctx.seed, ctx.data)
+    data = load_data(cfg, ctx.tokenizer, ctx.data)
     steps = total_steps(cfg, len(data.train), ctx.budget)
     ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
                       f"{steps} steps of {cfg.batch_size}")
@@ -256,15 +307,14 @@ def cross_section(samples: list[dict[str, Any]], count: int) -> list[dict[str, A
 
 def final_samples(ctx: RunContext, cfg: Config, data: SftData,
                   results: list[EvalResult]) -> None:
-    """Log a few final completions.
+    """Log a few final completions, marked ✓/✗ by the last evaluation's scorer.
 
-    On the built-in task data: the last evaluation's answers, marked ✓/✗ by its
-    scorer. On a user's own data (or without a sampling evaluator): publish the
-    adapter and answer the user's held-out prompts, next to their references;
-    the registry's questions would show nothing of what this run was taught.
+    They come from the rows the evaluation answered: the user's held-out rows next
+    to their references on the user's own data, the task registry's questions on
+    the built-in data. Without a sampling evaluator: publish the adapter and
+    answer the held-out prompts unscored.
     """
-    on_registry_data = cfg.dataset.source == "synthetic"
-    scored = next((r.samples for r in results if r.samples), None) if on_registry_data else None
+    scored = next((r.samples for r in results if r.samples), None)
     if scored is not None:
         rows = [[s["prompt"], str(s["answer"]), s["completion"], s["score"]]
                 for s in cross_section(scored, cfg.num_final_samples)]

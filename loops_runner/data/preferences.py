@@ -3,8 +3,9 @@
 A row is ``{"prompt": str | messages, "chosen": str | message(s), "rejected": ...}``.
 ``chosen``/``rejected`` may also be whole conversations that repeat the prompt
 (or, without a ``prompt`` column, share it as their common beginning). Rows
-that are not valid pairs are counted and reported; a source that is mostly bad
-stops with a :class:`DataError`.
+that are not valid pairs follow the source's ``bad_rows`` policy
+(:mod:`loops_runner.data.checks`): stop at the first, or skip and count them
+while they are at most half of the source.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from loops_runner.data.chat import RenderedExample, prompt_tokens, render
-from loops_runner.data.sources import DataError, load_rows
+from loops_runner.data.checks import check_rows
+from loops_runner.data.sources import BadRowPolicy, DataError, read_source
 from loops_runner.tasks import as_messages, sample_rows, wrong_answer
 
 Messages = list[dict[str, str]]
 
 # The bundled set: preference pairs made from the task registry.
 TASKS_SOURCE = "tasks"
-# Stop when more than this fraction of a source's rows are not valid pairs.
-MAX_BAD_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class PairSet:
     pairs: list[PreferencePair]
     bad_rows: int
     first_problem: str | None
+    read: int = 0     # rows read from the source
+    digest: str = ""  # their content
 
 
 def _assistant(text: str) -> dict[str, str]:
@@ -97,24 +99,14 @@ def pair_from_row(row: Mapping[str, Any], where: str) -> PreferencePair:
     return PreferencePair(prompt, chosen, rejected)
 
 
-def read_pairs(rows: list[dict[str, Any]], source: str) -> PairSet:
-    """Every valid pair of ``rows``; a mostly bad source stops with one clear line."""
-    pairs: list[PreferencePair] = []
-    problems: list[str] = []
-    for index, row in enumerate(rows):
-        try:
-            pairs.append(pair_from_row(row, f"{source} row {index + 1}"))
-        except DataError as error:
-            problems.append(str(error))
-    if len(problems) > MAX_BAD_FRACTION * len(rows):
-        raise DataError(f"{source}: {len(problems)} of {len(rows)} rows are not valid "
-                        f"preference pairs; first: {problems[0]}")
-    return PairSet(pairs, len(problems), problems[0] if problems else None)
-
-
-def load_pairs(source: str, *, split: str = "train",
-               columns: Mapping[str, str] | None = None) -> PairSet:
-    return read_pairs(load_rows(source, split=split, columns=columns), source)
+def load_pairs(source: str, *, split: str = "train", columns: Mapping[str, str] | None = None,
+               bad_rows: BadRowPolicy = "stop",
+               policy_key: str = "recipe.dataset.bad_rows") -> PairSet:
+    """Every checked pair of ``source`` under the ``bad_rows`` policy (see data.checks)."""
+    rows = read_source(source, split=split, columns=columns)
+    checked = check_rows(rows, pair_from_row, policy=bad_rows, policy_key=policy_key)
+    return PairSet(checked.items, checked.skipped, checked.first_problem, checked.read,
+                   rows.digest)
 
 
 # -- rendering ----------------------------------------------------------------------

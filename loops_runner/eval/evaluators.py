@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import difflib
 import json
 import math
 import time
@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EVALS_FILE = "evals.jsonl"
 Scorer = Callable[[dict[str, Any], str], float]
+# Sources an evaluator can read besides a .jsonl of rows.
+TASKS, HELDOUT, AUTO = "tasks", "heldout", "auto"
+# Answers to the registry's questions are short; answers to a user's held-out rows get
+# room for their longest reference (in tokens) plus this, up to the cap.
+TASKS_MAX_TOKENS = 16
+REFERENCE_SLACK_TOKENS = 8
+REFERENCE_MAX_TOKENS = 256
 
 
 class SamplingEvaluator(BaseModel):
@@ -25,15 +32,19 @@ class SamplingEvaluator(BaseModel):
 
     kind: Literal["sampling"] = "sampling"
     name: str = "accuracy"            # metric name: eval/<name>, eval/<name>/pass@k
-    source: str = "tasks"             # "tasks" (registry, held-out split) or a .jsonl of rows
-    scorer: str | None = None         # dotted path of score(row, completion); default: registry
+    # auto: the run's own held-out rows when the recipe trains on the user's data, else
+    # the task registry | tasks: the registry's held-out split | heldout: the run's
+    # held-out rows (exact match + similarity to the reference) | a .jsonl of rows
+    source: str = AUTO
+    scorer: str | None = None         # module:function score(row, completion); default: registry
     families: list[str] | None = None  # registry families (null = all)
     num_prompts: int = Field(default=210, ge=1)  # 30 per family of the default task mix
     n: int = Field(default=1, ge=1)   # samples per prompt
     pass_at: list[int] = Field(default_factory=lambda: [1])
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=16, ge=1)
+    # null: 16 on the task registry; on held-out rows the longest reference + 8 (<= 256)
+    max_tokens: int | None = Field(default=None, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -41,7 +52,7 @@ class SamplingEvaluator(BaseModel):
         too_big = [k for k in self.pass_at if not 1 <= k <= self.n]
         if too_big:
             raise ValueError(f"pass_at {too_big} must lie between 1 and n={self.n}")
-        if self.source != "tasks" and self.scorer is None:
+        if self.source not in (TASKS, HELDOUT, AUTO) and self.scorer is None:
             raise ValueError(f"source {self.source!r} needs a scorer: a dotted path to "
                              "score(row, completion) -> float")
         return self
@@ -79,6 +90,9 @@ class EvalTarget:
     tokenizer: Any
     training_client: Any
     sampler: Callable[[], Any]  # returns a sampling client serving exactly these weights
+    # The run's held-out conversations when it trains on the user's own data: what
+    # ``source: auto`` evaluates (None: the run trains on the task registry).
+    heldout: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -100,19 +114,14 @@ class EvalResult:
 # -- rows and scorers ------------------------------------------------------------
 
 
-def load_scorer(path: str) -> Scorer:
-    module_name, _, function_name = path.replace(":", ".").rpartition(".")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"scorer {path!r} cannot be imported: {error}") from None
-    if not callable(function):
-        raise ValueError(f"scorer {path!r} is not callable")
-    return function  # type: ignore[no-any-return]
+def load_scorer(path: str, field: str = "scorer") -> Scorer:
+    from loops_runner.plugins import load_callable
+
+    return load_callable(path, field, "score", call=("row", "completion"))[1]
 
 
 def task_rows(cfg: SamplingEvaluator | NllEvaluator, count: int) -> list[dict[str, Any]]:
-    if cfg.source == "tasks":
+    if cfg.source in (TASKS, AUTO):
         from loops_runner.tasks import sample_rows
 
         families = getattr(cfg, "families", None)
@@ -123,8 +132,35 @@ def task_rows(cfg: SamplingEvaluator | NllEvaluator, count: int) -> list[dict[st
     return load_rows(cfg.source)[:count]
 
 
+def heldout_rows(conversations: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Rows of the run's held-out chats: the prompt up to the last assistant turn, and that
+    turn as the reference answer."""
+    rows = []
+    for chat in conversations[:count]:
+        messages = chat["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        rows.append({"messages": messages[:last], "prompt": messages[last - 1]["content"]
+                     if last else "", "answer": messages[last]["content"]})
+    return rows
+
+
+def reference_match(row: dict[str, Any], completion: str) -> float:
+    """Normalised exact match of ``completion`` with the row's reference answer."""
+    from loops_runner.tasks.scoring import normalise
+
+    return 1.0 if normalise(completion) == normalise(str(row["answer"])) else 0.0
+
+
+def reference_similarity(row: dict[str, Any], completion: str) -> float:
+    """How much of the reference the completion gets right (0-1, character level)."""
+    from loops_runner.tasks.scoring import normalise
+
+    return difflib.SequenceMatcher(None, normalise(completion),
+                                   normalise(str(row["answer"]))).ratio()
+
+
 def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    if "messages" in row:
+    if row.get("messages"):
         return [m for m in row["messages"] if m["role"] != "assistant"] or row["messages"]
     from loops_runner.tasks import as_messages
 
@@ -146,31 +182,62 @@ async def _sample_all(sampler: Any, prompts: Sequence[Any], n: int, params: Any)
     return list(await asyncio.gather(*(sampler.sample_async(p, n, params) for p in prompts)))
 
 
+def _rows_and_scorer(cfg: SamplingEvaluator, target: EvalTarget
+                     ) -> tuple[list[dict[str, Any]], Scorer, bool]:
+    """The rows to answer, their scorer, and whether they are the run's held-out rows."""
+    from loops_runner.tasks import score as registry_score
+
+    on_heldout = cfg.source == HELDOUT or (cfg.source == AUTO and target.heldout is not None)
+    if on_heldout:
+        if target.heldout is None:
+            raise ValueError(f"evaluator {cfg.name!r}: source {HELDOUT!r} needs a recipe "
+                             "that holds out rows of its data (sft)")
+        rows = heldout_rows(target.heldout, cfg.num_prompts)
+        return rows, load_scorer(cfg.scorer) if cfg.scorer else reference_match, True
+    rows = task_rows(cfg, cfg.num_prompts)
+    return rows, load_scorer(cfg.scorer) if cfg.scorer else registry_score, False
+
+
+def _max_tokens(cfg: SamplingEvaluator, rows: list[dict[str, Any]], tokenizer: Any,
+                on_heldout: bool) -> int:
+    if cfg.max_tokens is not None:
+        return cfg.max_tokens
+    if not on_heldout:
+        return TASKS_MAX_TOKENS
+    longest = max(len(tokenizer.encode(str(row["answer"]), add_special_tokens=False))
+                  for row in rows)
+    return min(REFERENCE_MAX_TOKENS, longest + REFERENCE_SLACK_TOKENS)
+
+
 def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
     from loops_runner.data.chat import prompt_tokens
     from loops_runner.sdk import ModelInput, SamplingParams
-    from loops_runner.tasks import score as registry_score
 
     started = time.monotonic()
-    scorer = load_scorer(cfg.scorer) if cfg.scorer else registry_score
-    rows = task_rows(cfg, cfg.num_prompts)
+    rows, scorer, on_heldout = _rows_and_scorer(cfg, target)
     prompts = [ModelInput.from_ints(prompt_tokens(target.tokenizer, row_messages(row)))
                for row in rows]
-    params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+    max_tokens = _max_tokens(cfg, rows, target.tokenizer, on_heldout)
+    params = SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=cfg.seed)
     responses = asyncio.run(_sample_all(target.sampler(), prompts, cfg.n, params))
     scores_P: list[list[float]] = []
+    similarity_P: list[float] = []
     samples = []
     for row, response in zip(rows, responses, strict=True):
         completions = [target.tokenizer.decode(s.tokens, skip_special_tokens=True).strip()
                        for s in response.sequences]
         scores = [float(scorer(row, completion)) for completion in completions]
         scores_P.append(scores)
+        if on_heldout:
+            similarity_P.extend(reference_similarity(row, c) for c in completions)
         samples.append({"prompt": row.get("prompt", ""), "answer": row.get("answer"),
                         "completion": completions[0], "score": scores[0],
                         **({"family": row["family"]} if "family" in row else {})})
     flat = [s for scores in scores_P for s in scores]
     metrics = {f"eval/{cfg.name}": sum(flat) / len(flat)}
+    if similarity_P:
+        metrics[f"eval/{cfg.name}/similarity"] = sum(similarity_P) / len(similarity_P)
     # Task rows carry their family: a per-family figure shows where a change
     # came from (one family's gain can hide another's loss in the mean).
     by_family: dict[str, list[float]] = {}
@@ -185,7 +252,9 @@ def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
             continue
         values = [pass_at_k(cfg.n, sum(1 for s in scores if s >= 1.0), k) for scores in scores_P]
         metrics[f"eval/{cfg.name}/pass@{k}"] = sum(values) / len(values)
-    return EvalResult(cfg.name, target.model, metrics, cfg.settings(), samples=samples,
+    settings = {**cfg.settings(), "max_tokens": max_tokens,
+                "source": HELDOUT if on_heldout else cfg.source}
+    return EvalResult(cfg.name, target.model, metrics, settings, samples=samples,
                       seconds=time.monotonic() - started)
 
 
@@ -213,7 +282,7 @@ def run_nll(cfg: NllEvaluator, target: EvalTarget) -> EvalResult:
 
     started = time.monotonic()
     rows = task_rows(cfg, cfg.num_examples)
-    chats = [as_conversation(r)["messages"] if cfg.source == "tasks" else r["messages"]
+    chats = [as_conversation(r)["messages"] if cfg.source == TASKS else r["messages"]
              for r in rows]
     examples = [render(target.tokenizer, chat, "assistant", cfg.max_length) for chat in chats]
     examples = [e for e in examples if e.trained_tokens > 0]

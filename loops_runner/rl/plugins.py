@@ -2,84 +2,94 @@
 
 * ``recipe.env=mypkg.envs:make_dataset``: ``make_dataset(setup, **recipe.env_args)``
   returns an :class:`~loops_runner.rl.types.RLDataset`.
-* ``recipe.reward=mypkg.rewards:score`` with ``recipe.prompts=<JSONL or HF dataset>``:
+* ``recipe.reward=mypkg.rewards:score`` with ``recipe.prompts=<file or HF dataset>``:
   rows ``{"messages": [...], ...}`` or ``{"prompt": "...", ...}``; each reply is scored
   by ``score(prompt, completion, **extra_fields) -> float``.
+
+Both load (and the prompt rows are read and checked) before anything is provisioned;
+every failure is one line naming the key (see :mod:`loops_runner.plugins`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from loops_runner.data.sources import DataError, load_rows
+from loops_runner.data.checks import check_rows
+from loops_runner.data.prompts import PROMPT_FIELDS, Messages, prompt_messages
+from loops_runner.data.sources import BadRowPolicy, Row, Rows, read_source
+from loops_runner.plugins import check_signature, load_callable
 from loops_runner.rl.datasets import BuilderListDataset, DatasetSetup
-from loops_runner.rl.message_env import Message, MessageEnvGroupBuilder, ProblemEnv
-from loops_runner.rl.types import RLDataset, check_reward
-from loops_runner.runner.recipes import load_callable
+from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
+from loops_runner.rl.types import EnvGroupBuilder, RLDataset, check_reward
 
-PROMPT_FIELDS = ("messages", "prompt")
+REWARD_KEY = "recipe.reward"
 
 
 def load_dataset_factory(target: str) -> Callable[..., RLDataset]:
-    return load_callable(target, "recipe.env", "make_dataset")[1]
+    return load_callable(target, "recipe.env", "make_dataset", call=("setup",))[1]
 
 
 def load_reward(target: str) -> Callable[..., Any]:
-    return load_callable(target, "recipe.reward", "score")[1]
+    # Its call is checked against the prompt rows' fields (check_reward_fits).
+    return load_callable(target, REWARD_KEY, "score")[1]
 
 
-def prompt_messages(row: dict[str, Any], where: str) -> list[Message]:
-    """The conversation a prompt row opens with; a DataError names the row and field."""
-    if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str) for m in messages):
-            raise DataError(f"{where}: field 'messages' must be a non-empty list of "
-                            "{'role': str, 'content': str}")
-        if messages[-1]["role"] == "assistant":
-            raise DataError(f"{where}: field 'messages' ends with an assistant turn; a prompt "
-                            "ends before the reply the policy writes")
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
-    if isinstance(row.get("prompt"), str) and row["prompt"]:
-        return [{"role": "user", "content": row["prompt"]}]
-    raise DataError(f"{where}: needs a 'messages' list or a non-empty 'prompt' string; "
-                    f"fields: {sorted(row)}")
+@dataclass(frozen=True)
+class PromptRow:
+    """One checked prompt row: where it stands, its conversation, the fields a reward reads."""
+
+    where: str
+    messages: Messages
+    extra: dict[str, Any]
 
 
-def load_prompt_rows(source: str, split: str) -> list[dict[str, Any]]:
-    """Read and validate every prompt row (before anything is provisioned)."""
-    rows = load_rows(source, split=split)
-    for number, row in enumerate(rows, start=1):
-        prompt_messages(row, f"{source} row {number}")
-    return rows
+def _prompt_row(row: Row, where: str) -> PromptRow:
+    return PromptRow(where, prompt_messages(row, where),
+                     {k: v for k, v in row.items() if k not in PROMPT_FIELDS})
+
+
+def read_prompt_rows(source: str, split: str, bad_rows: BadRowPolicy,
+                     policy_key: str) -> tuple[list[PromptRow], Rows, int, str | None]:
+    """Every checked prompt row (before anything is provisioned), the raw rows, and how
+    many were skipped with the first reason."""
+    rows = read_source(source, split=split)
+    checked = check_rows(rows, _prompt_row, policy=bad_rows, policy_key=policy_key)
+    return checked.items, rows, checked.skipped, checked.first_problem
+
+
+def check_reward_fits(score: Callable[..., Any], target: str, rows: Sequence[PromptRow]) -> None:
+    """Refuse a reward that cannot take a row's extra fields as keyword arguments."""
+    check_signature(score, ("prompt", "completion"), REWARD_KEY, target,
+                    **(rows[0].extra if rows else {}))
 
 
 class _RowReward:
     """``score(prompt, completion, **extra)`` bound to one row, with a checked result."""
 
-    def __init__(self, score: Callable[..., Any], target: str, prompt: str,
-                 extra: dict[str, Any], where: str) -> None:
-        self.score, self.target, self.prompt, self.extra = score, target, prompt, extra
-        self.where = where
+    def __init__(self, score: Callable[..., Any], target: str, row: PromptRow) -> None:
+        self.score, self.target, self.row = score, target, row
+        self.prompt = row.messages[-1]["content"]
 
     def __call__(self, reply: str) -> float:
-        value = self.score(self.prompt, reply, **self.extra)
-        return check_reward(value, f"reward {self.target} on {self.where}")
+        value = self.score(self.prompt, reply, **self.row.extra)
+        return check_reward(value, f"reward {self.target} on {self.row.where}")
 
 
-def reward_dataset(rows: list[dict[str, Any]], score: Callable[..., Any], target: str,
-                   setup: DatasetSetup, source: str) -> RLDataset:
+def reward_builders(rows: Sequence[PromptRow], score: Callable[..., Any], target: str,
+                    tokenizer: Any) -> list[EnvGroupBuilder]:
     """One single-turn group per prompt row, scored by the user's reward function."""
-    builders = []
-    for number, row in enumerate(rows, start=1):
-        where = f"{source} row {number}"
-        messages = prompt_messages(row, where)
-        prompt = messages[-1]["content"]
-        extra = {k: v for k, v in row.items() if k not in PROMPT_FIELDS}
-        check = _RowReward(score, target, prompt, extra, where)
+    builders: list[EnvGroupBuilder] = []
+    for row in rows:
+        check = _RowReward(score, target, row)
         builders.append(MessageEnvGroupBuilder(
-            lambda messages=messages, check=check: ProblemEnv(messages, check),
-            setup.tokenizer, prompt=prompt))
-    return BuilderListDataset(builders, setup.groups_per_batch, setup.seed)
+            lambda messages=row.messages, check=check: ProblemEnv(messages, check),
+            tokenizer, prompt=check.prompt))
+    return builders
+
+
+def reward_dataset(rows: Sequence[PromptRow], score: Callable[..., Any], target: str,
+                   setup: DatasetSetup) -> RLDataset:
+    return BuilderListDataset(reward_builders(rows, score, target, setup.tokenizer),
+                              setup.groups_per_batch, setup.seed)

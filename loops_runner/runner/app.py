@@ -38,7 +38,7 @@ from loops_runner.runner.config import (
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
-from loops_runner.runner.run_dirs import claim_run_dir
+from loops_runner.runner.run_dirs import CLAIM_FILE, claim_run_dir
 from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
     CheckpointRecord,
@@ -106,16 +106,25 @@ def _home(config: RunnerConfig) -> Path | None:
     return loops_home(home)
 
 
-def _resume_point(run_dir: Path, config: RunnerConfig, digest: str) -> RunRecord | None:
+def _resume_point(run_dir: Path, config: RunnerConfig, digest: str,
+                  data_digest: str | None) -> RunRecord | None:
     """The earlier record of this run dir, if it can and should be resumed."""
     record = RunRecord.load(run_dir)
-    if record is None:
-        return None
-    if record.config_hash != digest and not config.resume.fork:
+    if record is None or config.resume.fork:
+        return record
+    if record.config_hash != digest:
         raise ConfigError(
             f"the config changed since the run in {run_dir} was started, so it cannot be "
-            "resumed as is. Pass resume.fork=true to continue it with the new config, or "
-            "choose another run dir (e.g. a different override or hydra.run.dir=...)."
+            "resumed as is. Pass resume.fork=true to continue it with the new config, "
+            "resume.restart=true to start this run dir over, or choose another run dir "
+            "(e.g. a different override or hydra.run.dir=...)."
+        )
+    if record.data_digest is not None and data_digest != record.data_digest:
+        raise ConfigError(
+            f"the data changed since the run in {run_dir} was started (same command, other "
+            "rows), so its results and checkpoints are not this data's. Start over with "
+            "resume.restart=true (the earlier files move to previous-<n>/), or pass "
+            "resume.fork=true to continue the earlier run on the new data."
         )
     return record
 
@@ -171,16 +180,51 @@ def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
                   ) -> dict[str, Any]:
     console = console or Console()
     config, recipe, recipe_cfg, raw = prepare(cfg)
+    # Bad data must stop the run before any server is provisioned or file written.
+    data = recipe.prepare_data(recipe_cfg, config.seed) if recipe.prepare_data else None
+    summary = getattr(data, "summary", None)
+    for line in summary.lines() if summary is not None else ():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if config.dry_run:
         _print_plan(config, recipe, recipe_cfg, console)
         return {}
-    # Bad data must stop the run before any server is provisioned or file written.
-    data = recipe.prepare_data(recipe_cfg, config.seed) if recipe.prepare_data else None
     if config.resume.from_dir:
         run_dir = Path(config.resume.from_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with claim_run_dir(run_dir):
+        if config.resume.restart:
+            _set_aside(run_dir, console)
         return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console, data)
+
+
+# What stays in a run dir that starts over: Hydra's record of this very command and the
+# claim this process holds.
+_KEEP_ON_RESTART = (".hydra", CLAIM_FILE)
+
+
+def _set_aside(run_dir: Path, console: Console) -> None:
+    """Move an earlier run's files to ``previous-<n>/`` (nothing saved is ever deleted)."""
+    earlier = [p for p in run_dir.iterdir()
+               if p.name not in _KEEP_ON_RESTART and not p.name.startswith("previous-")]
+    if not earlier:
+        return
+    number = 1 + sum(1 for p in run_dir.iterdir() if p.name.startswith("previous-"))
+    target = run_dir / f"previous-{number}"
+    target.mkdir()
+    for path in earlier:
+        path.rename(target / path.name)
+    console.print(f"Starting over: the earlier run's files are in {target}")
+
+
+def _completed_message(run_dir: Path, record: RunRecord) -> str:
+    """The final metrics of a completed run, one per line, and how to start it over."""
+    width = max((len(k) for k in record.final_metrics), default=0)
+    lines = [f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else
+             f"  {key:<{width}}  {value}" for key, value in record.final_metrics.items()]
+    return "\n".join([f"Run in {run_dir} already completed; its final metrics:", *lines,
+                      "Re-running the same command shows this again. To train again from "
+                      "scratch add resume.restart=true (the earlier files move to "
+                      f"{run_dir}/previous-<n>/)."])
 
 
 def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
@@ -215,10 +259,10 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     (run_dir / RESOLVED_CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
 
     digest = config_hash(raw)
-    previous = _resume_point(run_dir, config, digest)
+    data_digest = getattr(data, "digest", None)
+    previous = _resume_point(run_dir, config, digest, data_digest)
     if previous is not None and previous.status == "completed" and not config.resume.fork:
-        console.print(f"[green]Run in {run_dir} already completed[/green]; final metrics: "
-                      f"{previous.final_metrics}")
+        console.print(_completed_message(run_dir, previous), markup=False, highlight=False)
         return previous.final_metrics
     checkpoint = previous.latest_checkpoint() if previous else None
     run_name = config.run_name or run_dir.name or "run"
@@ -227,6 +271,7 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         backend=config.backend.kind, base_model=config.model.base_model,
     )
     record.config_hash = digest
+    record.data_digest = data_digest
     record.status = "running"
     record.attempts += 1
     record.error = None

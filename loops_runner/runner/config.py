@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loops_runner.errors import ConfigError, UserInputError
 from loops_runner.servers.control_plane.placement import (
     DEFAULT_RUNS_PER_TRAINER,
     MAX_RUNS_PER_TRAINER,
@@ -75,6 +76,8 @@ class SessionSection(ConfigSection):
 class ResumeSection(ConfigSection):
     from_dir: str | None = None
     fork: bool = False
+    # start this run dir over: the earlier run's files move to <run dir>/previous-<n>/
+    restart: bool = False
     auto_retries: int = Field(default=2, ge=0)
 
 
@@ -97,10 +100,6 @@ class RunnerConfig(ConfigSection):
 
 
 _UNION_TAGS = frozenset({"local", "baseten", "external"})
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased for the user."""
 
 
 def _valid_keys(model: type[BaseModel] | None, location: tuple[Any, ...]) -> list[str]:
@@ -140,16 +139,25 @@ def describe_errors(error: ValidationError, root: type[BaseModel] | None,
             lines.append(f"unknown key '{key}' (value {value!r}){hint}{allowed_text}")
         elif item["type"] == "missing":
             lines.append(f"missing required key '{key}'")
+        elif isinstance(item.get("ctx", {}).get("error"), UserInputError):
+            # Already a whole sentence naming its key (a plug-in that does not load, ...).
+            lines.append(str(item["ctx"]["error"]))
+        elif isinstance(value, dict):
+            # A check across keys: the section's whole content would bury the reason.
+            reason = str(item["msg"]).removeprefix("Value error, ")
+            lines.append(f"'{key.rstrip('.')}': {reason}")
         else:
             lines.append(f"'{key}' = {value!r}: {item['msg']}")
-    return "\n".join(f"  - {line}" for line in lines)
+    if len(lines) == 1:  # one fault, one line
+        return lines[0]
+    return "\n" + "\n".join(f"  - {line}" for line in lines)
 
 
 def validate_config(raw: dict[str, Any]) -> RunnerConfig:
     try:
         return RunnerConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("invalid config:\n" + describe_errors(error, RunnerConfig)) from None
+        raise ConfigError("invalid config: " + describe_errors(error, RunnerConfig)) from None
 
 
 def _strict(schema: type[BaseModel]) -> type[BaseModel]:
@@ -168,4 +176,4 @@ def validate_section(schema: type[BaseModel], raw: dict[str, Any], prefix: str) 
     try:
         return _strict(schema).model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("invalid config:\n" + describe_errors(error, schema, prefix)) from None
+        raise ConfigError("invalid config: " + describe_errors(error, schema, prefix)) from None

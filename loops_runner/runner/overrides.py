@@ -1,17 +1,28 @@
-"""Friendlier errors for command-line overrides of keys that do not exist.
+"""Command-line overrides as a user means them: free-form mappings open, typos explained.
 
-Hydra refuses ``recipe.learnin_rate=1`` with "Key 'learnin_rate' is not in
-struct". We add what a user needs to fix it: the nearest existing key and the
-keys allowed there. This wraps one Hydra internal (pinned to hydra-core 1.3);
-if that internal ever moves, the wrap is skipped and Hydra's own message stays.
+Two things around Hydra's own override step (one Hydra internal, pinned to
+hydra-core 1.3; if it ever moves, the wrap is skipped and Hydra's behaviour stays):
+
+* A config field that is a mapping of the user's own keys (``recipe.dataset.columns``,
+  ``recipe.env_args``, ...) takes new keys without ``+``:
+  ``recipe.dataset.columns='{question: prompt}'`` and
+  ``recipe.dataset.columns.question=prompt`` both work. Which fields those are comes
+  from the pydantic schemas (the runner's and the chosen recipe's ``Config``), so a
+  section with fixed keys still refuses a typo.
+* Hydra refuses ``recipe.learnin_rate=1`` with "Key 'learnin_rate' is not in
+  struct". We add the nearest existing key and the keys allowed there.
 """
 
 from __future__ import annotations
 
 import difflib
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel
 
 
 def _suggestion(cfg: DictConfig, key: str) -> str:
@@ -26,6 +37,54 @@ def _suggestion(cfg: DictConfig, key: str) -> str:
     return f"{hint} Keys allowed at {where}: {', '.join(sorted(allowed))}."
 
 
+def _unwrapped(annotation: Any) -> Any:
+    """``X`` of ``X | None``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def mapping_fields(schema: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Dotted paths of the fields of ``schema`` (nested sections included) that are mappings."""
+    for name, field in schema.model_fields.items():
+        annotation = _unwrapped(field.annotation)
+        origin = typing.get_origin(annotation) or annotation
+        if isinstance(origin, type) and issubclass(origin, Mapping):
+            yield f"{prefix}{name}"
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from mapping_fields(annotation, f"{prefix}{name}.")
+
+
+def _schemas(cfg: DictConfig) -> Iterator[tuple[type[BaseModel], str]]:
+    from loops_runner.runner.config import RunnerConfig
+
+    yield RunnerConfig, ""
+    target = OmegaConf.select(cfg, "recipe._target_", default=None)
+    if isinstance(target, str) and target:
+        from loops_runner.errors import UserInputError
+        from loops_runner.runner.recipes import load_recipe
+
+        try:
+            schema = load_recipe(target).config_schema
+        except UserInputError:  # refused with its own message once the config is validated
+            return
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            yield schema, "recipe."
+
+
+def open_mappings(cfg: DictConfig) -> None:
+    """Let the free-form mappings of ``cfg`` take keys the YAML does not list."""
+    for schema, prefix in _schemas(cfg):
+        for path in mapping_fields(schema, prefix):
+            if path == "recipe":  # the recipe's own section: its schema says what it holds
+                continue
+            node = OmegaConf.select(cfg, path, default=None)
+            if isinstance(node, DictConfig):
+                OmegaConf.set_struct(node, False)
+
+
 def install() -> None:
     try:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -37,6 +96,7 @@ def install() -> None:
         return
 
     def apply_with_suggestions(overrides: list[Any], cfg: DictConfig) -> None:
+        open_mappings(cfg)
         try:
             original(overrides, cfg)
         except ConfigCompositionException as error:

@@ -59,7 +59,7 @@ def validate_pipeline(raw: Any) -> Pipeline:
     try:
         return Pipeline.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("invalid pipeline:\n" + describe_errors(error, Pipeline,
+        raise ConfigError("invalid pipeline: " + describe_errors(error, Pipeline,
                                                                   "pipeline.")) from None
 
 

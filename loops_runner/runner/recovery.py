@@ -5,15 +5,17 @@ checkpoint can get past: a trainer or sampler process that died or restarted
 (its runs and operations are gone), a control plane that restarted or could
 not be reached (the local backend's clients first start its daemon again and
 carry on; only what they cannot resend gets here), a server that stopped
-answering. Never retried: a bad config,
-a Ctrl-C, and errors of the recipe's own code, which would only fail again.
+answering. Never retried: a bad config or data file (a
+``UserInputError``, also one phrased after a network error: an unreachable
+dataset hub is not a service failure), a Ctrl-C, and errors of the recipe's own
+code, which would only fail again.
 """
 
 from __future__ import annotations
 
 import httpx
 
-from loops_runner.runner.config import ConfigError
+from loops_runner.errors import UserInputError
 from loops_runner.sdk.errors import LoopsError
 
 RETRY_PAUSE_S = 2.0  # lets a supervisor notice the dead process before we provision again
@@ -27,11 +29,13 @@ def is_recoverable(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ConfigError | KeyboardInterrupt):
+        if isinstance(current, UserInputError | KeyboardInterrupt):
             return False
         if isinstance(current, _SERVICE_ERRORS):
             return True
-        current = current.__cause__ or current.__context__
+        # `raise ... from None` hides the context on purpose: the error was rephrased.
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
     return False
 
 

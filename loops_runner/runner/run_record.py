@@ -43,6 +43,9 @@ class RunRecord(BaseModel):
     checkpoints: list[CheckpointRecord] = Field(default_factory=list)
     # The checkpoint whose weights this run started from (init_from), as resolved.
     init_from: str | None = None
+    # The digest of the data the recipe read (its rows' content): an edited data file
+    # under an unchanged command is another run, never this one's resume.
+    data_digest: str | None = None
     final_metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     attempts: int = 0

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from loops_runner.data.prompts import prompt_messages
 from loops_runner.data.sources import DataError
 from loops_runner.rl.advantages import group_advantages, is_constant
 from loops_runner.rl.datasets import BuilderListDataset
@@ -17,7 +18,6 @@ from loops_runner.rl.datums import (
 from loops_runner.rl.envs.calculator import CalculatorEnv, calculator
 from loops_runner.rl.envs.guess_number import GuessNumberEnv
 from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
-from loops_runner.rl.plugins import prompt_messages
 from loops_runner.rl.reference_kl import apply_kl_penalty
 from loops_runner.rl.tools import ToolCall, parse_tool_call
 from loops_runner.rl.types import Trajectory, Transition, check_reward
@@ -148,7 +148,7 @@ def test_prompt_rows_accept_messages_or_prompt_and_name_bad_rows() -> None:
     assert prompt_messages({"prompt": "hi", "x": 1}, "r1") == [{"role": "user", "content": "hi"}]
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     assert prompt_messages({"messages": messages}, "r2") == messages
-    with pytest.raises(DataError, match="r3: needs a 'messages' list or a non-empty 'prompt'"):
+    with pytest.raises(DataError, match=r"r3: needs a 'prompt' \(text or messages\) or a "):
         prompt_messages({"text": "hi"}, "r3")
     with pytest.raises(DataError, match="r4: field 'messages' ends with an assistant turn"):
         prompt_messages({"messages": [*messages, {"role": "assistant", "content": "a"}]}, "r4")

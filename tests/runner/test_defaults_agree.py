@@ -115,3 +115,29 @@ def test_a_disagreement_is_reported_with_both_values() -> None:
                           "config")
     assert found == ["config.timeouts.call_s: YAML says 5.0, Timeouts 600.0",
                      "config.sed: not a field of RunnerConfig"]
+
+
+def unstated(stated: dict[str, Any], schema: type[BaseModel], where: str) -> list[str]:
+    """Fields the YAML leaves out: Hydra would refuse `key=value` for them without `+`."""
+    found = []
+    for key, field in schema.model_fields.items():
+        if key not in stated:
+            found.append(f"{where}.{key}")
+            continue
+        default = field.get_default(call_default_factory=True) if not field.is_required() \
+            else None
+        if isinstance(default, BaseModel) and isinstance(stated[key], dict):
+            found += unstated(stated[key], type(default), f"{where}.{key}")
+    return found
+
+
+@pytest.mark.parametrize("path", BASE_RECIPE_YAMLS, ids=lambda p: p.stem)
+def test_each_recipe_yaml_states_every_key_so_overrides_need_no_plus(path: Path) -> None:
+    stated = _yaml(path)
+    module = importlib.import_module(stated["_target_"].rsplit(".", 1)[0])
+    assert unstated(stated, module.Config, f"recipe/{path.stem}") == []
+
+
+def test_the_root_config_states_every_key() -> None:
+    assert unstated(_yaml(CONF / "config.yaml"), runner_config.RunnerConfig, "config") == [
+        "config.backend", "config.model", "config.wandb", "config.recipe"]  # config groups

@@ -51,13 +51,17 @@ def test_bad_rows_are_counted_and_a_mostly_bad_file_stops(tmp_path: Path) -> Non
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [good, good, good, {"prompt": "q"}]))
-    loaded = load_pairs(str(path))
-    assert (len(loaded.pairs), loaded.bad_rows) == (3, 1)
-    assert loaded.first_problem is not None and "pairs.jsonl row 4" in loaded.first_problem
+    with pytest.raises(DataError, match=r"pairs.jsonl line 4: missing field 'chosen' .*"
+                                        r"\(1 of 4 rows bad; recipe.dataset.bad_rows=skip "
+                                        r"trains on the other 3\)"):
+        load_pairs(str(path))  # the default policy stops at the first bad row
+    loaded = load_pairs(str(path), bad_rows="skip")
+    assert (len(loaded.pairs), loaded.bad_rows, loaded.read) == (3, 1, 4)
+    assert loaded.first_problem is not None and "pairs.jsonl line 4" in loaded.first_problem
     path.write_text("\n".join(json.dumps(r) for r in [good, {"prompt": "q"}, {"chosen": "x"}]))
-    with pytest.raises(DataError, match=r"2 of 3 rows are not valid preference pairs; first: "
-                                        r".*pairs.jsonl row 2: missing field 'chosen'"):
-        load_pairs(str(path))
+    with pytest.raises(DataError, match=r"2 of 3 rows are bad, more than half; first: "
+                                        r".*pairs.jsonl line 2: missing field 'chosen'"):
+        load_pairs(str(path), bad_rows="skip")
 
 
 def test_column_mapping_and_parquet(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def test_user_reward_on_prompts_trains_and_counts_bad_episodes(tmp_path: Path,
     result = run_runner("+recipe=rl", "recipe.reward=my_rewards:score",
                         "recipe.prompts=prompts.jsonl", "recipe.max_steps=2",
                         "recipe.groups_per_batch=2", "recipe.group_size=3",
-                        "recipe.max_rollout_error_frac=1.0", cwd=tmp_path, home=runner_home)
+                        "recipe.eval_prompts=0", "recipe.max_rollout_error_frac=1.0",
+                        cwd=tmp_path, home=runner_home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = one_run_dir(tmp_path)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
@@ -153,7 +154,7 @@ def test_bad_rl_config_is_refused_before_provisioning(tmp_path: Path,
     result = run_runner("+recipe=rl", "recipe.reward=my_rewards:score",
                         "recipe.prompts=prompts.jsonl", cwd=tmp_path, home=runner_home)
     assert result.returncode != 0
-    assert "prompts.jsonl row 2: needs a 'messages' list or a non-empty 'prompt'" in \
+    assert "prompts.jsonl line 2: needs a 'prompt' (text or messages) or a 'messages' list" in \
         result.stderr
     assert "Loops session" not in result.stdout + result.stderr
     alone = run_runner("+recipe=rl", "recipe.reward=my_rewards:score", cwd=tmp_path,

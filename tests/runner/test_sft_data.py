@@ -10,7 +10,9 @@ import pytest
 
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import render
-from loops_runner.data.sources import DataError, load_conversations, load_rows
+from loops_runner.data.conversations import read_conversations
+from loops_runner.data.sources import DataError, load_rows
+from loops_runner.data.synthetic import conversations
 from recipes.sft import Config, learning_rate
 
 CHAT = [{"role": "user", "content": "Reverse the word: apple"},
@@ -66,53 +68,56 @@ def test_truncation(tokenizer) -> None:
     assert len(render(tokenizer, CHAT, max_length=8).tokens) == 8
 
 
+def conversations_of(source: str, **kwargs) -> list[dict]:
+    return read_conversations(source, **kwargs)[0].items
+
+
 def test_sources_jsonl_formats_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"messages": CHAT[:2]}) + "\n\n"
-                    + json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
-    rows = load_conversations(str(path))
-    assert rows[0]["messages"] == CHAT[:2]
-    assert rows[1]["messages"][1] == {"role": "assistant", "content": "Hello"}
+                    + json.dumps({"messages": CHAT}) + "\n")
+    rows = conversations_of(str(path))
+    assert rows[0]["messages"] == CHAT[:2] and rows[1]["messages"] == CHAT
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no chat here"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl row 1: expected"):
-        load_conversations(str(bad))
-    with pytest.raises(DataError, match="does not exist"):
-        load_conversations(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: expected 'messages' fields"):
+        conversations_of(str(bad))
+    with pytest.raises(DataError, match=r"missing.jsonl: no such file or folder"):
+        conversations_of(str(tmp_path / "missing.jsonl"))
 
 
 def test_sources_hf_dataset_on_disk(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}] * 3).save_to_disk(
         str(tmp_path / "ds"))
-    rows = load_conversations(str(tmp_path / "ds"))
+    rows = conversations_of(str(tmp_path / "ds"))
     assert len(rows) == 3 and rows[0]["messages"][0]["content"] == "a"
 
 
 def test_sources_parquet_csv_and_column_mapping(tmp_path: Path) -> None:
     pandas = pytest.importorskip("pandas")
     pandas.DataFrame([{"prompt": "p", "completion": "c"}] * 3).to_parquet(tmp_path / "d.parquet")
-    rows = load_conversations(str(tmp_path / "d.parquet"))
+    rows = conversations_of(str(tmp_path / "d.parquet"))
     assert len(rows) == 3 and rows[0]["messages"][1]["content"] == "c"
-    pandas.DataFrame([{"question": "q", "answer": "a"}] * 2).to_csv(tmp_path / "d.csv",
-                                                                    index=False)
-    with pytest.raises(DataError, match=r"d.csv row 1: expected .* found \['answer', 'question'\]"):
-        load_conversations(str(tmp_path / "d.csv"))
-    mapped = load_conversations(str(tmp_path / "d.csv"),
-                                columns={"question": "prompt", "answer": "completion"})
+    pandas.DataFrame([{"question": "q", "answer": 12}] * 2).to_csv(tmp_path / "d.csv",
+                                                                   index=False)
+    with pytest.raises(DataError, match=r"d.csv row 1: expected 'messages' fields like the "
+                                        r"file's first row, found \['answer', 'question'\]"):
+        conversations_of(str(tmp_path / "d.csv"))
+    mapped = conversations_of(str(tmp_path / "d.csv"),
+                              columns={"question": "prompt", "answer": "completion"})
+    # CSV cells stay text: a numeric answer column is the text the file holds.
     assert mapped[1]["messages"] == [{"role": "user", "content": "q"},
-                                     {"role": "assistant", "content": "a"}]
+                                     {"role": "assistant", "content": "12"}]
     with pytest.raises(DataError, match=r"column mapping names \['nope'\]"):
         load_rows(str(tmp_path / "d.csv"), columns={"nope": "prompt"})
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match=r"missing.parquet: no such file or folder"):
         load_rows(str(tmp_path / "missing.parquet"))
 
 
 def test_synthetic_source_is_deterministic() -> None:
-    assert load_conversations("synthetic", num_examples=50, seed=3) == \
-        load_conversations("synthetic", num_examples=50, seed=3)
-    assert load_conversations("synthetic", num_examples=50, seed=3) != \
-        load_conversations("synthetic", num_examples=50, seed=4)
+    assert conversations(50, seed=3) == conversations(50, seed=3)
+    assert conversations(50, seed=3) != conversations(50, seed=4)
 
 
 def test_length_grouping_reduces_padding_and_is_deterministic() -> None:
