@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field
 
-from loops_runner.data.checks import DataSummary, held_out_count
+from loops_runner.data.checks import DataSummary, held_out_count, short_run_notes
 from loops_runner.data.preferences import (
     TASKS_SOURCE,
     PairSet,
@@ -100,15 +100,17 @@ def prepare_data(cfg: Config, seed: int) -> Pairs:
                               len(held.pairs), loaded.bad_rows + held.bad_rows,
                               loaded.first_problem or held.first_problem)
         return Pairs(loaded.pairs, held.pairs, summary, loaded.digest + held.digest)
-    return _hold_out(loaded, ds.eval_pairs, seed, ds.source)
+    return _hold_out(loaded, cfg, seed)
 
 
-def _hold_out(loaded: PairSet, eval_pairs: int, seed: int, source: str) -> Pairs:
+def _hold_out(loaded: PairSet, cfg: Config, seed: int) -> Pairs:
+    eval_pairs, source = cfg.dataset.eval_pairs, cfg.dataset.source
     order = list(range(len(loaded.pairs)))
     random.Random(seed).shuffle(order)
     held = held_out_count(len(order), eval_pairs, source, "preference pairs")
     summary = DataSummary(source, loaded.read, len(order) - held, held, loaded.bad_rows,
-                          loaded.first_problem)
+                          loaded.first_problem,
+                          notes=short_run_notes(cfg, len(order) - held, "train pairs"))
     return Pairs([loaded.pairs[i] for i in order[held:]], [loaded.pairs[i] for i in order[:held]],
                  summary, loaded.digest)
 

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import RenderedExample, TrainOn, prompt_tokens, render
-from loops_runner.data.checks import DataSummary, held_out_count
+from loops_runner.data.checks import DataSummary, held_out_count, short_run_notes
 from loops_runner.data.conversations import Conversation, DataFormat, read_conversations
 from loops_runner.data.sources import SourceConfig
 from loops_runner.data.synthetic import conversations as synthetic_conversations
@@ -49,8 +49,6 @@ from loops_runner.sdk import ModelInput, SamplingParams
 
 
 SYNTHETIC = "synthetic"
-# Fewer optimizer steps than this get a line saying how to have more.
-FEW_STEPS = 30
 
 
 class DatasetConfig(SourceConfig):  # source, split, columns, bad_rows come from SourceConfig
@@ -117,27 +115,9 @@ def prepare_data(cfg: Config, seed: int) -> SftRows:
     held = held_out_count(len(chats), ds.eval_examples, ds.source, "conversations")
     train = [chats[i] for i in order[held:]]
     summary = DataSummary(ds.source, read, len(train), held, skipped, first_problem,
-                          notes=small_data_notes(cfg, len(train)))
+                          notes=short_run_notes(cfg, len(train), "train rows"))
     return SftRows(train, [chats[i] for i in order[:held]], summary, digest,
                    builtin=ds.source == SYNTHETIC)
-
-
-def small_data_notes(cfg: Config, train_size: int) -> tuple[str, ...]:
-    """A line when the data makes a short run: how many steps, and the knob that adds more."""
-    per_epoch = steps_per_epoch(cfg, train_size)
-    steps = min(cfg.max_steps, cfg.epochs * per_epoch) if cfg.max_steps else \
-        cfg.epochs * per_epoch
-    if steps >= FEW_STEPS:
-        return ()
-    how = (f"raise recipe.epochs (now {cfg.epochs})" if cfg.max_steps is None
-           or cfg.epochs * per_epoch < cfg.max_steps else
-           f"raise recipe.max_steps (now {cfg.max_steps})")
-    warmup = warmup_steps(cfg, steps)
-    capped = (f"; warmup capped at {warmup} of them (recipe.warmup_steps={cfg.warmup_steps})"
-              if warmup < cfg.warmup_steps else "")
-    return (f"plan: only {steps} optimizer steps ({cfg.epochs} epochs × {per_epoch} "
-            f"batch{'es' if per_epoch > 1 else ''} of {cfg.batch_size} from {train_size} train "
-            f"rows){capped}; for more, {how} or lower recipe.batch_size",)
 
 
 def load_data(cfg: Config, tokenizer: Any, rows: SftRows) -> SftData:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from loops_runner.data.sources import BadRowPolicy, DataError, Row, Rows
 
@@ -88,3 +88,30 @@ def held_out_count(total: int, wanted: int, source: str, what: str = "rows") -> 
         raise DataError(f"{source}: {total} usable {what}; at least 2 are needed (one to train "
                         "on, one held out for evaluation)")
     return held
+
+
+# Fewer optimizer steps than this get a line before provisioning saying how to have more.
+FEW_STEPS = 30
+
+
+def short_run_notes(cfg: Any, train_size: int, unit: str) -> tuple[str, ...]:
+    """A line when the data makes a short run: how many steps, and the knob that adds more.
+
+    ``cfg`` is an epoch-based recipe config (``epochs``, ``batch_size``, ``max_steps``
+    and the ``OptimConfig`` warmup).
+    """
+    from loops_runner.optim import warmup_steps
+
+    per_epoch = max(1, train_size // cfg.batch_size)
+    natural = cfg.epochs * per_epoch
+    steps = min(cfg.max_steps, natural) if cfg.max_steps else natural
+    if steps >= FEW_STEPS:
+        return ()
+    how = (f"raise recipe.max_steps (now {cfg.max_steps})" if steps < natural
+           else f"raise recipe.epochs (now {cfg.epochs})")
+    warmup = warmup_steps(cfg, steps)
+    capped = (f"; warmup capped at {warmup} of them (recipe.warmup_steps={cfg.warmup_steps})"
+              if warmup < cfg.warmup_steps else "")
+    return (f"plan: only {steps} optimizer steps ({cfg.epochs} epochs × {per_epoch} "
+            f"batch{'es' if per_epoch > 1 else ''} of {cfg.batch_size} from {train_size} "
+            f"{unit}){capped}; for more, {how} or lower recipe.batch_size",)

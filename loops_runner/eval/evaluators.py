@@ -55,6 +55,8 @@ class SamplingEvaluator(BaseModel):
         if self.source not in (TASKS, HELDOUT, AUTO) and self.scorer is None:
             raise ValueError(f"source {self.source!r} needs a scorer: a dotted path to "
                              "score(row, completion) -> float")
+        if self.scorer is not None:
+            load_scorer(self.scorer)  # a scorer that does not load stops before provisioning
         return self
 
     def settings(self) -> dict[str, Any]:

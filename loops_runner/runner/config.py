@@ -99,7 +99,8 @@ class RunnerConfig(ConfigSection):
     init_from: str | None = None
 
 
-_UNION_TAGS = frozenset({"local", "baseten", "external"})
+# Tags of discriminated unions (backends, evaluators): pydantic adds them to locations.
+_UNION_TAGS = frozenset({"local", "baseten", "external", "sampling", "nll"})
 
 
 def _valid_keys(model: type[BaseModel] | None, location: tuple[Any, ...]) -> list[str]:
@@ -140,8 +141,11 @@ def describe_errors(error: ValidationError, root: type[BaseModel] | None,
         elif item["type"] == "missing":
             lines.append(f"missing required key '{key}'")
         elif isinstance(item.get("ctx", {}).get("error"), UserInputError):
-            # Already a whole sentence naming its key (a plug-in that does not load, ...).
-            lines.append(str(item["ctx"]["error"]))
+            # Already a whole sentence (a plug-in that does not load, ...): say where only.
+            message = str(item["ctx"]["error"])
+            where = key.rstrip(".")
+            lines.append(message if not where or message.startswith(where)
+                         else f"{where}.{message}")
         elif isinstance(value, dict):
             # A check across keys: the section's whole content would bury the reason.
             reason = str(item["msg"]).removeprefix("Value error, ")

@@ -102,11 +102,16 @@ def run_pipeline(cfg: DictConfig, pipeline_dir: Path, task_overrides: list[str],
                      f"{stage.name} ({stage.recipe})")
         started = time.time()
         final = run_job(stage_cfg, stage_dir, console)
+        if cfg.get("dry_run"):  # each stage's plan; no stage trains, so none has a checkpoint
+            init_from = None
+            continue
         init_from = final_checkpoint(stage_dir, stage)
         state["stages"].append({"name": stage.name, "recipe": stage.recipe,
                                 "run_dir": str(stage_dir), "final_checkpoint": init_from,
                                 "final_metrics": final, "finished_at": time.time(),
                                 "seconds": round(time.time() - started, 1)})
         atomic_write_json(pipeline_dir / PIPELINE_FILE, state)
+    if cfg.get("dry_run"):
+        return final
     console.print(f"[green]Pipeline {pipeline.name} done.[/green] Final checkpoint: {init_from}")
     return final

@@ -24,8 +24,17 @@ def test_bad_evaluator_settings_name_the_field() -> None:
         SamplingEvaluator(n=2, pass_at=[4])
     with pytest.raises(ValidationError, match="needs a scorer"):
         SamplingEvaluator(source="rows.jsonl")
-    with pytest.raises(ValueError, match="cannot be imported"):
+    with pytest.raises(ValueError, match=r"scorer='tests.eval.scorers.missing': "
+                                         r"tests.eval.scorers has no 'missing'; it defines: "):
         load_scorer("tests.eval.scorers.missing")
+    # Refused when the config is read (before anything is provisioned), naming where.
+    from loops_runner.runner.config import ConfigError, validate_section
+    from recipes.sft import Config
+
+    with pytest.raises(ConfigError, match=r"^invalid config: recipe.evaluators.0.scorer="
+                                          r"'nowhere:score': no module named 'nowhere'"):
+        validate_section(Config, {"evaluators": [{"kind": "sampling", "source": "r.jsonl",
+                                                   "scorer": "nowhere:score"}]}, "recipe.")
 
 
 def test_user_rows_and_scorer_with_n_samples_on_the_sampler(trainer_server, sampler_server,

@@ -63,8 +63,8 @@ def test_bad_data_stops_before_provisioning_with_one_line(tmp_path: Path) -> Non
     result = run_runner("+recipe=dpo", f"recipe.dataset.source={bad}", cwd=tmp_path, home=home)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"loops-runner: {bad}: 1 of 1 rows are not valid preference pairs; "
-                     f"first: {bad} row 1: missing field 'rejected' (found ['chosen', 'prompt'])"]
+    assert lines == [f"loops-runner: {bad} line 1: missing field 'rejected' (found ['chosen', "
+                     "'prompt']) (1 of 1 rows bad)"]
     assert find_control_plane(home) is None
     assert not list(tmp_path.glob("outputs/dpo/*/run.json"))
 
