@@ -255,7 +255,7 @@ def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
         values = [pass_at_k(cfg.n, sum(1 for s in scores if s >= 1.0), k) for scores in scores_P]
         metrics[f"eval/{cfg.name}/pass@{k}"] = sum(values) / len(values)
     settings = {**cfg.settings(), "max_tokens": max_tokens,
-                "source": HELDOUT if on_heldout else cfg.source}
+                "source": HELDOUT if on_heldout else TASKS if cfg.source == AUTO else cfg.source}
     return EvalResult(cfg.name, target.model, metrics, settings, samples=samples,
                       seconds=time.monotonic() - started)
 

@@ -163,12 +163,16 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
 
     console = console or Console()
     retries_left = prepare(cfg)[0].resume.auto_retries  # a bad config is refused right here
+    first_attempt = True
     while True:
         try:
-            return _run_job_once(cfg, run_dir, console)
+            # resume.restart sets aside what was there before this command, once: a retry
+            # continues this command's own run.
+            return _run_job_once(cfg, run_dir, console, restart=first_attempt)
         except Exception as error:
             if retries_left <= 0 or not is_recoverable(error):
                 raise
+            first_attempt = False
             retries_left -= 1
             console.print(f"[yellow]The run failed: {describe(error)}[/yellow]\n"
                           f"Retrying from its last checkpoint ({retries_left} automatic "
@@ -176,8 +180,8 @@ def run_job(cfg: DictConfig, run_dir: Path, console: Console | None = None) -> d
             time.sleep(RETRY_PAUSE_S)
 
 
-def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
-                  ) -> dict[str, Any]:
+def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None,
+                  restart: bool = True) -> dict[str, Any]:
     console = console or Console()
     config, recipe, recipe_cfg, raw = prepare(cfg)
     # Bad data must stop the run before any server is provisioned or file written.
@@ -192,7 +196,7 @@ def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
         run_dir = Path(config.resume.from_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with claim_run_dir(run_dir):
-        if config.resume.restart:
+        if config.resume.restart and restart:
             _set_aside(run_dir, console)
         return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console, data)
 

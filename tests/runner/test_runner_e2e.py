@@ -158,12 +158,13 @@ def test_sft_on_a_users_chats_ends_with_answers_to_their_held_out_prompts(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     samples = [json.loads(line)
                for line in (tmp_path / "mine" / "samples.jsonl").read_text().splitlines()]
-    # The user's own held-out prompts and references, not the task registry's questions
-    # (which the accuracy evaluator still scores, as eval/accuracy).
+    # The user's own held-out prompts and references, not the task registry's questions,
+    # marked ✓/✗ by the same exact match that makes eval/accuracy.
     assert len(samples) == 3
     for sample in samples:
-        assert sample["prompt"].startswith("Greet ") and sample["score"] is None
+        assert sample["prompt"].startswith("Greet ") and sample["score"] in (0.0, 1.0)
         assert sample["reference"] == f"Hello, {sample['prompt'].split()[1]}!"
         assert sample["prompt"] in result.stdout
     metrics = read_metrics(tmp_path / "mine")
-    assert "eval/accuracy" in metrics[-1]
+    assert "eval/accuracy" in metrics[-1] and "eval/accuracy/similarity" in metrics[-1]
+    assert not any(key.startswith("eval/accuracy/capitals") for m in metrics for key in m)
