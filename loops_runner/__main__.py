@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://loops_runner.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 

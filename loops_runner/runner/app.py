@@ -88,9 +88,9 @@ def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: 
     if recipe.plan is not None:
         tokenizer = None
         try:
-            from transformers import AutoTokenizer
+            from loops_runner.sdk.tokenizer import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolved.load_path)
+            tokenizer = load_tokenizer(resolved.load_path)
         except Exception as error:
             table.add_row("tokenizer", f"unavailable offline ({type(error).__name__})")
         plan = recipe.plan(recipe_cfg, tokenizer, Budget(config.max_steps, config.time_budget_s))

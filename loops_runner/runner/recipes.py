@@ -5,7 +5,7 @@ may define a pydantic ``Config`` (its section schema, validated before anything
 starts), ``prepare_data(cfg, seed)`` (reads and checks its data before anything
 is provisioned; the result reaches ``run`` as ``ctx.data``) and
 ``plan(cfg, tokenizer) -> dict`` (what ``dry_run=true`` prints).
-``_target_`` is a dotted path (``recipes.sft.run``, ``my_pkg.recipe.run``), a
+``_target_`` is a dotted path (``loops_runner.recipes.sft.run``, ``my_pkg.recipe.run``), a
 ``module:function`` pair, or a file path (``path/to/recipe.py:run``).
 """
 
@@ -44,7 +44,7 @@ class Recipe:
 
 
 def builtin_recipe_names() -> list[str]:
-    folder = resources.files("conf") / "recipe"
+    folder = resources.files("loops_runner.conf") / "recipe"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
                   if p.name.endswith(".yaml"))
 

@@ -11,7 +11,7 @@ import pytest
 from loops_runner.data.batching import length_grouped_batches
 from loops_runner.data.chat import render
 from loops_runner.data.sources import DataError, load_conversations, load_rows
-from recipes.sft import Config, learning_rate
+from loops_runner.recipes.sft import Config, learning_rate
 
 CHAT = [{"role": "user", "content": "Reverse the word: apple"},
         {"role": "assistant", "content": "elppa"},

@@ -231,8 +231,10 @@ def test_standalone_sampler(service, reusing_service) -> None:
     assert again.base_url == sampling.base_url
     assert again.sample(ModelInput.from_ints(TOKENS), sampling_params=SamplingParams(
         max_tokens=3, seed=5)).sequences[0].tokens == result.sequences[0].tokens
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="exactly one of base_model and model_path"):
         service.create_sampling_client("tiny", model_path="bt://loops:r/sampler_weights/w")
+    with pytest.raises(ValueError, match="exactly one"):
+        service.create_sampling_client()
 
 
 def test_the_minimal_example_runs_against_the_local_stack(control_plane_server, service,
