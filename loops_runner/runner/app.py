@@ -19,6 +19,7 @@ from rich.table import Table
 
 from loops_runner.runner.backends import (
     build_service_client,
+    provision_options,
     provisioning_turn,
     remember_session,
 )
@@ -36,6 +37,13 @@ from loops_runner.runner.config import (
     validate_section,
 )
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
+from loops_runner.runner.lifecycle import (
+    ServiceUse,
+    keeps_warm,
+    print_use,
+    record_use,
+    release,
+)
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
 from loops_runner.runner.run_dirs import claim_run_dir
@@ -47,6 +55,7 @@ from loops_runner.runner.run_record import (
     git_sha,
     package_versions,
 )
+from loops_runner.runner.sweep import current_sweep_dir
 
 
 def _no_recipe_message() -> str:
@@ -85,6 +94,12 @@ def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: 
     table.add_row("base model", f"{config.model.base_model} -> {resolved.load_path}")
     table.add_row("LoRA rank", str(config.model.rank))
     table.add_row("seed", str(config.seed))
+    for key, value in config.service.model_dump(mode="json").items():
+        table.add_row(f"service.{key}", str(value))
+    table.add_row("run name (service)", config.run_name or "(the run dir's name)")
+    table.add_row("wandb.client_run", str(config.wandb.client_run))
+    table.add_row("when it ends", "keep trainers warm" if keeps_warm(config)
+                  else "stop its trainers and samplers")
     if recipe.plan is not None:
         tokenizer = None
         try:
@@ -183,28 +198,37 @@ def _run_job_once(cfg: DictConfig, run_dir: Path, console: Console | None = None
         return _run_in_claimed_dir(config, recipe, recipe_cfg, raw, run_dir, console, data)
 
 
-def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
+def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_name: str,
                console: Console) -> tuple[Any, Any, CheckpointInfo | None]:
     """The service client, a training client (fresh, restored from ``checkpoint``, or
-    initialised from ``init_from``) and the init_from checkpoint when one was loaded."""
+    initialised from ``init_from``) and the init_from checkpoint when one was loaded.
+
+    Every path passes the same service options (``provision_options``). When
+    anything fails after the session exists, what it provisioned is released
+    as at the end of a run, so no trainer is left billing.
+    """
     init = None
+    options = provision_options(config, run_name)
     with provisioning_turn(config):
         service = build_service_client(config)
-        timeouts = config.timeouts
-        if checkpoint is None:
-            # Refused here, before a trainer is provisioned or a step is taken.
-            init = _init_from(config, service)
-            training = service.create_lora_training_client(
-                config.model.base_model, rank=config.model.rank, seed=config.seed,
-                timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
-            if init is not None:
-                console.print(f"Initialising from {init.reference} ({init.path}); "
-                              "fresh optimizer")
-                _load_weights(training, init.path)
-        else:
-            console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
-            training = service.create_training_client_from_state_with_optimizer(
-                checkpoint.path)
+        try:
+            if checkpoint is None:
+                # Refused here, before a trainer is provisioned or a step is taken.
+                init = _init_from(config, service)
+                training = service.create_lora_training_client(
+                    config.model.base_model, rank=config.model.rank,
+                    replicas=config.service.replicas, **options)
+                if init is not None:
+                    console.print(f"Initialising from {init.reference} ({init.path}); "
+                                  "fresh optimizer")
+                    _load_weights(training, init.path)
+            else:
+                console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
+                training = service.create_training_client_from_state_with_optimizer(
+                    checkpoint.path, replicas=config.service.replicas, **options)
+        except BaseException:
+            release(config, service, console, current_sweep_dir())
+            raise
         remember_session(config, service.session_id)
     return service, training, init
 
@@ -243,7 +267,8 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     else:
         truncate_after(metrics_path, checkpoint.step)
 
-    service, training, init = _provision(config, checkpoint, console)
+    use = ServiceUse(config.service.replicas)
+    service, training, init = _provision(config, checkpoint, run_name, console)
     record.session_id = service.session_id
     if init is not None:
         record.init_from = init.path
@@ -270,24 +295,36 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         record.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
         record.error = "".join(traceback.format_exception_only(error)).strip()
         record.finished_at = time.time()
-        record.save(run_dir)
+        _end_attempt(config, service, training, metrics, record, use, run_dir, console)
         # A failed run's report shows how far it got; Ctrl-C means "stop now".
         if config.report and not isinstance(error, KeyboardInterrupt):
             _write_report(run_dir, console)
         raise
-    finally:
-        metrics.close()
-        close = getattr(training, "close", None)
-        if close is not None:
-            close()
     record.status = "completed"
     record.final_metrics = final
     record.finished_at = time.time()
-    record.save(run_dir)
+    _end_attempt(config, service, training, metrics, record, use, run_dir, console)
     if config.report:
         _write_report(run_dir, console)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
+
+
+def _end_attempt(config: RunnerConfig, service: Any, training: Any, metrics: MetricsLogger,
+                 record: RunRecord, use: ServiceUse, run_dir: Path, console: Console) -> None:
+    """Close the clients, stop (or keep) what the attempt provisioned, record what it used."""
+    try:
+        metrics.close()
+        close = getattr(training, "close", None)
+        if close is not None:
+            close()
+    finally:
+        try:
+            release(config, service, console, current_sweep_dir())
+        finally:
+            record_use(record, use)
+            record.save(run_dir)
+            print_use(record, console)
 
 
 def _write_report(run_dir: Path, console: Console) -> None:
