@@ -6,6 +6,7 @@ single run, once per sweep point for ``-m``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import time
@@ -141,10 +142,23 @@ def _init_from(config: RunnerConfig, service: Any) -> CheckpointInfo | None:
     home = _home(config) if isinstance(config.backend, LocalBackend) else None
     try:
         info = describe(config.init_from, home=home, service=service)
-        check_matches(info, config.model.base_model, config.model.rank, home)
+        if home is not None:
+            check_matches(info, config.model.base_model, config.model.rank, home)
+        else:  # the base model is compared once the service has named it
+            check_matches(dataclasses.replace(info, base_model=None), "", config.model.rank,
+                          None)
     except CheckpointRefError as error:
         raise ConfigError(f"init_from: {error}") from None
     return info
+
+
+def _check_init_model(init: CheckpointInfo, training: Any, config: RunnerConfig) -> None:
+    """A remote service names the model its own way (a local name may come back as a
+    directory), so its answer, known once the trainer exists, is what is compared."""
+    try:
+        check_matches(init, training.base_model, config.model.rank, None)
+    except CheckpointRefError as error:
+        raise ConfigError(f"init_from: {error}") from None
 
 
 def _load_weights(training: Any, path: str) -> None:
@@ -219,6 +233,8 @@ def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_na
                     config.model.base_model, rank=config.model.rank,
                     replicas=config.service.replicas, **options)
                 if init is not None:
+                    if not isinstance(config.backend, LocalBackend):
+                        _check_init_model(init, training, config)
                     console.print(f"Initialising from {init.reference} ({init.path}); "
                                   "fresh optimizer")
                     _load_weights(training, init.path)

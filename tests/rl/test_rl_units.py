@@ -155,9 +155,9 @@ def test_prompt_rows_accept_messages_or_prompt_and_name_bad_rows() -> None:
 
 
 def test_too_many_failed_episodes_stop_the_run_with_the_first_errors() -> None:
+    from loops_runner.recipes.rl import Config, RolloutErrorRate, check_error_rate
     from loops_runner.rl.rollouts import RolloutBatch
     from loops_runner.rl.types import TrajectoryGroup
-    from loops_runner.recipes.rl import Config, RolloutErrorRate, check_error_rate
 
     def batch(failed: int) -> RolloutBatch:
         trajectories = [Trajectory(error="step: KeyError: 'x'") for _ in range(failed)]
