@@ -252,3 +252,28 @@ def test_the_minimal_example_runs_against_the_local_stack(control_plane_server, 
     assert len(losses) == 6 and min(losses[1:]) < losses[0] / 2
     assert any(line.startswith("sampled: ") for line in lines)
     assert "policy version: 6" in lines
+
+
+def test_a_checkpoint_samples_after_its_run_was_stopped(reusing_service) -> None:
+    from loops_runner.runner.hosted_runs import stop_run
+
+    client = reusing_service.create_lora_training_client("tiny", rank=4, seed=3)
+    client.forward_backward(batch(21)).result()
+    client.optim_step(LR).result()
+    saved = client.save_weights_for_sampler("for-later").result()
+    expected = client.forward([sft_datum(TOKENS)]).result().loss_fn_outputs[0]["logprobs"]
+    client.close()
+    control_plane = reusing_service.control_plane
+    assert stop_run(control_plane, control_plane.get_run(client.run_id)).outcome == "stopped"
+    assert control_plane.get_run(client.run_id).status == "STOPPED"
+
+    # The base model comes from the checkpoint; a standalone sampler serves the adapter.
+    sampling = reusing_service.create_sampling_client(model_path=saved.path)
+    assert sampling.checkpoint_path == saved.path
+    assert sampling.compute_logprobs(ModelInput.from_ints(TOKENS))[1:] == pytest.approx(
+        expected.tolist(), abs=1e-3)
+    assert sampling.sample(ModelInput.from_ints(TOKENS),
+                           sampling_params=SamplingParams(max_tokens=2)).sequences
+    with pytest.raises(ValueError, match="no Loops checkpoint"):
+        reusing_service.create_sampling_client(
+            model_path=f"bt://loops:{client.run_id}/sampler_weights/never-saved")
