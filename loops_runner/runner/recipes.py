@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +42,9 @@ class Recipe:
     @property
     def plan(self) -> Callable[..., dict[str, Any]] | None:
         return getattr(self.module, "plan", None)
+
+
+_OLD_BUILTIN_PREFIX = "recipes."
 
 
 def builtin_recipe_names() -> list[str]:
@@ -105,5 +109,17 @@ def load_recipe(target: str) -> Recipe:
     """Resolve ``_target_`` to the recipe module and its ``run`` function."""
     if not target:
         raise ConfigError("recipe._target_ is empty; it names the recipe's run function")
-    module, function = load_callable(target, "recipe._target_", "run")
+    try:
+        module, function = load_callable(target, "recipe._target_", "run")
+    except ConfigError:
+        # The built-in recipes were a top-level ``recipes`` package before they
+        # moved into this one; a user's config naming them the old way still runs.
+        moved = f"{__package__.rpartition('.')[0]}.{target}"
+        if not target.startswith(_OLD_BUILTIN_PREFIX) or importlib.util.find_spec(
+                "recipes") is not None:
+            raise
+        warnings.warn(f"recipe._target_ {target!r}: the built-in recipes are "
+                      f"loops_runner.recipes now; write {moved!r}", FutureWarning,
+                      stacklevel=2)
+        module, function = load_callable(moved, "recipe._target_", "run")
     return Recipe(target, module, function)
