@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from filelock import FileLock
 from rich.console import Console
 from rich.table import Table
@@ -84,7 +85,13 @@ def release(config: RunnerConfig, service: Any, console: Console,
         console.print(f"Service: session {session_id} stays up for the sweep's next jobs; "
                       "the sweep stops it when it ends.")
         return []
-    stopped = stop_session(control_plane, session_id)
+    try:
+        stopped = stop_session(control_plane, session_id)
+    except (LoopsError, httpx.HTTPError) as error:
+        # Never hide the run's own outcome (and its automatic retry) behind this.
+        console.print(f"[red]Service: could not stop session {session_id} ({error}).[/red] "
+                      f"Stop it with: {stop_hint}", soft_wrap=True)
+        return []
     print_stopped(stopped, console, f"session {session_id}")
     return stopped
 
@@ -174,7 +181,7 @@ def stop_sweep_sessions(sweep_dir: Path, console: Console) -> list[Stopped]:
             continue
         try:
             stopped += stop_session(control_plane, session_id)
-        except LoopsError as error:  # the others must still be stopped
+        except (LoopsError, httpx.HTTPError) as error:  # the others must still be stopped
             stopped.append(Stopped("session", session_id, f"failed: {error}"))
     path.unlink()
     print_stopped(stopped, console, f"the sweep's {len(seen)} session(s)")

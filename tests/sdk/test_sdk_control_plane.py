@@ -277,3 +277,31 @@ def test_a_checkpoint_samples_after_its_run_was_stopped(reusing_service) -> None
     with pytest.raises(ValueError, match="no Loops checkpoint"):
         reusing_service.create_sampling_client(
             model_path=f"bt://loops:{client.run_id}/sampler_weights/never-saved")
+
+
+def test_a_session_stops_its_standalone_sampler_and_paired_ones_wait_for_their_trainer(
+        control_plane_server, reusing_service) -> None:
+    from loops_runner.runner.hosted_runs import stop_session
+    from loops_runner.sdk import RequestRejectedError as Rejected
+
+    own = ServiceClient(base_url=control_plane_server.url)
+    sampler = own.create_sampling_client("tiny")
+    assert sampler.sample(ModelInput.from_ints(TOKENS),
+                          sampling_params=SamplingParams(max_tokens=1)).sequences
+    control_plane = own.control_plane
+    [info] = control_plane.list_samplers(own.session_id)
+    assert info.run_id is None and info.model_id and info.status != "STOPPED"
+    stopped = stop_session(control_plane, own.session_id)
+    assert [(item.kind, item.id, item.outcome) for item in stopped] == \
+        [("sampler", info.id, "stopped")]
+    [after] = control_plane.list_samplers(own.session_id)
+    assert after.status == "STOPPED"
+    assert stop_session(control_plane, own.session_id) == []  # nothing left running
+
+    # A paired sampler serves its trainer's open runs: the model route refuses it.
+    client = reusing_service.create_lora_training_client("tiny", rank=4, with_sampler=True)
+    paired = reusing_service.control_plane.get_run(client.run_id).sampler
+    assert paired is not None and paired.model_id
+    with pytest.raises(Rejected, match="still hosts open runs"):
+        reusing_service.control_plane.deactivate_sampler(paired.model_id, paired.deployment_id)
+    client.close()
