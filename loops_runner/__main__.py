@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,17 @@ def main(cfg: DictConfig) -> Any:
         raise portable from error
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def run() -> None:
     from loops_runner.runner import overrides, run_dirs, sweep
 
+    # `kill` or a closed terminal ends the run as Ctrl-C does: the run is
+    # recorded as stopped and a hosted trainer is stopped, not left billing.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     overrides.install()
     run_dirs.register()
     try:

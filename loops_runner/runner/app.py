@@ -295,8 +295,13 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     rng = random.Random(config.seed)
     if checkpoint is not None and checkpoint.rng_state is not None:
         rng.setstate(rng_state_from_json(checkpoint.rng_state))
-    metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
-                            wandb_id=record.wandb_id, console=console)
+    try:
+        metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
+                                wandb_id=record.wandb_id, console=console)
+    except BaseException:  # e.g. W&B refused: the trainer must not be left billing
+        training.close()
+        release(config, service, console, current_sweep_dir())
+        raise
     record.wandb_id = metrics.wandb_id
     ctx = RunContext(
         config=config, service_client=service, training_client=training, run_dir=run_dir,

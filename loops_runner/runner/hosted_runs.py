@@ -11,6 +11,7 @@ sampler. A run's paired sampler stops with its trainer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loops_runner.sdk.control_plane import ControlPlaneClient
@@ -39,31 +40,33 @@ def is_live(status: str | None) -> bool:
     return status is not None and status.upper() not in FINISHED
 
 
+def _stop(kind: str, ident: str, status: str | None,
+          deactivate: Callable[[], object] | None) -> Stopped:
+    if not is_live(status):
+        return Stopped(kind, ident, f"already {status}")
+    if deactivate is None:
+        # Serverless capacity has no deployment of its own: nothing bills while idle.
+        return Stopped(kind, ident, "serverless: nothing to stop")
+    try:
+        deactivate()
+    except LoopsError as error:
+        return Stopped(kind, ident, f"failed: {error}")
+    return Stopped(kind, ident, "stopped")
+
+
 def stop_run(control_plane: ControlPlaneClient, run: RunInfo) -> Stopped:
     """Deactivate ``run`` (only that run of a trainer several runs share)."""
-    if not is_live(run.status):
-        return Stopped("run", run.id, f"already {run.status}")
-    if run.deployment_id is None:
-        # A serverless run has no deployment of its own: nothing bills while idle.
-        return Stopped("run", run.id, "serverless: nothing to stop")
-    try:
-        control_plane.deactivate_run(run.deployment_id, run.id)
-    except LoopsError as error:
-        return Stopped("run", run.id, f"failed: {error}")
-    return Stopped("run", run.id, "stopped")
+    deployment_id = run.deployment_id
+    return _stop("run", run.id, run.status, None if deployment_id is None else
+                 lambda: control_plane.deactivate_run(deployment_id, run.id))
 
 
 def stop_sampler(control_plane: ControlPlaneClient, sampler: SamplerInfo) -> Stopped:
     """Deactivate a standalone sampler's deployment."""
-    if not is_live(sampler.status):
-        return Stopped("sampler", sampler.id, f"already {sampler.status}")
-    if sampler.model_id is None or sampler.deployment_id is None:
-        return Stopped("sampler", sampler.id, "serverless: nothing to stop")
-    try:
-        control_plane.deactivate_sampler(sampler.model_id, sampler.deployment_id)
-    except LoopsError as error:
-        return Stopped("sampler", sampler.id, f"failed: {error}")
-    return Stopped("sampler", sampler.id, "stopped")
+    model_id, deployment_id = sampler.model_id, sampler.deployment_id
+    return _stop("sampler", sampler.id, sampler.status,
+                 None if model_id is None or deployment_id is None else
+                 lambda: control_plane.deactivate_sampler(model_id, deployment_id))
 
 
 def stop_session(control_plane: ControlPlaneClient, session_id: str) -> list[Stopped]:

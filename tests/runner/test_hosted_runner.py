@@ -145,31 +145,34 @@ def test_a_run_is_stopped_however_it_ends(tmp_path: Path, stand_in: StandIn) -> 
     failed = run_hosted(stand_in, "--config-dir", "configs", "+recipe=fails", "report=false",
                         "hydra.run.dir=failed", cwd=tmp_path)
     assert failed.returncode != 0 and "failed on purpose" in failed.stderr
-    # Interrupted: Ctrl-C while the recipe runs.
+    # Interrupted: Ctrl-C (SIGINT), or `kill` (SIGTERM), while the recipe runs.
     write_user_recipe(tmp_path, "waits", WAITS, "")
     env = {**runner_env(tmp_path / "unused_home"), **stand_in.env()}
-    process = subprocess.Popen(
-        runner_command("--config-dir", "configs", "+recipe=waits", "report=false",
-                       "hydra.run.dir=interrupted", *hosted(stand_in)),
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for(tmp_path / "provisioned.flag")
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode != 0 and "stopped on the service" in output, output[-3000:]
+    for name, signum in (("interrupted", signal.SIGINT), ("killed", signal.SIGTERM)):
+        flag = tmp_path / "provisioned.flag"
+        flag.unlink(missing_ok=True)
+        process = subprocess.Popen(
+            runner_command("--config-dir", "configs", "+recipe=waits", "report=false",
+                           f"hydra.run.dir={name}", *hosted(stand_in)),
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for(flag)
+            process.send_signal(signum)
+            output, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode != 0 and "stopped on the service" in output, output[-3000:]
 
     statuses = {}
-    for name in ("done", "budget", "failed", "interrupted"):
+    for name in ("done", "budget", "failed", "interrupted", "killed"):
         record = record_of(tmp_path / name)
         statuses[name] = record["status"]
         assert record["run_ids"], name
         for run_id in record["run_ids"]:
             assert_stopped(stand_in, run_id)
     assert statuses == {"done": "completed", "budget": "completed", "failed": "failed",
-                        "interrupted": "stopped"}
+                        "interrupted": "stopped", "killed": "stopped"}
     # What the run used: tokens per step and in total, in metrics.jsonl and run.json.
     lines = [json.loads(line) for line in
              (tmp_path / "done" / "metrics.jsonl").read_text().splitlines()]
