@@ -61,10 +61,8 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
         yield server
 
 
-def _uv() -> str:
-    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    assert found, "uv is needed to build and install the wheel (the dev environment has it)"
-    return found
+def _uv() -> str | None:
+    return shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
@@ -77,13 +75,22 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean virtualenv with the wheel of this checkout installed without extras."""
     root = tmp_path_factory.mktemp("cloud_only")
-    # sdist first, then the wheel from it (uv's default): what a release ships.
-    _run([_uv(), "build", "--quiet", "--out-dir", str(root / "dist"), str(REPO)])
-    wheel = next((root / "dist").glob("loops_runner-*.whl"))
-    _run([_uv(), "venv", "--quiet", "--python", sys.executable, str(root / "venv")])
     python = root / "venv" / "bin" / "python"
-    # `pip install loops-runner` (docs/baseten.md), from the wheel built here.
-    _run([_uv(), "pip", "install", "--quiet", "--python", str(python), str(wheel)])
+    uv = _uv()
+    # `pip install loops-runner` (docs/baseten.md), from the wheel built here;
+    # uv when the environment has it (bootstrap installs it), else pip.
+    if uv is not None:
+        # sdist first, then the wheel from it (uv's default): what a release ships.
+        _run([uv, "build", "--quiet", "--out-dir", str(root / "dist"), str(REPO)])
+        _run([uv, "venv", "--quiet", "--python", sys.executable, str(root / "venv")])
+        wheel = next((root / "dist").glob("loops_runner-*.whl"))
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), str(wheel)])
+    else:
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+              str(root / "dist"), str(REPO)])
+        _run([sys.executable, "-m", "venv", str(root / "venv")])
+        wheel = next((root / "dist").glob("loops_runner-*.whl"))
+        _run([str(python), "-m", "pip", "install", "--quiet", str(wheel)])
     return root / "venv"
 
 
