@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://loops_runner.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
@@ -42,9 +43,17 @@ def main(cfg: DictConfig) -> Any:
         raise portable from error
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def run() -> None:
     from loops_runner.runner import overrides, run_dirs, sweep
 
+    # `kill` or a closed terminal ends the run as Ctrl-C does: the run is
+    # recorded as stopped and a hosted trainer is stopped, not left billing.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     overrides.install()
     run_dirs.register()
     try:

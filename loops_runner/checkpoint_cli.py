@@ -29,7 +29,7 @@ def add_commands(commands: Any, add_home: Any) -> None:
     export.add_argument("--merge", action="store_true",
                         help="merge the adapter into the base weights: a Hugging Face model "
                              "folder with tokenizer and chat template")
-    _add_backend(export, add_home)
+    add_backend(export, add_home)
 
     serve = commands.add_parser(
         "serve-checkpoint", help="serve a checkpoint through the sampler's OpenAI routes")
@@ -37,20 +37,20 @@ def add_commands(commands: Any, add_home: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    _add_backend(serve, add_home)
+    add_backend(serve, add_home)
 
     checkpoints = commands.add_parser("checkpoints", help="list or download checkpoints")
     actions = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
     listing = actions.add_parser("list", help="checkpoints of a run")
     listing.add_argument("run", help="run id, or a run dir (its run.json names the run)")
-    _add_backend(listing, add_home)
+    add_backend(listing, add_home)
     download = actions.add_parser("download", help="fetch a checkpoint's files (progress bar)")
     download.add_argument("checkpoint", help="bt:// path, run dir (DIR@NAME) or checkpoint id")
     download.add_argument("--to", required=True, help="destination folder (new or empty)")
-    _add_backend(download, add_home)
+    add_backend(download, add_home)
 
 
-def _add_backend(parser: argparse.ArgumentParser, add_home: Any) -> None:
+def add_backend(parser: argparse.ArgumentParser, add_home: Any) -> None:
     add_home(parser)
     parser.add_argument("--base-url", default=None,
                         help="a remote control plane, e.g. https://api.baseten.co (default: "
@@ -73,7 +73,7 @@ def _service(args: argparse.Namespace) -> Any:
     return ServiceClient(api_key=daemon.api_key, base_url=daemon.url)
 
 
-def _run_id(run: str) -> str:
+def run_id_of(run: str) -> str:
     from loops_runner.runner.run_record import RunRecord
 
     folder = Path(run).expanduser()
@@ -89,7 +89,7 @@ def checkpoints_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    run_id = _run_id(args.run)
+    run_id = run_id_of(args.run)
     listed = _service(args).list_checkpoints(run_id)
     table = Table(title=f"checkpoints of run {run_id}")
     for column in ("path", "step", "target", "base model", "rank", "size", "created"):

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkpoint_cli.add_commands(commands, _add_home)
 
+    from loops_runner import runs_cli
+
+    runs_cli.add_commands(commands, lambda parser: checkpoint_cli.add_backend(parser, _add_home))
+
     serve = commands.add_parser("serve", help="run a local Loops server")
     servers = serve.add_subparsers(dest="server", required=True)
     trainer = servers.add_parser("trainer", help="LoRA trainer (PyTorch + PEFT)")
@@ -219,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _daemon(args.action, args.home)
     if args.command == "report":
         return _report(args.paths, args.out, not args.no_png)
+    if args.command == "runs":
+        from loops_runner import runs_cli
+
+        return runs_cli.main(args)
     if args.command in ("export", "checkpoints", "serve-checkpoint"):
         from loops_runner import checkpoint_cli
 

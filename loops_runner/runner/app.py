@@ -6,6 +6,7 @@ single run, once per sweep point for ``-m``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import time
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from loops_runner.runner.backends import (
     build_service_client,
+    provision_options,
     provisioning_turn,
     remember_session,
 )
@@ -36,6 +38,13 @@ from loops_runner.runner.config import (
     validate_section,
 )
 from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
+from loops_runner.runner.lifecycle import (
+    ServiceUse,
+    keeps_warm,
+    print_use,
+    record_use,
+    release,
+)
 from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
 from loops_runner.runner.run_dirs import CLAIM_FILE, claim_run_dir
@@ -47,6 +56,7 @@ from loops_runner.runner.run_record import (
     git_sha,
     package_versions,
 )
+from loops_runner.runner.sweep import current_sweep_dir
 
 
 def _no_recipe_message() -> str:
@@ -85,12 +95,18 @@ def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: 
     table.add_row("base model", f"{config.model.base_model} -> {resolved.load_path}")
     table.add_row("LoRA rank", str(config.model.rank))
     table.add_row("seed", str(config.seed))
+    for key, value in config.service.model_dump(mode="json").items():
+        table.add_row(f"service.{key}", str(value))
+    table.add_row("run name (service)", config.run_name or "(the run dir's name)")
+    table.add_row("wandb.client_run", str(config.wandb.client_run))
+    table.add_row("when it ends", "keep trainers warm" if keeps_warm(config)
+                  else "stop its trainers and samplers")
     if recipe.plan is not None:
         tokenizer = None
         try:
-            from transformers import AutoTokenizer
+            from loops_runner.sdk.tokenizer import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolved.load_path)
+            tokenizer = load_tokenizer(resolved.load_path)
         except Exception as error:
             table.add_row("tokenizer", f"unavailable offline ({type(error).__name__})")
         plan = recipe.plan(recipe_cfg, tokenizer, Budget(config.max_steps, config.time_budget_s))
@@ -135,10 +151,23 @@ def _init_from(config: RunnerConfig, service: Any) -> CheckpointInfo | None:
     home = _home(config) if isinstance(config.backend, LocalBackend) else None
     try:
         info = describe(config.init_from, home=home, service=service)
-        check_matches(info, config.model.base_model, config.model.rank, home)
+        if home is not None:
+            check_matches(info, config.model.base_model, config.model.rank, home)
+        else:  # the base model is compared once the service has named it
+            check_matches(dataclasses.replace(info, base_model=None), "", config.model.rank,
+                          None)
     except CheckpointRefError as error:
         raise ConfigError(f"init_from: {error}") from None
     return info
+
+
+def _check_init_model(init: CheckpointInfo, training: Any, config: RunnerConfig) -> None:
+    """A remote service names the model its own way (a local name may come back as a
+    directory), so its answer, known once the trainer exists, is what is compared."""
+    try:
+        check_matches(init, training.base_model, config.model.rank, None)
+    except CheckpointRefError as error:
+        raise ConfigError(f"init_from: {error}") from None
 
 
 def _load_weights(training: Any, path: str) -> None:
@@ -231,28 +260,39 @@ def _completed_message(run_dir: Path, record: RunRecord) -> str:
                       f"{run_dir}/previous-<n>/)."])
 
 
-def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None,
+def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_name: str,
                console: Console) -> tuple[Any, Any, CheckpointInfo | None]:
     """The service client, a training client (fresh, restored from ``checkpoint``, or
-    initialised from ``init_from``) and the init_from checkpoint when one was loaded."""
+    initialised from ``init_from``) and the init_from checkpoint when one was loaded.
+
+    Every path passes the same service options (``provision_options``). When
+    anything fails after the session exists, what it provisioned is released
+    as at the end of a run, so no trainer is left billing.
+    """
     init = None
+    options = provision_options(config, run_name)
     with provisioning_turn(config):
         service = build_service_client(config)
-        timeouts = config.timeouts
-        if checkpoint is None:
-            # Refused here, before a trainer is provisioned or a step is taken.
-            init = _init_from(config, service)
-            training = service.create_lora_training_client(
-                config.model.base_model, rank=config.model.rank, seed=config.seed,
-                timeout=timeouts.call_s, ready_timeout=timeouts.ready_s)
-            if init is not None:
-                console.print(f"Initialising from {init.reference} ({init.path}); "
-                              "fresh optimizer")
-                _load_weights(training, init.path)
-        else:
-            console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
-            training = service.create_training_client_from_state_with_optimizer(
-                checkpoint.path)
+        try:
+            if checkpoint is None:
+                # Refused here, before a trainer is provisioned or a step is taken.
+                init = _init_from(config, service)
+                training = service.create_lora_training_client(
+                    config.model.base_model, rank=config.model.rank,
+                    replicas=config.service.replicas, **options)
+                if init is not None:
+                    if not isinstance(config.backend, LocalBackend):
+                        _check_init_model(init, training, config)
+                    console.print(f"Initialising from {init.reference} ({init.path}); "
+                                  "fresh optimizer")
+                    _load_weights(training, init.path)
+            else:
+                console.print(f"Resuming from step {checkpoint.step} ({checkpoint.path})")
+                training = service.create_training_client_from_state_with_optimizer(
+                    checkpoint.path, replicas=config.service.replicas, **options)
+        except BaseException:
+            release(config, service, console, current_sweep_dir())
+            raise
         remember_session(config, service.session_id)
     return service, training, init
 
@@ -292,7 +332,8 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     else:
         truncate_after(metrics_path, checkpoint.step)
 
-    service, training, init = _provision(config, checkpoint, console)
+    use = ServiceUse(config.service.replicas)
+    service, training, init = _provision(config, checkpoint, run_name, console)
     record.session_id = service.session_id
     if init is not None:
         record.init_from = init.path
@@ -303,8 +344,13 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
     rng = random.Random(config.seed)
     if checkpoint is not None and checkpoint.rng_state is not None:
         rng.setstate(rng_state_from_json(checkpoint.rng_state))
-    metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
-                            wandb_id=record.wandb_id, console=console)
+    try:
+        metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
+                                wandb_id=record.wandb_id, console=console)
+    except BaseException:  # e.g. W&B refused: the trainer must not be left billing
+        training.close()
+        release(config, service, console, current_sweep_dir())
+        raise
     record.wandb_id = metrics.wandb_id
     ctx = RunContext(
         config=config, service_client=service, training_client=training, run_dir=run_dir,
@@ -319,24 +365,36 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         record.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
         record.error = "".join(traceback.format_exception_only(error)).strip()
         record.finished_at = time.time()
-        record.save(run_dir)
+        _end_attempt(config, service, training, metrics, record, use, run_dir, console)
         # A failed run's report shows how far it got; Ctrl-C means "stop now".
         if config.report and not isinstance(error, KeyboardInterrupt):
             _write_report(run_dir, console)
         raise
-    finally:
-        metrics.close()
-        close = getattr(training, "close", None)
-        if close is not None:
-            close()
     record.status = "completed"
     record.final_metrics = final
     record.finished_at = time.time()
-    record.save(run_dir)
+    _end_attempt(config, service, training, metrics, record, use, run_dir, console)
     if config.report:
         _write_report(run_dir, console)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
+
+
+def _end_attempt(config: RunnerConfig, service: Any, training: Any, metrics: MetricsLogger,
+                 record: RunRecord, use: ServiceUse, run_dir: Path, console: Console) -> None:
+    """Close the clients, stop (or keep) what the attempt provisioned, record what it used."""
+    try:
+        metrics.close()
+        close = getattr(training, "close", None)
+        if close is not None:
+            close()
+    finally:
+        try:
+            release(config, service, console, current_sweep_dir())
+        finally:
+            record_use(record, use)
+            record.save(run_dir)
+            print_use(record, console)
 
 
 def _write_report(run_dir: Path, console: Console) -> None:

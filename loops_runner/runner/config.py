@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loops_runner.errors import ConfigError, UserInputError
 from loops_runner.servers.control_plane.placement import (
     DEFAULT_RUNS_PER_TRAINER,
     MAX_RUNS_PER_TRAINER,
 )
+from loops_runner.wire import AvailabilityModel, TrainerScope
 
 
 class ConfigSection(BaseModel):
@@ -61,6 +62,27 @@ class WandbSection(ConfigSection):
     project: str = "loops-runner"
     entity: str | None = None
     name: str | None = None
+    # The SDK's wandb_config: the training client streams its own W&B run.
+    client_run: bool = False
+
+    @model_validator(mode="after")
+    def _client_run_needs_wandb(self) -> WandbSection:
+        if self.client_run and self.mode == "disabled":
+            raise ValueError("wandb.client_run=true streams to W&B, but wandb.mode is "
+                             "'disabled': choose wandb=offline or wandb=online")
+        return self
+
+
+class ServiceSection(ConfigSection):
+    """What the runner asks the Loops service for; the Baseten SDK's options, same checks."""
+
+    team: str | None = Field(default=None, min_length=1)
+    availability_model: AvailabilityModel | None = None
+    scope: TrainerScope | None = None
+    replicas: int = Field(default=1, ge=1)
+    sampler_replicas: int | None = Field(default=None, ge=1)
+    with_sampler: bool = False
+    max_seq_len: int | None = Field(default=None, ge=1)
 
 
 class Timeouts(ConfigSection):
@@ -71,6 +93,8 @@ class Timeouts(ConfigSection):
 
 class SessionSection(ConfigSection):
     reuse_from_session_id: str | None = "auto"
+    # None: the backend decides (local keeps its trainers warm, hosted ones stop).
+    keep_warm: bool | None = None
 
 
 class ResumeSection(ConfigSection):
@@ -94,6 +118,7 @@ class RunnerConfig(ConfigSection):
     objective: str | None = None
     report: bool = True
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    service: ServiceSection = Field(default_factory=ServiceSection)
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)
     init_from: str | None = None

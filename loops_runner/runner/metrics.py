@@ -1,7 +1,8 @@
 """Metrics: one JSON line per step in ``metrics.jsonl``, rich progress, and W&B.
 
 Names are stable and grouped: ``train/…``, ``eval/…``, ``rollout/…``,
-``optim/…``, ``time/…``.
+``optim/…``, ``time/…``, and ``tokens/…`` (trained, prompt, sampled: per line and
+``_total``; what a hosted run is billed on).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from rich.progress import (
 )
 
 from loops_runner.runner.config import WandbSection
+from loops_runner.sdk.usage import TokenCounts, token_usage
 
 METRICS_FILE = "metrics.jsonl"
+TOKEN_KINDS = ("trained", "prompt", "sampled")  # the fields of TokenCounts, in order
 
 
 def _clean(value: Any) -> Any:
@@ -63,6 +66,12 @@ class MetricsLogger:
         self._wandb_run: Any = None
         self._status: dict[str, str] = {}
         self.wandb_id = wandb_id
+        # Token counts per line and in total; a resumed run's totals go on
+        # from the last line kept (the checkpoint's step).
+        self._tokens_seen = token_usage()
+        earlier = latest_values(self.path)
+        self._tokens_total = TokenCounts(
+            *(int(earlier.get(f"tokens/{kind}_total") or 0) for kind in TOKEN_KINDS))
         if wandb_cfg.mode != "disabled":
             import wandb
 
@@ -75,9 +84,18 @@ class MetricsLogger:
 
     # -- logging -------------------------------------------------------------
 
+    def _token_metrics(self) -> dict[str, int]:
+        now = token_usage()
+        delta, self._tokens_seen = now - self._tokens_seen, now
+        self._tokens_total = self._tokens_total + delta
+        per_line, total = delta.as_dict(), self._tokens_total.as_dict()
+        return {**{f"tokens/{kind}": per_line[kind] for kind in TOKEN_KINDS},
+                **{f"tokens/{kind}_total": total[kind] for kind in TOKEN_KINDS}}
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """One line: ``metrics``, the wall time and the tokens used since the last line."""
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()},
-                  "time/wall": round(time.time(), 3)}
+                  **self._token_metrics(), "time/wall": round(time.time(), 3)}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         if self._wandb_run is not None:

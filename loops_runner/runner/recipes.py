@@ -5,12 +5,14 @@ may define a pydantic ``Config`` (its section schema, validated before anything
 starts), ``prepare_data(cfg, seed)`` (reads and checks its data before anything
 is provisioned; the result reaches ``run`` as ``ctx.data``) and
 ``plan(cfg, tokenizer) -> dict`` (what ``dry_run=true`` prints).
-``_target_`` is a dotted path (``recipes.sft.run``, ``my_pkg.recipe.run``), a
+``_target_`` is a dotted path (``loops_runner.recipes.sft.run``, ``my_pkg.recipe.run``), a
 ``module:function`` pair, or a file path (``path/to/recipe.py:run``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -40,8 +42,11 @@ class Recipe:
         return getattr(self.module, "plan", None)
 
 
+_OLD_BUILTIN_PREFIX = "recipes."
+
+
 def builtin_recipe_names() -> list[str]:
-    folder = resources.files("conf") / "recipe"
+    folder = resources.files("loops_runner.conf") / "recipe"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
                   if p.name.endswith(".yaml"))
 
@@ -50,5 +55,17 @@ def load_recipe(target: str) -> Recipe:
     """Resolve ``_target_`` to the recipe module and its ``run`` function."""
     if not target:
         raise ConfigError("recipe._target_ is empty; it names the recipe's run function")
-    module, function = load_callable(target, "recipe._target_", "run")
+    try:
+        module, function = load_callable(target, "recipe._target_", "run")
+    except ConfigError:
+        # The built-in recipes were a top-level ``recipes`` package before they
+        # moved into this one; a user's config naming them the old way still runs.
+        moved = f"{__package__.rpartition('.')[0]}.{target}"
+        if not target.startswith(_OLD_BUILTIN_PREFIX) or importlib.util.find_spec(
+                "recipes") is not None:
+            raise
+        warnings.warn(f"recipe._target_ {target!r}: the built-in recipes are "
+                      f"loops_runner.recipes now; write {moved!r}", FutureWarning,
+                      stacklevel=2)
+        module, function = load_callable(moved, "recipe._target_", "run")
     return Recipe(target, module, function)

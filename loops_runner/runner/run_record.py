@@ -16,7 +16,8 @@ from loops_runner.storage.atomic import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resume without changing the math.
-_HASH_EXCLUDED = ("dry_run", "resume", "timeouts", "session", "wandb", "objective", "report")
+_HASH_EXCLUDED = ("dry_run", "resume", "timeouts", "session", "service", "wandb", "objective",
+                  "report")
 
 
 class CheckpointRecord(BaseModel):
@@ -49,6 +50,12 @@ class RunRecord(BaseModel):
     final_metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     attempts: int = 0
+    # What the run held on the service, over all attempts: trainer time from
+    # the first create to the stop (x replicas: what a hosted run bills) and
+    # tokens trained on, prompted and sampled.
+    trainer_seconds: float = 0.0
+    replicas: int = 1
+    tokens: dict[str, int] = Field(default_factory=dict)
     started_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -62,6 +62,16 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def current_sweep_dir() -> Path | None:
+    """The sweep dir of the multirun this job belongs to; None outside a multirun."""
+    if not HydraConfig.initialized() or not _is_multirun():
+        return None
+    hydra_cfg = HydraConfig.get()
+    # runtime.cwd: a relative sweep dir means the command's directory even when
+    # hydra.job.chdir=true moved this process into the job's dir.
+    return Path(hydra_cfg.runtime.cwd) / str(hydra_cfg.sweep.dir)
+
+
 def read_sweep_lines(sweep_file: Path) -> list[dict[str, Any]]:
     """Every complete line; a line torn by a kill mid-write is skipped, not fatal."""
     try:
@@ -158,12 +168,27 @@ def print_summary(sweep_dir: Path, console: Console | None = None) -> None:
     (console or Console()).print(table)
 
 
+def end_of_sweep(sweep_dir: Path, console: Console | None = None) -> None:
+    """Stop what the jobs kept up for each other, then the summary and what the sweep used."""
+    from loops_runner.runner.lifecycle import stop_sweep_sessions, sweep_use
+
+    console = console or Console()
+    stop_sweep_sessions(sweep_dir, console)
+    print_summary(sweep_dir, console)
+    rows = latest_per_job(read_sweep_lines(sweep_dir / SWEEP_FILE))
+    if rows:
+        replica_seconds, tokens = sweep_use([Path(row["run_dir"]) for row in rows])
+        console.print(f"Sweep used: {replica_seconds:.1f} trainer replica-seconds; tokens "
+                      f"trained {tokens['trained']}, prompt {tokens['prompt']}, sampled "
+                      f"{tokens['sampled']}")
+
+
 def print_pending_summary() -> None:
-    """Print the summary of a multirun that ended without ``on_multirun_end``."""
+    """End a multirun that ended without ``on_multirun_end`` (a failed job, Ctrl-C)."""
     global _pending_summary_dir
     if _pending_summary_dir is not None:
         sweep_dir, _pending_summary_dir = _pending_summary_dir, None
-        print_summary(sweep_dir)
+        end_of_sweep(sweep_dir)
 
 
 class SweepLogCallback(Callback):
@@ -191,16 +216,15 @@ class SweepLogCallback(Callback):
             "error": None if ok else repr(job_return._return_value),
             "finished_at": time.time(),
         }
-        # runtime.cwd: a relative sweep dir means the command's directory even when
-        # hydra.job.chdir=true moved this process into the job's dir.
-        sweep_dir = Path(hydra_cfg.runtime.cwd) / str(hydra_cfg.sweep.dir)
+        sweep_dir = current_sweep_dir()
+        assert sweep_dir is not None
         append_sweep_line(sweep_dir / SWEEP_FILE, line)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _pending_summary_dir
         _pending_summary_dir = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        print_summary(sweep_dir)
+        end_of_sweep(sweep_dir)
         if config.get("report", True) and (sweep_dir / SWEEP_FILE).is_file():
             from loops_runner.report import write_report_quietly  # plotting loads only here
 

@@ -34,6 +34,7 @@ from loops_runner.sdk.operation import (
     ServerlessTrainerDeployment,
     TrainerOperationContext,
 )
+from loops_runner.sdk.options import PositionalOrderWarning
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.service_client import ServiceClient
 from loops_runner.sdk.training_client import TrainingClient
@@ -47,6 +48,7 @@ __all__ = [
     "LoopsError",
     "Operation",
     "OperationTimeoutError",
+    "PositionalOrderWarning",
     "RemoteOpError",
     "RequestRejectedError",
     "SampleTimeoutError",

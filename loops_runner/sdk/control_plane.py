@@ -48,10 +48,11 @@ from loops_runner.wire import (
     SamplerStatusResponse,
     ServerCapabilities,
     SessionResponse,
+    TrainerDeployment,
     TrainerDeploymentResponse,
     ValidateCheckpointRequest,
 )
-from loops_runner.wire.control_plane import TeamsResponse
+from loops_runner.wire.control_plane import RunListResponse, SamplerListResponse, TeamsResponse
 
 CREATE_TIMEOUT = 300.0
 READ_TIMEOUT = 60.0
@@ -222,6 +223,36 @@ class ControlPlaneClient:
         response = self._request("GET", f"/v1/models/{model_id}/deployments/{deployment_id}",
                                  what="sampler_status", timeout=30.0)
         return _parse(SamplerStatusResponse, response, "sampler_status").status
+
+    # -- listing and stopping (Baseten documents these; SDK 0.32 does not call them) ------
+
+    def list_runs(self, session_id: str | None = None) -> list[RunInfo]:
+        params = {"session_id": session_id} if session_id else None
+        response = self._request("GET", "/v1/loops/runs", params=params, what="list_runs")
+        return _parse(RunListResponse, response, "list_runs").runs
+
+    def get_run(self, run_id: str) -> RunInfo:
+        response = self._request("GET", f"/v1/loops/runs/{run_id}", what="get_run",
+                                 run_id=run_id)
+        return _parse(RunResponse, response, "get_run").run
+
+    def list_samplers(self, session_id: str | None = None) -> list[SamplerInfo]:
+        params = {"session_id": session_id} if session_id else None
+        response = self._request("GET", "/v1/loops/samplers", params=params,
+                                 what="list_samplers")
+        return _parse(SamplerListResponse, response, "list_samplers").samplers
+
+    def deactivate_run(self, deployment_id: str, run_id: str | None) -> TrainerDeployment:
+        """Stop a run's trainer deployment (``run_id``: only that run of a shared one)."""
+        params = {"run_id": run_id} if run_id else None
+        response = self._request("POST", f"/v1/loops/deployments/{deployment_id}/deactivate",
+                                 params=params, what="deactivate_run", run_id=run_id)
+        return _parse(TrainerDeploymentResponse, response, "deactivate_run").deployment
+
+    def deactivate_sampler(self, model_id: str, deployment_id: str) -> None:
+        """Stop a dedicated sampler's deployment (Baseten's model deployment route)."""
+        self._request("POST", f"/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
+                      what="deactivate_sampler")
 
     def capabilities(self) -> ServerCapabilities:
         response = self._request("GET", "/v1/loops/capabilities", what="get_server_capabilities")

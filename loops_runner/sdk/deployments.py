@@ -94,6 +94,34 @@ class SamplerEndpoint:
         return self.kind == "serverless"
 
 
+class BasetenDeployment(SamplerEndpoint):
+    """The Baseten SDK's name of a dedicated sampler (a model deployment)."""
+
+    def __init__(self, base_url: str, model_id: str, deployment_id: str,
+                 api_base_url: str | None = None) -> None:
+        super().__init__(base_url.rstrip("/"), "dedicated", None, model_id, deployment_id)
+        # Kept for scripts that read it; the clients take the control plane separately.
+        object.__setattr__(self, "api_base_url", api_base_url)
+
+
+class LocalDeployment(SamplerEndpoint):
+    """The Baseten SDK's name of a sampler with no control plane behind it."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url.rstrip("/"), "local")
+
+
+class ServerlessDeployment(SamplerEndpoint):
+    """The Baseten SDK's name of a sampler on shared, queued capacity."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url.rstrip("/"), "serverless")
+
+
+# The Baseten SDK's union of the three; here they share one class.
+DeploymentConfig = SamplerEndpoint
+
+
 def health_url(base_url: str, base_model: str) -> str:
     return f"{base_url.rstrip('/')}/health?{urlencode({'base_model': base_model})}"
 

@@ -34,7 +34,7 @@ class LoopsError(Exception):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         run_id: str | None = None,
         operation: str | None = None,
@@ -74,10 +74,16 @@ class RemoteOpError(LoopsError):
     as in the Baseten SDK.
     """
 
-    def __init__(self, message: str, error_class: str | None = None, **context: str | None):
+    def __init__(self, message: str, error_class: str | None = None, *,
+                 operation: Operation | str | None = None, **context: str | None):
         self.error_class = error_class
         prefix = f"{error_class}: " if error_class else ""
-        super().__init__(f"{prefix}{message}", **context)
+        if operation is not None and not isinstance(operation, str):
+            # The Baseten SDK's form: operation=<the failed Operation>.
+            context = {"run_id": getattr(operation.client, "run_id", None),
+                       "operation_id": operation.operation_id, **context}
+            operation = operation.name
+        super().__init__(f"{prefix}{message}", operation=operation, **context)
 
     @property
     def descriptor(self) -> Operation:
@@ -108,8 +114,13 @@ class SampleTimeoutError(LoopsError, TimeoutError):
     retry would pay for the generation twice. ``timeout`` is that read timeout.
     """
 
-    def __init__(self, message: str, *, timeout: float | None = None,
+    def __init__(self, message: str | float | None = None, *, timeout: float | None = None,
                  **context: str | None) -> None:
+        if not isinstance(message, str):
+            # The Baseten SDK's form: SampleTimeoutError(timeout).
+            timeout = message if timeout is None else timeout
+            message = (f"no response within the client's read timeout of {timeout}s; the "
+                       "sampler may still be generating")
         self.timeout = timeout
         super().__init__(message, **context)
 
@@ -117,8 +128,16 @@ class SampleTimeoutError(LoopsError, TimeoutError):
 class DeploymentTerminatedError(LoopsError, RuntimeError):
     """A deployment reached a terminal state; ``deployment_id`` and ``status`` say which."""
 
-    def __init__(self, message: str, *, deployment_id: str | None = None,
+    def __init__(self, message: str, *args: str, deployment_id: str | None = None,
                  status: str | None = None, **context: str | None) -> None:
+        if args:
+            # The Baseten SDK's form: (deployment_id, status), the message made here.
+            if len(args) > 1 or deployment_id is not None or status is not None:
+                raise TypeError(f"{type(self).__name__} takes (deployment_id, status) or "
+                                "(message, *, deployment_id=, status=)")
+            deployment_id, status = message, args[0]
+            message = (f"deployment {deployment_id} entered the terminal state {status!r}; "
+                       "it will not become ready")
         self.deployment_id = deployment_id
         self.status = status
         super().__init__(message, **context)

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -234,3 +234,17 @@ class GatheredFuture(_CachedFuture[U]):
         values = await asyncio.gather(*(inner.result_async(timeout) for inner in self._inners))
         return self._combine(list(values))
 
+
+class ForwardBackwardFuture(Protocol):
+    """What ``forward`` / ``forward_backward`` return, whether or not the data was split.
+
+    The Baseten SDK's name for that surface, for type hints in ported scripts.
+    """
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    async def result_async(self, timeout: float | None = None) -> Any: ...
+
+    def done(self) -> bool: ...
+
+    def __await__(self) -> Generator[Any, None, Any]: ...

@@ -8,9 +8,11 @@ the allowed values, before anything is provisioned.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from loops_runner.wire import AvailabilityModel, SamplerScope, TrainerScope
 
@@ -19,6 +21,7 @@ AVAILABILITY_ENV = "LOOPS_AVAILABILITY_MODEL"
 SCOPE_ENV = "BASETEN_LOOPS_SCOPE"
 
 E = TypeVar("E", bound=StrEnum)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def env(name: str) -> str | None:
@@ -71,3 +74,45 @@ def check_count(value: int | None, name: str) -> None:
     """Replica counts are checked now: a paired sampler may be created much later."""
     if value is not None and value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+class PositionalOrderWarning(UserWarning):
+    """A call passed by position an argument this client reads differently from the Baseten SDK."""
+
+
+def positional_order(ours: tuple[str, ...], official: tuple[str, ...],
+                     shared: int) -> Callable[[F], F]:
+    """Wrap a method so that positions past the ``shared`` leading ones warn (see below)."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: object, *args: object, **kwargs: object) -> object:
+            if len(args) > shared:
+                warn_positional(method.__name__, args, ours, official, shared)
+            return method(self, *args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def warn_positional(method: str, args: tuple[object, ...], ours: tuple[str, ...],
+                    official: tuple[str, ...], shared: int) -> None:
+    """Warn when ``args`` (after ``self``) go beyond the ``shared`` leading positions.
+
+    The documented signatures (the Tinker-style spec) order some parameters
+    differently from the Baseten SDK's code; a script relying on the SDK's
+    positions would silently pass, e.g., ``replicas`` as ``seed``. Keywords
+    mean the same in both.
+    """
+    import warnings
+
+    for index in range(shared, len(args)):
+        theirs = official[index] if index < len(official) else None
+        difference = f"; the Baseten SDK reads it as {theirs!r}" \
+            if theirs is not None and theirs != ours[index] else ""
+        warnings.warn(
+            f"{method}: argument {index + 1} was passed by position and is read as "
+            f"{ours[index]!r}{difference}. Pass it by keyword ({ours[index]}=...): positions "
+            f"after {ours[shared - 1]!r} differ between this client and the Baseten SDK "
+            "(docs/porting.md)", PositionalOrderWarning, stacklevel=4)

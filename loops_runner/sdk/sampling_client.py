@@ -28,10 +28,19 @@ from pydantic import RootModel
 from loops_runner.sdk import retry
 from loops_runner.sdk.completions import parse_completions, sample_body
 from loops_runner.sdk.control_plane import ControlPlaneClient
-from loops_runner.sdk.deployments import ReadinessGate, SamplerEndpoint, wait_for_sampler
+from loops_runner.sdk.deployments import (
+    BasetenDeployment,
+    DeploymentConfig,
+    LocalDeployment,
+    ReadinessGate,
+    SamplerEndpoint,
+    ServerlessDeployment,
+    wait_for_sampler,
+)
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
+    SamplerTerminatedError,
     SampleTimeoutError,
 )
 from loops_runner.sdk.http import (
@@ -56,6 +65,7 @@ from loops_runner.sdk.operations import (
 )
 from loops_runner.sdk.tokenizer import get_tokenizer
 from loops_runner.sdk.twins import in_thread
+from loops_runner.sdk.usage import add_tokens
 from loops_runner.wire import ModelInput, SampleResponse, SamplingParams
 
 logger = logging.getLogger("loops_runner.sdk")
@@ -248,8 +258,11 @@ class SamplingClient:
     @staticmethod
     def _parse(payload: Any, version: str | None, prompt_ids: list[int], include_topk: bool,
                max_tokens: int | None) -> SampleResponse:
-        return parse_completions(payload, policy_version=version, prompt_ids=prompt_ids,
-                                 include_topk=include_topk, max_tokens=max_tokens)
+        result = parse_completions(payload, policy_version=version, prompt_ids=prompt_ids,
+                                   include_topk=include_topk, max_tokens=max_tokens)
+        add_tokens(prompt=len(prompt_ids),
+                   sampled=sum(len(sequence.tokens) for sequence in result.sequences))
+        return result
 
     def sample(
         self,
@@ -441,4 +454,6 @@ class SamplingClient:
         return f"<SamplingClient {self._endpoint.base_url} run={self._run_id} {route}>"
 
 
-__all__ = ["SamplingClient"]
+# Names scripts import from the Baseten SDK's ``sampling_client`` module.
+__all__ = ["BasetenDeployment", "DeploymentConfig", "LocalDeployment", "SampleTimeoutError",
+           "SamplerTerminatedError", "SamplingClient", "ServerlessDeployment"]

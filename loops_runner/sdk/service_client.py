@@ -59,6 +59,10 @@ from loops_runner.wire import (
 logger = logging.getLogger("loops_runner.sdk")
 
 LOCAL_SESSION_ID = "local"
+# The create_lora_training_client options a from-state create also takes.
+_FROM_STATE_OPTIONS = frozenset({"seed", "timeout", "ready_timeout", "wandb_config",
+                                 "max_seq_len", "sampler_timeout", "with_sampler", "name",
+                                 "sampler_num_replicas", "scope"})
 _env = options.env
 
 
@@ -133,6 +137,11 @@ class ServiceClient:
         return self._base_url
 
     @property
+    def control_plane(self) -> ControlPlaneClient | None:
+        """This client's own extension: the control plane's routes (None for ``local``)."""
+        return self._control_plane
+
+    @property
     def availability_model(self) -> AvailabilityModel:
         return self._availability_model
 
@@ -146,6 +155,9 @@ class ServiceClient:
 
     # -- training clients ------------------------------------------------------------
 
+    @options.positional_order(
+        ("base_model", "rank", "seed", "timeout", "ready_timeout", "wandb_config"),
+        ("base_model", "rank", "replicas", "seed", "max_seq_len", "timeout"), shared=2)
     def create_lora_training_client(
         self,
         base_model: str,
@@ -165,6 +177,12 @@ class ServiceClient:
         base_checkpoint: str | None = None,
     ) -> TrainingClient:
         """Provision a run (trainer + paired sampler) and return its connected client.
+
+        Positional order: ``(base_model, rank, seed, timeout, ready_timeout,
+        wandb_config)`` as documented (spec/service-client.md); the Baseten
+        SDK's code reads ``(base_model, rank, replicas, seed, max_seq_len,
+        timeout, ...)``. Only ``base_model`` and ``rank`` mean the same by
+        position; pass the rest by keyword (a positional one warns).
 
         ``timeout`` bounds each HTTP call, ``ready_timeout`` the wait for the
         trainer to come up. ``seed`` goes to the control plane and to the
@@ -272,27 +290,46 @@ class ServiceClient:
 
     def create_training_client_from_state(self, path: str,
                                           user_metadata: dict[str, Any] | None = None,
-                                          replicas: int = 1) -> TrainingClient:
-        """A new run whose adapter is loaded from ``path``; the optimizer starts fresh."""
-        return self._from_state(path, with_optimizer=False, replicas=replicas)
+                                          replicas: int = 1,
+                                          **provision: Any) -> TrainingClient:
+        """A new run whose adapter is loaded from ``path``; the optimizer starts fresh.
+
+        ``provision`` (this client's extension) takes the keyword options of
+        ``create_lora_training_client`` other than ``base_model`` and ``rank``,
+        which come from the checkpoint: ``name``, ``max_seq_len``, ``scope``,
+        ``with_sampler``, ``sampler_num_replicas``, ``seed``, the timeouts and
+        ``wandb_config``, so a resumed run is provisioned like the first one.
+        """
+        return self._from_state(path, with_optimizer=False, replicas=replicas,
+                                provision=provision)
 
     def create_training_client_from_state_with_optimizer(
             self, path: str, user_metadata: dict[str, Any] | None = None,
-            replicas: int = 1) -> TrainingClient:
-        """A new run resuming ``path`` exactly: adapter, optimizer moments and step."""
-        return self._from_state(path, with_optimizer=True, replicas=replicas)
+            replicas: int = 1, **provision: Any) -> TrainingClient:
+        """A new run resuming ``path`` exactly: adapter, optimizer moments and step.
+
+        ``provision``: as in ``create_training_client_from_state``.
+        """
+        return self._from_state(path, with_optimizer=True, replicas=replicas,
+                                provision=provision)
 
     create_training_client_from_state_async = in_thread(create_training_client_from_state)
 
     create_training_client_from_state_with_optimizer_async = in_thread(
         create_training_client_from_state_with_optimizer)
 
-    def _from_state(self, path: str, *, with_optimizer: bool, replicas: int) -> TrainingClient:
+    def _from_state(self, path: str, *, with_optimizer: bool, replicas: int,
+                    provision: dict[str, Any]) -> TrainingClient:
+        unknown = sorted(set(provision) - _FROM_STATE_OPTIONS)
+        if unknown:
+            raise TypeError(f"create_training_client_from_state got unexpected keyword "
+                            f"argument(s) {', '.join(unknown)}; it also takes "
+                            f"{', '.join(sorted(_FROM_STATE_OPTIONS))}")
         options.check_count(replicas, "replicas")
         control_plane = self._cp("create_training_client_from_state")
         checkpoint = control_plane.checkpoint_by_path(path)
         client = self._provision(checkpoint.base_model, rank=checkpoint.lora_adapter_config.rank,
-                                 replicas=replicas, checkpoint_path=path)
+                                 replicas=replicas, checkpoint_path=path, **provision)
         try:
             load = client.load_state_with_optimizer if with_optimizer else client.load_state
             load(path).result()
@@ -303,51 +340,61 @@ class ServiceClient:
 
     # -- sampling clients ------------------------------------------------------------
 
-    def create_sampling_client(self, base_model: str, timeout: float | None = 300.0,
+    def create_sampling_client(self, base_model: str | None = None,
+                               timeout: float | None = None,
                                ready_timeout: float = 3600.0,
                                model_path: str | None = None, *,
                                max_seq_len: int | None = None,
                                num_replicas: int | None = None,
                                scope: SamplerScope | str | None = None) -> SamplingClient:
-        """Provision a standalone sampler for ``base_model``.
+        """Provision a standalone sampler for ``base_model`` or the checkpoint ``model_path``.
 
-        ``timeout`` is each ``sample`` call's read timeout. ``model_path`` is
-        reserved: to sample a checkpoint, use
-        ``TrainingClient.create_sampling_client(model_path)`` on its run.
-        As in the Baseten SDK, ``max_seq_len`` is the longest prompt,
-        ``num_replicas`` the sampler's replicas and ``scope`` where it runs.
+        Pass exactly one of them. ``model_path`` is a sampler checkpoint
+        (``bt://loops:<run>/sampler_weights/<name>``), also of a run that has
+        ended; its base model is read from the checkpoint registry.
+        ``timeout`` is each ``sample`` call's read timeout: ``None`` (the
+        default, as in the Baseten SDK) waits for the server, which ends a
+        request itself. As in the Baseten SDK, ``max_seq_len`` is the longest
+        prompt, ``num_replicas`` the sampler's replicas and ``scope`` where it
+        runs.
         """
-        if model_path is not None:
-            raise NotImplementedError(
-                "ServiceClient.create_sampling_client(model_path=...) is reserved; to sample "
-                "a checkpoint use TrainingClient.create_sampling_client(model_path) on a "
-                "live run")
-        if not base_model:
+        if (base_model is None) == (model_path is None):
+            raise ValueError("pass exactly one of base_model and model_path")
+        if base_model is not None and not base_model:
             raise ValueError("base_model must name a model")
         options.check_count(num_replicas, "num_replicas")
         resolved_scope = options.sampler_scope(scope)
         if self._local is not None:
+            if model_path is not None:
+                raise ValueError("model_path needs a control plane to find the checkpoint; "
+                                 "ServiceClient.local(...) talks to a sampler that already runs")
             for option, value in {"max_seq_len": max_seq_len, "num_replicas": num_replicas,
                                   "scope": resolved_scope}.items():
                 if value is not None:
                     raise ValueError(f"{option}={value!r} is chosen when a control plane "
                                      "provisions the sampler; ServiceClient.local(...) talks "
                                      "to a sampler that already runs")
+            assert base_model is not None
             return SamplingClient(base_model=base_model, endpoint=SamplerEndpoint(self._local[1]),
                                   timeout=timeout, ready_timeout=ready_timeout)
         control_plane = self._cp("create_sampling_client")
+        if model_path is not None:
+            base_model = control_plane.checkpoint_by_path(model_path).base_model
+        assert base_model is not None
         request = CreateSamplerRequest(
             session_id=self._session_id, availability_model=self._availability_model,
-            base_model=base_model, max_seq_length=max_seq_len, num_replicas=num_replicas,
+            base_model=None if model_path is not None else base_model, model_path=model_path,
+            max_seq_length=max_seq_len, num_replicas=num_replicas,
             scope=resolved_scope, reuse_from_session_id=self._reuse_from_session_id)
-        endpoint = SamplerEndpoint.from_info(control_plane.create_sampler(request))
+        sampler = control_plane.create_sampler(request)
+        endpoint = SamplerEndpoint.from_info(sampler)
         logger.info("Loops sampler %s (%s) at %s", endpoint.sampler_id, endpoint.kind,
                     endpoint.base_url)
         wait_for_sampler(control_plane, endpoint, ready_timeout)
         return SamplingClient(base_model=base_model, endpoint=endpoint,
                               api_key=control_plane.api_key,
                               timeout=timeout, ready_timeout=ready_timeout,
-                              session_id=self._session_id)
+                              session_id=self._session_id, checkpoint_path=model_path)
 
     create_sampling_client_async = in_thread(create_sampling_client)
 
@@ -369,11 +416,19 @@ class ServiceClient:
         """The registry entry of the ``bt://`` path (base model, rank, step); ValueError if none."""
         return self._cp("get_checkpoint_by_path").checkpoint_by_path(path)
 
+    @options.positional_order(("checkpoint_id", "page_size", "page_token"),
+                              ("checkpoint_id", "name", "run_id"), shared=1)
     def get_checkpoint_archive_url(
             self, checkpoint_id: str | None = None, page_size: int = 1000, page_token: int = 0,
             *, name: str | None = None, run_id: str | None = None,
             target: CheckpointTarget | str | None = None) -> CheckpointFilesResponse:
-        """Signed URLs of a checkpoint's files, one page (``next_page_token`` for more)."""
+        """Signed URLs of a checkpoint's files, one page (``next_page_token`` for more).
+
+        Positional order: ``(checkpoint_id, page_size, page_token)`` as
+        documented; the Baseten SDK's code reads ``(checkpoint_id, name,
+        run_id, target, page_size, page_token)``. Pass everything after
+        ``checkpoint_id`` by keyword (a positional one warns).
+        """
         control_plane = self._cp("get_checkpoint_archive_url")
         resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
         return checkpoints.files_page(control_plane, resolved, page_size, page_token)

@@ -11,6 +11,8 @@ only when a tokenizer is first asked for; remote code is never trusted.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,25 +51,45 @@ def _is_plain_fast_folder(path: str) -> bool:
         return False
 
 
+_ADVICE_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+
+
+def transformers_module() -> Any:
+    """``transformers``, imported without its "PyTorch was not found" advice.
+
+    A client without torch is the intended cloud-only install (tokenizers
+    only), so the advice is noise there. Only the import is quietened; the
+    user's own setting of the variable is left as it was.
+    """
+    if "transformers" not in sys.modules:
+        previous = os.environ.get(_ADVICE_ENV)
+        os.environ[_ADVICE_ENV] = "1"
+        try:
+            import transformers  # noqa: F401
+        finally:
+            if previous is None:
+                os.environ.pop(_ADVICE_ENV, None)
+            else:
+                os.environ[_ADVICE_ENV] = previous
+    return sys.modules["transformers"]
+
+
 @lru_cache(maxsize=16)
 def load_tokenizer(name: str, revision: str | None = None) -> Any:
     path = _load_path(name)
+    transformers = transformers_module()
     if revision is None and _is_plain_fast_folder(path):
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast.from_pretrained(path)
-    from transformers import AutoTokenizer
+        return transformers.PreTrainedTokenizerFast.from_pretrained(path)
 
     extra = {"revision": revision} if revision else {}
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **extra)
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False,
+                                                          **extra)
     except (ValueError, KeyError, OSError) as first:
         # Families newer than the installed transformers still load through
         # their fast tokenizer file.
-        from transformers import PreTrainedTokenizerFast
-
         try:
-            return PreTrainedTokenizerFast.from_pretrained(path, **extra)
+            return transformers.PreTrainedTokenizerFast.from_pretrained(path, **extra)
         except Exception:
             if "/" not in name:
                 raise OSError(

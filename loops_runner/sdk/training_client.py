@@ -38,7 +38,12 @@ from loops_runner.sdk import heartbeat as heartbeat_module
 from loops_runner.sdk.control_plane import ControlPlaneClient, Reconnect
 from loops_runner.sdk.deployments import SamplerEndpoint, TrainerEndpoint, health_url
 from loops_runner.sdk.errors import UnsupportedOperationError
-from loops_runner.sdk.futures import APIFuture, GatheredFuture, MappedFuture
+from loops_runner.sdk.futures import (
+    APIFuture,
+    ForwardBackwardFuture,
+    GatheredFuture,
+    MappedFuture,
+)
 from loops_runner.sdk.http import (
     RUN_ID_HEADER,
     base_headers,
@@ -50,6 +55,7 @@ from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.tokenizer import get_tokenizer
 from loops_runner.sdk.twins import in_thread
 from loops_runner.sdk.types import CheckpointDownload, GetInfoResponse, ModelData
+from loops_runner.sdk.usage import add_tokens
 from loops_runner.sdk.wandb_logger import WandbLogger
 from loops_runner.wire import (
     AdamParams,
@@ -75,6 +81,10 @@ from loops_runner.wire import (
 from loops_runner.wire.names import check_storage_name
 from loops_runner.wire.paths import bt_path, parse_bt_path
 from loops_runner.wire.training import LOSS_FNS, MAX_TOP_K_LOGPROBS
+
+# Names scripts import from the Baseten SDK's ``training_client`` module.
+CustomLossFnV1 = custom_loss.CustomLossFn
+__all__ = ["APIFuture", "CustomLossFnV1", "ForwardBackwardFuture", "TrainingClient"]
 
 logger = logging.getLogger("loops_runner.sdk")
 
@@ -305,6 +315,8 @@ class TrainingClient:
         fields = {"loss_fn": loss_fn, "loss_fn_config": loss_fn_config,
                   "top_k_logprobs": top_k_logprobs}
         encoded = chunking.encode_data(rows)
+        if op == "forward_backward":
+            add_tokens(trained=sum(row.model_input.length for row in rows))
         # The largest seq_id text bounds the real overhead from above.
         widest = chunking.BodyTemplate.build(
             {**fields, "seq_id": 2**53, "run_id": self._run_id, "model": self._base_model})

@@ -125,9 +125,9 @@ class TensorData(BaseModel):
         return self.shape[0] if self.shape else 1
 
     @classmethod
-    def from_list(cls, values: list[Any], dtype: str = "float32") -> TensorData:
+    def from_list(cls, data: list[Any], dtype: str = "float32") -> TensorData:
         """Build from a (possibly nested) Python list; the shape is inferred."""
-        return cls(data=values, dtype=dtype)
+        return cls(data=data, dtype=dtype)
 
     def to_torch(self) -> torch.Tensor:
         import torch

@@ -28,8 +28,8 @@ def test_bad_evaluator_settings_name_the_field() -> None:
                                          r"tests.eval.scorers has no 'missing'; it defines: "):
         load_scorer("tests.eval.scorers.missing")
     # Refused when the config is read (before anything is provisioned), naming where.
+    from loops_runner.recipes.sft import Config
     from loops_runner.runner.config import ConfigError, validate_section
-    from recipes.sft import Config
 
     with pytest.raises(ConfigError, match=r"^invalid config: recipe.evaluators.0.scorer="
                                           r"'nowhere:score': no module named 'nowhere'"):

@@ -27,7 +27,7 @@ def write_run_record(run_dir: Path, *, recipe: str, status: str = "completed",
                      run_id: str = "run-0123456789abcdef") -> dict[str, Any]:
     record = {
         "config_hash": "f" * 64, "seed": 0, "run_name": run_dir.name,
-        "recipe": f"recipes.{recipe}", "backend": "local", "base_model": "tiny",
+        "recipe": f"loops_runner.recipes.{recipe}", "backend": "local", "base_model": "tiny",
         "status": status, "package_versions": {"torch": "2.13.0", "loops-runner": "0.1.0"},
         "git_sha": "abc1234", "session_id": "sess-0001", "run_ids": [run_id],
         "run_id": run_id, "wandb_id": None,
@@ -40,7 +40,7 @@ def write_run_record(run_dir: Path, *, recipe: str, status: str = "completed",
     (run_dir / "run.json").write_text(json.dumps(record))
     (run_dir / "config.resolved.yaml").write_text(yaml.safe_dump(
         {"seed": 0, "model": {"base_model": "tiny", "rank": 8}, "objective": None,
-         "recipe": {"_target_": f"recipes.{recipe}", "learning_rate": 0.002}}))
+         "recipe": {"_target_": f"loops_runner.recipes.{recipe}", "learning_rate": 0.002}}))
     return record
 
 

@@ -155,9 +155,9 @@ def test_prompt_rows_accept_messages_or_prompt_and_name_bad_rows() -> None:
 
 
 def test_too_many_failed_episodes_stop_the_run_with_the_first_errors() -> None:
+    from loops_runner.recipes.rl import Config, RolloutErrorRate, check_error_rate
     from loops_runner.rl.rollouts import RolloutBatch
     from loops_runner.rl.types import TrajectoryGroup
-    from recipes.rl import Config, RolloutErrorRate, check_error_rate
 
     def batch(failed: int) -> RolloutBatch:
         trajectories = [Trajectory(error="step: KeyError: 'x'") for _ in range(failed)]
@@ -175,7 +175,7 @@ def test_too_many_failed_episodes_stop_the_run_with_the_first_errors() -> None:
 def test_rl_config_refuses_a_reward_without_prompts_and_an_env_with_a_reward() -> None:
     from pydantic import ValidationError
 
-    from recipes.rl import Config
+    from loops_runner.recipes.rl import Config
 
     with pytest.raises(ValidationError, match=r"recipe\.reward and recipe\.prompts go together"):
         Config(reward="x:score")

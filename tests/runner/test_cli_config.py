@@ -58,7 +58,8 @@ def test_typo_in_added_key_and_bad_value_are_named(workdir: Path, loops_home: Pa
 def test_cfg_job_shows_the_config(workdir: Path, loops_home: Path) -> None:
     result = run_cli("+recipe=sft", "--cfg", "job", cwd=workdir, home=loops_home)
     assert result.returncode == 0, result.stderr
-    assert "base_model: tiny" in result.stdout and "_target_: recipes.sft.run" in result.stdout
+    assert "base_model: tiny" in result.stdout
+    assert "_target_: loops_runner.recipes.sft.run" in result.stdout
 
 
 def test_dry_run_prints_plan_and_starts_nothing(workdir: Path, loops_home: Path,

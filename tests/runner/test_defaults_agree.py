@@ -79,7 +79,7 @@ def test_each_wandb_choice_differs_only_in_its_mode(path: Path) -> None:
     # The other keys stay in each file so that `wandb.project=...` can override
     # them (Hydra refuses keys a config does not have); they must be the defaults.
     stated = _yaml(path)
-    assert set(stated) == {"mode", "project", "entity", "name"}
+    assert set(stated) == {"mode", "project", "entity", "name", "client_run"}
     del stated["mode"]
     assert disagreements(stated, runner_config.WandbSection, f"wandb/{path.stem}") == []
 

@@ -24,7 +24,7 @@ def test_teacher_sources_resolve_or_say_what_to_do(tmp_path: Path,
     run_dir = tmp_path / "sft"
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({
-        "config_hash": "x", "seed": 0, "run_name": "sft", "recipe": "recipes.sft.run",
+        "config_hash": "x", "seed": 0, "run_name": "sft", "recipe": "loops_runner.recipes.sft.run",
         "backend": "local", "base_model": "tiny",
         "checkpoints": [{"step": 2, "path": "bt://loops:run-1/weights/step-000002"},
                         {"step": 4, "path": "bt://loops:run-1/weights/step-000004"}]}))

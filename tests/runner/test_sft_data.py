@@ -13,7 +13,7 @@ from loops_runner.data.chat import render
 from loops_runner.data.conversations import read_conversations
 from loops_runner.data.sources import DataError, load_rows
 from loops_runner.data.synthetic import conversations
-from recipes.sft import Config, learning_rate
+from loops_runner.recipes.sft import Config, learning_rate
 
 CHAT = [{"role": "user", "content": "Reverse the word: apple"},
         {"role": "assistant", "content": "elppa"},

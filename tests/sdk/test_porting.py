@@ -10,6 +10,7 @@ exports that we lack is a deliberate, explained gap rather than an accident.
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import httpx
 import pytest
@@ -234,3 +235,72 @@ def test_terminal_deployments_and_timeouts_carry_the_official_attributes(
     with pytest.raises(SampleTimeoutError) as late:
         slow.sample(ModelInput.from_ints(TOKENS))
     assert late.value.timeout == 0.5
+
+
+def test_the_official_submodule_names_import_after_changing_the_prefix() -> None:
+    from loops_runner.sdk.models import Datum, ModelInput, TensorData
+    from loops_runner.sdk.sampling_client import (
+        BasetenDeployment,
+        DeploymentConfig,
+        LocalDeployment,
+        ServerlessDeployment,
+    )
+    from loops_runner.sdk.sampling_client import SamplerTerminatedError as FromSampling
+    from loops_runner.sdk.sampling_client import SampleTimeoutError as TimeoutFromSampling
+    from loops_runner.sdk.training_client import CustomLossFnV1, ForwardBackwardFuture
+
+    assert FromSampling is SamplerTerminatedError and TimeoutFromSampling is SampleTimeoutError
+    assert Datum is sdk.Datum and ModelInput is sdk.ModelInput
+    assert TensorData.from_list(data=[[1, 2], [3, 4]], dtype="int64").shape == [2, 2]
+    assert TensorData.from_list([0.5]).dtype == "float32"
+    dedicated = BasetenDeployment("http://h/sync/", "m-1", "d-1", "https://api")
+    assert isinstance(dedicated, DeploymentConfig) and dedicated.kind == "dedicated"
+    assert (dedicated.base_url, dedicated.model_id, dedicated.deployment_id,
+            dedicated.api_base_url) == ("http://h/sync", "m-1", "d-1", "https://api")
+    assert LocalDeployment("http://l/").kind == "local"
+    assert ServerlessDeployment("http://s").queued
+    from loops_runner.sdk.custom_loss import CustomLossFn
+
+    assert CustomLossFnV1 is CustomLossFn
+    assert {"result", "result_async", "done"} <= set(dir(ForwardBackwardFuture))
+
+
+def test_exceptions_take_the_official_positional_forms() -> None:
+    from loops_runner.sdk import ServerShutdownError, TrainerOperationContext, UnknownRequestError
+
+    terminated = SamplerTerminatedError("dep-1", "FAILED")
+    assert (terminated.deployment_id, terminated.status) == ("dep-1", "FAILED")
+    assert "dep-1" in str(terminated) and "FAILED" in str(terminated)
+    assert TrainerTerminatedError("dep-2", "STOPPED").status == "STOPPED"
+    ours = SamplerTerminatedError("gone", deployment_id="dep-3", status="INACTIVE")
+    assert (ours.deployment_id, ours.status) == ("dep-3", "INACTIVE")
+    assert SampleTimeoutError(30.0).timeout == 30.0 and SampleTimeoutError(None).timeout is None
+    assert SampleTimeoutError("slow", timeout=5.0).timeout == 5.0
+    failed = RemoteOpError("boom", "ValueError", operation=Operation(
+        "op-1", "forward_backward", TrainerOperationContext(run_id="run-1")))
+    assert failed.error_class == "ValueError" and failed.run_id == "run-1"
+    assert failed.descriptor.operation_id == "op-1" and failed.operation == "forward_backward"
+    assert isinstance(UnknownRequestError(), Exception)
+    assert isinstance(ServerShutdownError(), Exception)
+
+
+def test_a_positional_call_past_rank_warns_with_the_keyword(control_plane_server, proxy) -> None:
+    from loops_runner.sdk.options import PositionalOrderWarning
+
+    front = proxy(control_plane_server.url)
+    front.inject("/v1/loops/trainers", method="POST", status=422, body=STOP)
+    client = ServiceClient(base_url=front.url)
+    # (base_model, rank) mean the same in both clients: no warning.
+    with pytest.raises(RequestRejectedError), warnings.catch_warnings():
+        warnings.simplefilter("error", PositionalOrderWarning)
+        client.create_lora_training_client("tiny", 4)
+    # The official code would read 7 as replicas; here it is the seed, and the user is told.
+    with pytest.warns(PositionalOrderWarning, match=r"argument 3 .* read as 'seed'; the "
+                                                    r"Baseten SDK reads it as 'replicas'.*"
+                                                    r"seed=\.\.\."), \
+            pytest.raises(RequestRejectedError):
+        client.create_lora_training_client("tiny", 4, 7)
+    assert front.seen("POST", "/v1/loops/trainers")[-1].json()["seed"] == 7
+    with pytest.warns(PositionalOrderWarning, match="read as 'page_size'.*reads it as 'name'"), \
+            pytest.raises(RequestRejectedError):
+        client.get_checkpoint_archive_url("ckpt-none", 10)

@@ -231,8 +231,10 @@ def test_standalone_sampler(service, reusing_service) -> None:
     assert again.base_url == sampling.base_url
     assert again.sample(ModelInput.from_ints(TOKENS), sampling_params=SamplingParams(
         max_tokens=3, seed=5)).sequences[0].tokens == result.sequences[0].tokens
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="exactly one of base_model and model_path"):
         service.create_sampling_client("tiny", model_path="bt://loops:r/sampler_weights/w")
+    with pytest.raises(ValueError, match="exactly one"):
+        service.create_sampling_client()
 
 
 def test_the_minimal_example_runs_against_the_local_stack(control_plane_server, service,
@@ -250,3 +252,56 @@ def test_the_minimal_example_runs_against_the_local_stack(control_plane_server, 
     assert len(losses) == 6 and min(losses[1:]) < losses[0] / 2
     assert any(line.startswith("sampled: ") for line in lines)
     assert "policy version: 6" in lines
+
+
+def test_a_checkpoint_samples_after_its_run_was_stopped(reusing_service) -> None:
+    from loops_runner.runner.hosted_runs import stop_run
+
+    client = reusing_service.create_lora_training_client("tiny", rank=4, seed=3)
+    client.forward_backward(batch(21)).result()
+    client.optim_step(LR).result()
+    saved = client.save_weights_for_sampler("for-later").result()
+    expected = client.forward([sft_datum(TOKENS)]).result().loss_fn_outputs[0]["logprobs"]
+    client.close()
+    control_plane = reusing_service.control_plane
+    assert stop_run(control_plane, control_plane.get_run(client.run_id)).outcome == "stopped"
+    assert control_plane.get_run(client.run_id).status == "STOPPED"
+
+    # The base model comes from the checkpoint; a standalone sampler serves the adapter.
+    sampling = reusing_service.create_sampling_client(model_path=saved.path)
+    assert sampling.checkpoint_path == saved.path
+    assert sampling.compute_logprobs(ModelInput.from_ints(TOKENS))[1:] == pytest.approx(
+        expected.tolist(), abs=1e-3)
+    assert sampling.sample(ModelInput.from_ints(TOKENS),
+                           sampling_params=SamplingParams(max_tokens=2)).sequences
+    with pytest.raises(ValueError, match="no Loops checkpoint"):
+        reusing_service.create_sampling_client(
+            model_path=f"bt://loops:{client.run_id}/sampler_weights/never-saved")
+
+
+def test_a_session_stops_its_standalone_sampler_and_paired_ones_wait_for_their_trainer(
+        control_plane_server, reusing_service) -> None:
+    from loops_runner.runner.hosted_runs import stop_session
+    from loops_runner.sdk import RequestRejectedError as Rejected
+
+    own = ServiceClient(base_url=control_plane_server.url)
+    sampler = own.create_sampling_client("tiny")
+    assert sampler.sample(ModelInput.from_ints(TOKENS),
+                          sampling_params=SamplingParams(max_tokens=1)).sequences
+    control_plane = own.control_plane
+    [info] = control_plane.list_samplers(own.session_id)
+    assert info.run_id is None and info.model_id and info.status != "STOPPED"
+    stopped = stop_session(control_plane, own.session_id)
+    assert [(item.kind, item.id, item.outcome) for item in stopped] == \
+        [("sampler", info.id, "stopped")]
+    [after] = control_plane.list_samplers(own.session_id)
+    assert after.status == "STOPPED"
+    assert stop_session(control_plane, own.session_id) == []  # nothing left running
+
+    # A paired sampler serves its trainer's open runs: the model route refuses it.
+    client = reusing_service.create_lora_training_client("tiny", rank=4, with_sampler=True)
+    paired = reusing_service.control_plane.get_run(client.run_id).sampler
+    assert paired is not None and paired.model_id
+    with pytest.raises(Rejected, match="still hosts open runs"):
+        reusing_service.control_plane.deactivate_sampler(paired.model_id, paired.deployment_id)
+    client.close()

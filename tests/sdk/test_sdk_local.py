@@ -91,8 +91,10 @@ def test_local_mode_refuses_what_needs_a_run_or_a_control_plane(local_service, p
     for call in refused:
         with pytest.raises(UnsupportedOperationError):
             call()
-    with pytest.raises(NotImplementedError, match="model_path"):
+    with pytest.raises(ValueError, match="model_path"):
         service.create_sampling_client("tiny", model_path="bt://loops:r/sampler_weights/w")
+    with pytest.raises(ValueError, match="model_path needs a control plane"):
+        service.create_sampling_client(model_path="bt://loops:r/sampler_weights/w")
     assert len(front.seen("POST")) == sent
     client.close()
 

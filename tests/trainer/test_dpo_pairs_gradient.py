@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from loops_runner.data.chat import prompt_tokens
 from loops_runner.data.preferences import RenderedPair, render_pair, task_pairs
 from loops_runner.data.reference_logprobs import ReferenceLogprobs
-from recipes.dpo import pair_datums
+from loops_runner.recipes.dpo import pair_datums
 from tests.trainer.reference import ReferenceModel, relative_error
 from tests.trainer.trainer_helpers import Trainer, datum
 

@@ -26,6 +26,7 @@ from loops_runner.servers.control_plane.checks import (
     Checks,
     deployment_failure,
     invalid,
+    not_found,
 )
 from loops_runner.servers.control_plane.deployment_states import (
     DEPLOYING,
@@ -373,4 +374,32 @@ class Provisioning:
                                 "process and all of them", "DEPLOYMENT_SHARED")
         if states.can_move(row.status, STOPPED):
             row = await self.supervisor.stop(deployment_id, "deactivated through the API")
+        if row.kind == TRAINER:
+            # A paired sampler only serves its trainer's runs: on a hosted
+            # service it would bill on, idle, after the trainer stopped.
+            for sampler in self.store.paired_samplers_of(row.id):
+                if states.can_move(sampler.status, STOPPED):
+                    await self.supervisor.stop(sampler.id, f"its trainer {row.id} was "
+                                                           "deactivated")
         return self.views.deployment_info(row)
+
+    async def deactivate_sampler(self, model_id: str, deployment_id: str) -> str:
+        """Stop a sampler deployment (Baseten's model deployment route); its new status.
+
+        A paired sampler serves every open run of its trainer, so it stops with
+        its trainer (``deactivate``) and is refused here while runs remain.
+        """
+        row = self.store.get_deployment(deployment_id)
+        if row is None or row.kind != SAMPLER or row.model_id != model_id:
+            raise not_found(f"model {model_id!r} has no deployment {deployment_id!r}")
+        if row.role == PAIRED and row.trainer_deployment_id:
+            hosted = open_runs(self.store.list_runs(deployment_id=row.trainer_deployment_id))
+            if hosted:
+                names = ", ".join(run.id for run in hosted)
+                raise ApiError(409, f"sampler deployment {row.id} is paired with trainer "
+                                    f"{row.trainer_deployment_id}, which still hosts open runs "
+                                    f"({names}); deactivate the runs and it stops with them",
+                               "DEPLOYMENT_SHARED")
+        if states.can_move(row.status, STOPPED):
+            row = await self.supervisor.stop(deployment_id, "deactivated through the API")
+        return states.model_status(row.status, False)

@@ -205,6 +205,12 @@ def build_router(cp: ControlPlane) -> APIRouter:
         status = cp.views.sampler_model_status(model_id, deployment_id)
         return dump(SamplerStatusResponse(status=status))
 
+    @router.post("/v1/models/{model_id}/deployments/{deployment_id}/deactivate",
+                 responses=returns(SamplerStatusResponse))
+    async def deactivate_sampler(model_id: str, deployment_id: str) -> JSONResponse:
+        status = await cp.provisioning.deactivate_sampler(model_id, deployment_id)
+        return dump(SamplerStatusResponse(status=status))
+
     @router.get("/v1/loops/capabilities", responses=returns(ServerCapabilities))
     async def capabilities() -> JSONResponse:
         return dump(await cp.capabilities())
