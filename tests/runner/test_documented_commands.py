@@ -157,8 +157,10 @@ def test_operations_command_parses_and_the_read_only_ones_run(where: str, comman
     from loops_runner.cli import build_parser
 
     tokens = [t for t in shlex.split(command)[1:] if t != "&"]
-    filled = [re.sub(r"[\[\]]", "", t) for t in tokens]
-    filled = [re.sub(r"<[^>]*>", "x", t) for t in filled if t]
+    # A placeholder may hold spaces (`<run dir>`): fill it in before splitting.
+    filled = [re.sub(r"[\[\]]", "", t)
+              for t in shlex.split(re.sub(r"<[^>]*>", "x", command))[1:] if t != "&"]
+    filled = [t for t in filled if t]
     build_parser().parse_args(filled)  # argparse exits (SystemExit) on a bad command
     if command not in _RUNNABLE:
         return
