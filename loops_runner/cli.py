@@ -208,6 +208,15 @@ _SERVER_MODULES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C. Servers have shut down gracefully by now (uvicorn re-raises the
+        # signal after its shutdown); a traceback would only look like a crash.
+        return 130
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         if args.models_command == "prepare":

@@ -84,3 +84,39 @@ class StopStrings:
         self.matched = best[1]
         self.text.text = self.text.text[: search_from + best[0]]
         return True
+
+
+class TextStream:
+    """The text of one streamed choice, sent piece by piece.
+
+    It replays what the engine does with the same tokens (``StopStrings`` when
+    the request has stop strings), and holds back the last ``longest - 1``
+    characters until they can no longer begin a stop string, so nothing sent
+    is later cut. ``finish`` sends the rest of the engine's final text, so the
+    pieces always add up to exactly the non-streamed answer.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        self.stops = StopStrings(tokenizer, stops) if stops else None
+        self.plain = None if stops else IncrementalText(tokenizer)
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        if self.stops is not None:
+            if self.stops.push(token):
+                safe = self.stops.text.text
+            else:
+                text = self.stops.text.text
+                safe = text[: max(len(self.sent), len(text) - self.stops.longest + 1)]
+        else:
+            assert self.plain is not None
+            self.plain.push(token)
+            safe = self.plain.text
+        piece = safe[len(self.sent):]
+        self.sent = safe if len(safe) > len(self.sent) else self.sent
+        return piece
+
+    def finish(self, final_text: str) -> str:
+        piece = final_text[len(self.sent):] if final_text.startswith(self.sent) else ""
+        self.sent = final_text
+        return piece

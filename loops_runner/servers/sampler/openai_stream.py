@@ -1,0 +1,186 @@
+"""Server-sent events for the OpenAI routes (``stream=true``).
+
+Tokens leave as the engine produces them: each job's listener hands the
+engine's per-step events to the event loop, and every wake-up of the stream
+sends one chunk per choice with everything that arrived since the last one
+(a slow reader gets fewer, larger chunks, never a backlog of tiny ones).
+
+The job's final output stays the source of truth: when it arrives, any token
+the events have not delivered yet is sent from it, and each choice's text is
+completed to exactly the non-streamed text (``TextStream``), so the
+concatenated stream always equals the non-streamed answer for the same seed.
+
+A client that goes away cancels the response (Starlette listens for the
+disconnect), which cancels the engine jobs, and the engine frees their rows
+before its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loops_runner.servers.sampler.detokenize import TextStream
+from loops_runner.servers.sampler.engine import (
+    Engine,
+    GenerationJob,
+    GenerationOutput,
+    SequenceOutput,
+    TokenEvent,
+)
+
+logger = logging.getLogger("loops_runner.sampler.stream")
+
+DONE_LINE = "data: [DONE]\n\n"
+
+
+@dataclass
+class _Step:
+    job: int
+    events: list[TokenEvent]
+
+
+@dataclass
+class _Finished:
+    job: int
+    task: asyncio.Future[GenerationOutput]
+
+
+async def follow(engine: Engine, jobs: list[GenerationJob],
+                 ) -> AsyncIterator[list[_Step | _Finished]]:
+    """Run ``jobs`` on ``engine``; yield what happened since the last yield.
+
+    Leaving the iteration early (the client went away) cancels every job.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[_Step | _Finished] = asyncio.Queue()
+
+    def listener(job: int) -> Callable[[list[TokenEvent]], None]:
+        return lambda events: loop.call_soon_threadsafe(inbox.put_nowait, _Step(job, events))
+
+    for index, job in enumerate(jobs):
+        job.listener = listener(index)
+    tasks = [asyncio.ensure_future(engine.generate(job)) for job in jobs]
+    for index, task in enumerate(tasks):
+        task.add_done_callback(lambda done, job=index: inbox.put_nowait(_Finished(job, done)))
+    remaining = len(tasks)
+    try:
+        while remaining:
+            batch = [await inbox.get()]
+            while not inbox.empty():
+                batch.append(inbox.get_nowait())
+            remaining -= sum(isinstance(item, _Finished) for item in batch)
+            yield batch
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+
+class ChunkFormat(Protocol):
+    """How one route shapes its chunks' ``choices`` entries."""
+
+    object_name: str
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        """The choice's first entry before any token (chat: the role), or None."""
+
+    def entry(self, index: int, text: str, tokens: list[TokenEvent],
+              reason: str | None) -> dict[str, Any]:
+        """New text, its tokens' logprobs when asked for, and on the choice's
+        last entry its finish reason."""
+
+
+@dataclass
+class StreamPlan:
+    """What a streamed request needs besides its jobs."""
+
+    completion_id: str
+    model: str
+    n: int
+    stops: tuple[str, ...]
+    include_usage: bool
+    tokenizer: Any
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _line(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _remaining(sequence: SequenceOutput, sent: int) -> list[TokenEvent]:
+    tops = sequence.top_logprobs
+    return [TokenEvent(0, token, logprob, tuple(tops[i]) if tops is not None else None)
+            for i, (token, logprob) in enumerate(zip(sequence.token_ids, sequence.logprobs,
+                                                     strict=True)) if i >= sent]
+
+
+async def sse_events(engine: Engine, jobs: list[GenerationJob], plan: StreamPlan,
+                     form: ChunkFormat) -> AsyncIterator[str]:
+    """The ``text/event-stream`` body: chunks, an optional usage chunk, ``[DONE]``."""
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        payload: dict[str, Any] = {"id": plan.completion_id, "object": form.object_name,
+                                   "created": plan.created, "model": plan.model,
+                                   "choices": choices}
+        if plan.include_usage:
+            payload["usage"] = usage
+        return _line(payload)
+
+    total = len(jobs) * plan.n
+    texts = [TextStream(plan.tokenizer, plan.stops) for _ in range(total)]
+    sent = [0] * total
+    outputs: dict[int, GenerationOutput] = {}
+    openings = [entry for index in range(total) if (entry := form.opening(index)) is not None]
+    if openings:
+        yield chunk(openings)
+    try:
+        async for batch in follow(engine, jobs):
+            new: dict[int, list[TokenEvent]] = {}
+            ends: dict[int, SequenceOutput] = {}
+            for item in batch:
+                if isinstance(item, _Step):
+                    if item.job in outputs:
+                        continue  # the final output already delivered these
+                    for event in item.events:
+                        index = item.job * plan.n + event.index
+                        new.setdefault(index, []).append(event)
+                        sent[index] += 1
+                    continue
+                output = item.task.result()
+                outputs[item.job] = output
+                for position, sequence in enumerate(output.sequences):
+                    index = item.job * plan.n + position
+                    rest = _remaining(sequence, sent[index])
+                    if rest:
+                        new.setdefault(index, []).extend(rest)
+                        sent[index] += len(rest)
+                    ends[index] = sequence
+            entries = []
+            for index in sorted(new.keys() | ends.keys()):
+                events = new.get(index, [])
+                text = "".join(texts[index].push(event.token_id) for event in events)
+                ended = ends.get(index)
+                if ended is not None:
+                    text += texts[index].finish(ended.text)
+                entries.append(form.entry(index, text, events,
+                                          ended.finish_reason if ended else None))
+            if entries:
+                yield chunk(entries)
+    except Exception as exc:  # the engine failed mid-stream: say so in the stream
+        logger.exception("streamed generation failed")
+        yield _line({"error": {"message": f"generation failed: {exc}", "type": "server_error",
+                               "param": None, "code": None}})
+        yield DONE_LINE
+        return
+    if plan.include_usage:
+        prompt_tokens = sum(len(job.prompt) for job in jobs)
+        completion = sum(len(s.token_ids) for o in outputs.values() for s in o.sequences)
+        yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                         "total_tokens": prompt_tokens + completion})
+    yield DONE_LINE
