@@ -165,7 +165,7 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
 _INSTEAD = {
     "v1/responses": "the Responses API is not offered; use /v1/chat/completions (inspect-ai: "
                     "the openai-api/<name>/<model> provider, e.g. --model "
-                    "openai-api/loops/default, not openai/<model>)",
+                    "openai-api/loops/default, or openai/<model> with -M responses_api=false)",
     "v1/embeddings": "embeddings are not offered by this sampler",
 }
 
