@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sequences decoded together (default 64 on CPU, 256 on GPU)")
     sampler.add_argument("--threads", type=int, default=None,
                          help="CPU threads of the engine (default: 1 for small models)")
+    sampler.add_argument("--stream-interval", type=float, default=None,
+                         help="seconds between a stream's chunks at most (default "
+                              "$LOOPS_SAMPLER_STREAM_INTERVAL_S or 0.1; 0 = every step)")
     control = servers.add_parser("control-plane", help="sessions, runs, samplers, checkpoints")
     control.add_argument("--host", default=None,
                          help="bind address (default 127.0.0.1; setting it explicitly "

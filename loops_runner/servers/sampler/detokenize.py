@@ -42,7 +42,11 @@ class IncrementalText:
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completed (may be empty)."""
-        self.tokens.append(token)
+        return self.extend([token])
+
+    def extend(self, tokens: list[int]) -> str:
+        """Add tokens; return the text they completed (may be empty)."""
+        self.tokens.extend(tokens)
         before = self._decode(self.tokens[self._prefix:self._read])
         after = self._decode(self.tokens[self._prefix:])
         if after.endswith(_REPLACEMENT) or len(after) < len(before):
@@ -101,16 +105,17 @@ class TextStream:
         self.plain = None if stops else IncrementalText(tokenizer)
         self.sent = ""
 
-    def push(self, token: int) -> str:
+    def extend(self, tokens: list[int]) -> str:
+        """Add the tokens that arrived; return the text that can be sent now."""
         if self.stops is not None:
-            if self.stops.push(token):
-                safe = self.stops.text.text
-            else:
-                text = self.stops.text.text
-                safe = text[: max(len(self.sent), len(text) - self.stops.longest + 1)]
+            # Token by token, as the engine matched them: the cut must be the same.
+            matched = any([self.stops.push(token) for token in tokens])
+            text = self.stops.text.text
+            safe = text if matched else \
+                text[: max(len(self.sent), len(text) - self.stops.longest + 1)]
         else:
             assert self.plain is not None
-            self.plain.push(token)
+            self.plain.extend(tokens)
             safe = self.plain.text
         piece = safe[len(self.sent):]
         self.sent = safe if len(safe) > len(self.sent) else self.sent

@@ -165,8 +165,10 @@ def _best(output: GenerationOutput, n: int) -> GenerationOutput:
 
 def _event_stream(state: SamplerState, jobs: list[GenerationJob], plan: StreamPlan,
                   form: Any, weights: ServedWeights) -> StreamingResponse:
+    assert state.mailbox is not None  # set at start-up
     return StreamingResponse(
-        sse_events(state.engine, jobs, plan, form), media_type="text/event-stream",
+        sse_events(state.engine, jobs, plan, form, state.mailbox),
+        media_type="text/event-stream",
         headers={POLICY_VERSION_HEADER: str(weights.version), "Cache-Control": "no-cache",
                  "X-Accel-Buffering": "no"})
 

@@ -153,6 +153,7 @@ async def health(request: Request) -> Response:
         "base_model": state.store.base_model_id,
         "default_run": state.store.default_run,
         "paired_run": state.settings.run_id,
+        "stream_interval_s": state.settings.stream_interval_s,
         "engine": {**state.engine.stats(), "device": state.engine.info.device,
                    "dtype": state.engine.info.dtype},
     })

@@ -14,6 +14,8 @@ Tunables (CLI option if the CLI defines it, else the environment):
 * ``LOOPS_SAMPLER_PINNED_CACHE`` (4): pinned checkpoints kept loaded.
 * ``LOOPS_SAMPLER_THREADS``: CPU threads of the engine (default: 1 for models
   under 100M parameters, else torch's default).
+* ``LOOPS_SAMPLER_STREAM_INTERVAL_S`` (0.1): at most this long between the
+  deliveries of streamed tokens (``openai_stream.Mailbox``); 0 = every step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine
 from loops_runner.servers.sampler.openai_schemas import openai_error
+from loops_runner.servers.sampler.openai_stream import Mailbox
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
 from loops_runner.servers.sampler.torch_engine import EngineConfig, TorchEngine
@@ -76,6 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
         pinned_cache_size=int(option("pinned_cache", "LOOPS_SAMPLER_PINNED_CACHE", 4) or 4),
         threads=int(option("threads", "LOOPS_SAMPLER_THREADS", 0) or 0) or None,
         live_names=tuple(getattr(args, "live_names", None) or ()),
+        stream_interval_s=float(option("stream_interval", "LOOPS_SAMPLER_STREAM_INTERVAL_S",
+                                       0.1) or 0.0),
     )
 
 
@@ -115,6 +120,7 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        state.mailbox = Mailbox(asyncio.get_running_loop(), settings.stream_interval_s)
         await store.prime()
         state.tasks.append(asyncio.create_task(store.watch(), name="live-watcher"))
         public_url = getattr(app.state, "public_url", None)
