@@ -1,8 +1,9 @@
 """The generation engine's interface: what the sampler's routes need from an engine.
 
 The routes only speak this interface (``Engine``): submit a ``GenerationJob``
-(prompt ids, ``n``, sampling settings, the adapter to use), await a
-``GenerationOutput``; load adapters with ``load_adapter``. ``TorchEngine``
+(prompt ids, ``n``, sampling settings, the adapter to use, and for streaming a
+listener that gets each step's ``TokenEvent``s), await a ``GenerationOutput``;
+load adapters with ``load_adapter``. ``TorchEngine``
 (``torch_engine.py``) implements it; a vLLM engine for GPU machines would
 implement the same four methods (``load_adapter`` returning a LoRA request
 handle, ``generate`` wrapping its async engine). Importing this module imports

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager, suppress
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
@@ -158,6 +159,15 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
                                 headers={"Allow": ", ".join(allowed)})
         return openai_error(404, not_offered_message(request.method, path), None,
                             "unknown_url")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # What the catch-all cannot match (a path with a newline, say) gets the same shape.
+        if exc.status_code == 404:
+            return openai_error(404, not_offered_message(request.method,
+                                                         request.url.path.lstrip("/")),
+                                None, "unknown_url")
+        return openai_error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
