@@ -66,7 +66,7 @@ class ServedWeights:
 
 
 @dataclass(frozen=True)
-class ModelEntry:
+class ServedModel:
     """A ``GET /v1/models`` entry; ``aliases`` are other names requests may use for it."""
 
     id: str
@@ -357,25 +357,25 @@ class WeightStore:
 
     # -- listing (GET /v1/models) and OpenAI model names ------------------------------------
 
-    def model_entries(self) -> list[ModelEntry]:
+    def model_entries(self) -> list[ServedModel]:
         """Base first, then the default run's live adapter (``live_model_id``),
         then other loaded adapters under their checkpoint paths."""
         base_aliases = tuple(sorted(self._base_aliases - {self.base_model_id}))
-        entries = [ModelEntry(self.base_model_id, None, base_aliases)]
+        entries = [ServedModel(self.base_model_id, None, base_aliases)]
         seen = {self.base_model_id}
         default = self._live.get(self.default_run)
         if default is not None and default.adapter is not None:
             aliases = tuple(a for a in self._live_aliases if a != self.live_model_id)
             if default.name:
                 aliases += (bt_path(self.default_run, "sampler_weights", default.name),)
-            entries.append(ModelEntry(self.live_model_id, self.base_model_id, aliases))
+            entries.append(ServedModel(self.live_model_id, self.base_model_id, aliases))
             seen.add(self.live_model_id)
         others = [bt_path(run, "sampler_weights", live.name)
                   for run, live in self._live.items()
                   if run != self.default_run and live.adapter is not None and live.name]
         for model_id in [*others, *reversed(self._pinned)]:
             if model_id not in seen:
-                entries.append(ModelEntry(model_id, self.base_model_id))
+                entries.append(ServedModel(model_id, self.base_model_id))
                 seen.add(model_id)
         return entries
 
