@@ -40,7 +40,7 @@ from loops_runner.servers.launch import CHILD_ENV_DEFAULTS
 # output comes early; modules not named here run after these, by name.
 PREFERRED_ORDER = (
     "op_overhead", "training_throughput", "variable_lengths", "memory",
-    "startup", "sampling", "group_sampling", "weight_sync", "rl_step", "many_runs",
+    "startup", "sampling", "streaming", "group_sampling", "weight_sync", "rl_step", "many_runs",
 )
 # Names that select another module with --only (rows that share a module's run).
 ALIASES = {"mfu": "training_throughput"}

@@ -143,16 +143,9 @@ def _local_copy(args: argparse.Namespace, path: str, scratch: Path) -> Path:
     return _download(_service(args), path, scratch / "checkpoint")
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def serve_checkpoint(args: argparse.Namespace) -> int:
     from loops_runner.checkpoint_export import ExportError, stage_for_serving
+    from loops_runner.models.registry import readable_model_id
     from loops_runner.runner.checkpoint_refs import CheckpointRefError, resolve_path
     from loops_runner.servers.sampler import server
 
@@ -160,18 +153,23 @@ def serve_checkpoint(args: argparse.Namespace) -> int:
     try:
         path = resolve_path(args.checkpoint)
         with tempfile.TemporaryDirectory(prefix="loops-serve-") as scratch:
-            run_id, base_model, version = stage_for_serving(
-                _local_copy(args, path, Path(scratch)), home)
+            staged = stage_for_serving(_local_copy(args, path, Path(scratch)), home)
     except (CheckpointRefError, ExportError) as error:
         raise SystemExit(f"loops-runner: {error}") from None
-    port = args.port or _free_port(args.host)
-    print(f"serving {path} (base {base_model}, step {version})", flush=True)
-    print(f"base URL: http://{args.host}:{port}/v1", flush=True)
-    print("model: default", flush=True)
+    base = readable_model_id(staged.base_model, home)
+    print(f"serving {path} (base {base}, step {staged.version}); loading the model...",
+          flush=True)
+
+    def announce(url: str) -> None:
+        # Only now: the sampler accepts connections (the model is loaded).
+        print(f"base URL: {url}/v1", flush=True)
+        print(f"model: {staged.model_name}", flush=True)
+
     server.serve(argparse.Namespace(
-        base_model=base_model, host=args.host, port=port, home=str(home), device=args.device,
-        dtype="auto", run_id=run_id, floor_wait=None, default_max_tokens=None,
-        max_batch_rows=None, threads=None))
+        base_model=base, host=args.host, port=args.port, home=str(home),
+        device=args.device, dtype="auto", run_id=staged.run_id, floor_wait=None,
+        default_max_tokens=None, max_batch_rows=None, threads=None,
+        live_names=(staged.model_name, path, args.checkpoint)), announce=announce)
     return 0
 
 

@@ -118,13 +118,32 @@ def export_folder(folder: Path, dest: Path, *, merge: bool, home: Path | None) -
     return ExportResult(dest, merge, loaded.base_model, loaded.rank, files)
 
 
-def stage_for_serving(folder: Path, home: Path) -> tuple[str, str, int]:
+@dataclass(frozen=True)
+class StagedCheckpoint:
+    """A checkpoint staged for ``serve-checkpoint`` (see ``stage_for_serving``)."""
+
+    run_id: str  # the sampler's default run, whose live adapter is the checkpoint
+    base_model: str
+    version: int
+    model_name: str  # the readable OpenAI model id: "<source run>/<checkpoint name>"
+
+
+def serving_name(folder: Path, manifest: dict[str, Any] | None) -> str:
+    """``<run>/<checkpoint>`` from the checkpoint's manifest, else the folder's name."""
+    manifest = manifest or {}
+    run, name = manifest.get("run_id"), manifest.get("checkpoint_id")
+    if isinstance(run, str) and isinstance(name, str) and run and name:
+        return f"{run}/{name}"
+    return folder.resolve().name
+
+
+def stage_for_serving(folder: Path, home: Path) -> StagedCheckpoint:
     """Copy a verified checkpoint where a sampler serves it as a run's live adapter.
 
-    Returns ``(run_id, base_model, version)``: a sampler started with
-    ``--run-id run_id`` serves it under the OpenAI model name ``default``.
-    A run's live adapter (not a pinned ``bt://`` path) because OpenAI-style
-    tools want a plain model name.
+    A sampler started with ``--run-id run_id`` serves it as its live adapter,
+    listed under ``model_name`` (``default`` is accepted too). A run's live
+    adapter (not a pinned ``bt://`` path) because OpenAI-style tools want a
+    plain model name.
     """
     import hashlib
 
@@ -145,4 +164,5 @@ def stage_for_serving(folder: Path, home: Path) -> tuple[str, str, int]:
             "base_model": loaded.base_model, "lora_rank": loaded.rank, "step": loaded.step,
             "source": str(folder), "files": files})
     weight_sync.write_live(home, run_id, version, name)
-    return run_id, loaded.base_model, version
+    return StagedCheckpoint(run_id, loaded.base_model, version,
+                            serving_name(folder, loaded.manifest))

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sequences decoded together (default 64 on CPU, 256 on GPU)")
     sampler.add_argument("--threads", type=int, default=None,
                          help="CPU threads of the engine (default: 1 for small models)")
+    sampler.add_argument("--stream-interval", type=float, default=None,
+                         help="seconds between a stream's chunks at most (default "
+                              "$LOOPS_SAMPLER_STREAM_INTERVAL_S or 0.1; 0 = every step)")
     control = servers.add_parser("control-plane", help="sessions, runs, samplers, checkpoints")
     control.add_argument("--host", default=None,
                          help="bind address (default 127.0.0.1; setting it explicitly "
@@ -212,6 +215,15 @@ _SERVER_MODULES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C. Servers have shut down gracefully by now (uvicorn re-raises the
+        # signal after its shutdown); a traceback would only look like a crash.
+        return 130
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         if args.models_command == "prepare":

@@ -90,6 +90,19 @@ def canonical_model_id(name: str, home: Path | None = None) -> str:
     return resolve_model(name, home, prepare=False).canonical_id
 
 
+def readable_model_id(name: str, home: Path | None = None) -> str:
+    """The registry name of a model named by its directory (``tiny`` for the data
+    home's tiny build), else ``name`` as given: what a person should see."""
+    try:
+        canonical = canonical_model_id(name, home)
+    except ValueError:
+        return name
+    for registry_name in REGISTRY:
+        if canonical_model_id(registry_name, home) == canonical:
+            return registry_name
+    return name
+
+
 def max_context_length(resolved: ResolvedModel) -> int | None:
     if resolved.registry_name is not None:
         return REGISTRY[resolved.registry_name].max_context_length

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -93,6 +94,7 @@ def serve_app(
     log_level: str = "warning",
     graceful_timeout: float | None = None,
     on_exit: Any = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Run ``app`` with uvicorn on ``host:port`` and announce the URL on stdout.
 
@@ -101,6 +103,7 @@ def serve_app(
     ``graceful_timeout`` bounds how long shutdown waits for open requests.
     ``on_exit`` (a no-argument callable) runs when the exit signal arrives,
     before uvicorn waits for open requests (e.g. to release held long-polls).
+    ``announce(url)`` runs once the server accepts connections, after the URL line.
     """
     import uvicorn
 
@@ -119,6 +122,8 @@ def serve_app(
         await original_startup(sockets=sockets)
         print(f"{URL_LINE_PREFIX}{url}", flush=True)
         sys.stdout.flush()
+        if announce is not None and not server.should_exit:
+            announce(url)
 
     server.startup = startup_then_announce  # type: ignore[method-assign]
 

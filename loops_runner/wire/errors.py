@@ -32,15 +32,15 @@ class VllmErrorBody(BaseModel):
 
 
 class OpenAIError(BaseModel):
-    """An OpenAI-style error (``type`` is the class name: NotFoundError, ...)."""
+    """OpenAI's error object: ``type`` is ``invalid_request_error`` for every 4xx."""
 
-    type: str
     message: str
+    type: Literal["invalid_request_error", "server_error"] = "invalid_request_error"
     param: str | None = None
-    code: int
+    code: str | None = None
 
 
 class OpenAIErrorBody(BaseModel):
-    """The sampler's OpenAI routes' error body (and its 404/405/501 answers)."""
+    """The sampler's OpenAI routes' error body, and its 404/405 for what it lacks."""
 
     error: OpenAIError

@@ -52,6 +52,11 @@ class SampleRequest(BaseModel):
     lora: str | None = None
     # vLLM extra: keep generating past end-of-sequence (benchmarks, fixed-length rollouts).
     ignore_eos: bool = False
+    # vLLM/OpenAI sampling extras (the SDK never sends them): penalties on tokens
+    # already in the completion, and a bias added to chosen tokens' logits.
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:

@@ -158,7 +158,8 @@ def test_control_plane_fuzz(keyed_control_plane) -> None:
 
 def test_wrong_method_on_a_known_route_is_405(trainer_server, sampler_server,
                                               keyed_control_plane) -> None:
-    """405 with Allow for a known path; 501 stays for paths a server does not offer."""
+    """405 with Allow for a known path; a path a server does not offer is 501 on the
+    trainer (whose SDK retries 404s) and an OpenAI-style 404 on the sampler."""
     cases = [(trainer_server.url, "/forward_backward", "PUT", {}),
              (sampler_server.url, "/sample", "GET", {}),
              (keyed_control_plane.url, "/v1/loops/sessions", "GET",
@@ -167,8 +168,8 @@ def test_wrong_method_on_a_known_route_is_405(trainer_server, sampler_server,
         response = httpx.request(method, url + path, headers=headers, timeout=30)
         assert response.status_code == 405, (url, path, response.text)
         assert "POST" in response.headers["Allow"]
-    for url in (trainer_server.url, sampler_server.url):
-        assert httpx.post(f"{url}/no_such_feature", timeout=30).status_code == 501
+    assert httpx.post(f"{trainer_server.url}/no_such_feature", timeout=30).status_code == 501
+    assert httpx.post(f"{sampler_server.url}/no_such_feature", timeout=30).status_code == 404
 
 
 def test_control_plane_serves_its_openapi_document_behind_its_key(keyed_control_plane) -> None:

@@ -167,3 +167,39 @@ def test_one_batch_serves_base_and_two_adapters(tmp_path: Path, tiny_model_dir,
         values = [p.logprob for p in output.prompt_logprobs[1:]]
         assert values == pytest.approx(helpers.prompt_logprobs_reference(model, prompt),
                                        abs=1e-4)
+
+
+def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
+    """Posts from another thread: an urgent one wakes the loop at once; the others
+    that follow within the interval arrive together, one interval later."""
+    import asyncio
+    import threading
+
+    from loops_runner.servers.sampler.openai_stream import Mailbox
+
+    async def scenario() -> list[tuple[float, list[int]]]:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop, interval_s=0.3)
+        inbox: asyncio.Queue[int] = asyncio.Queue()
+        start = loop.time()
+
+        def engine() -> None:
+            mailbox.post(inbox, 0, urgent=True)
+            for item in range(1, 4):
+                mailbox.post(inbox, item)
+
+        threading.Thread(target=engine).start()
+        arrivals: list[tuple[float, list[int]]] = []
+        while sum(len(items) for _, items in arrivals) < 4:
+            items = [await inbox.get()]
+            while not inbox.empty():
+                items.append(inbox.get_nowait())
+            arrivals.append((loop.time() - start, items))
+        return arrivals
+
+    arrivals = asyncio.run(scenario())
+    assert arrivals[0][1][0] == 0 and arrivals[0][0] < 0.3
+    assert [item for _, items in arrivals for item in items] == [0, 1, 2, 3]
+    # Whatever did not ride with the urgent delivery waited for the interval.
+    late = [when for when, items in arrivals if 0 not in items]
+    assert all(when >= 0.3 for when in late)

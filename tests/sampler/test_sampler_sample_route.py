@@ -394,5 +394,6 @@ def test_health_wake_and_policy_version(sampler_server) -> None:
     models = httpx.get(f"{sampler_server.url}/v1/models").json()["data"]
     assert models[0]["id"] == "tiny" and models[0]["parent"] is None
     assert models[0]["max_model_len"] == 2048
-    # Unknown routes are 501, never a 404 the SDK would retry for an hour.
-    assert httpx.get(f"{sampler_server.url}/operations/abc").status_code == 501
+    # Unknown routes are 404 at once: the SDK retries a 404 only on /sample and
+    # /v1/models, which always exist (its /operations poll takes a 404 as fatal).
+    assert httpx.get(f"{sampler_server.url}/operations/abc").status_code == 404

@@ -65,6 +65,15 @@ class ServedWeights:
     run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A ``GET /v1/models`` entry; ``aliases`` are other names requests may use for it."""
+
+    id: str
+    parent: str | None
+    aliases: tuple[str, ...] = ()
+
+
 @dataclass
 class _Live:
     version: int = 0
@@ -107,7 +116,7 @@ def _folder_signature(directory: Path) -> tuple[int, ...] | None:
 class WeightStore:
     def __init__(self, engine: Engine, home: Path, *, base_model_id: str, default_run: str,
                  floor_wait_s: float = 25.0, poll_interval_s: float = 0.2,
-                 pinned_cache_size: int = 4) -> None:
+                 pinned_cache_size: int = 4, live_names: tuple[str, ...] = ()) -> None:
         self.engine = engine
         self.home = home
         self.base_model_id = base_model_id
@@ -121,6 +130,11 @@ class WeightStore:
             self._base_aliases.add(self._canonical_base)
         except ValueError:
             self._canonical_base = base_model_id
+        # The default run's live adapter: listed under the first of ``live_names``
+        # (``serve-checkpoint`` passes the checkpoint's readable name), else as
+        # ``default`` (spec 6.5); every one of them and ``default`` is accepted.
+        self.live_model_id = live_names[0] if live_names else LIVE_MODEL_ID
+        self._live_aliases = tuple(dict.fromkeys((*live_names, LIVE_MODEL_ID)))
         self._live: dict[str, _Live] = {}
         self._pinned: OrderedDict[str, _Pinned] = OrderedDict()
         self._pinned_loads: dict[str, asyncio.Task[_Pinned]] = {}
@@ -171,7 +185,7 @@ class WeightStore:
         if live.adapter is None or live.name is None:
             model = self.base_model_id
         elif run == self.default_run:
-            model = LIVE_MODEL_ID
+            model = self.live_model_id
         else:
             model = bt_path(run, "sampler_weights", live.name)
         return ServedWeights(live.adapter, live.version, model, run)
@@ -343,21 +357,25 @@ class WeightStore:
 
     # -- listing (GET /v1/models) and OpenAI model names ------------------------------------
 
-    def model_entries(self) -> list[tuple[str, str | None]]:
-        """``(id, parent)``: base first, then the default run's live adapter as
-        ``default``, then other loaded adapters under their checkpoint paths."""
-        entries: list[tuple[str, str | None]] = [(self.base_model_id, None)]
+    def model_entries(self) -> list[ServedModel]:
+        """Base first, then the default run's live adapter (``live_model_id``),
+        then other loaded adapters under their checkpoint paths."""
+        base_aliases = tuple(sorted(self._base_aliases - {self.base_model_id}))
+        entries = [ServedModel(self.base_model_id, None, base_aliases)]
         seen = {self.base_model_id}
         default = self._live.get(self.default_run)
         if default is not None and default.adapter is not None:
-            entries.append((LIVE_MODEL_ID, self.base_model_id))
-            seen.add(LIVE_MODEL_ID)
+            aliases = tuple(a for a in self._live_aliases if a != self.live_model_id)
+            if default.name:
+                aliases += (bt_path(self.default_run, "sampler_weights", default.name),)
+            entries.append(ServedModel(self.live_model_id, self.base_model_id, aliases))
+            seen.add(self.live_model_id)
         others = [bt_path(run, "sampler_weights", live.name)
                   for run, live in self._live.items()
                   if run != self.default_run and live.adapter is not None and live.name]
         for model_id in [*others, *reversed(self._pinned)]:
             if model_id not in seen:
-                entries.append((model_id, self.base_model_id))
+                entries.append(ServedModel(model_id, self.base_model_id))
                 seen.add(model_id)
         return entries
 
@@ -368,7 +386,7 @@ class WeightStore:
         """Weights named by an OpenAI ``model`` field, or None if no such model."""
         if self.is_base(model):
             return self.base()
-        if model == LIVE_MODEL_ID:
+        if model in self._live_aliases:
             run = self.run_for(header_run)
             live = await self._live_state(run)
             return self._live_weights(run, live) if live.adapter is not None else None

@@ -42,7 +42,11 @@ class IncrementalText:
 
     def push(self, token: int) -> str:
         """Add one token; return the text it completed (may be empty)."""
-        self.tokens.append(token)
+        return self.extend([token])
+
+    def extend(self, tokens: list[int]) -> str:
+        """Add tokens; return the text they completed (may be empty)."""
+        self.tokens.extend(tokens)
         before = self._decode(self.tokens[self._prefix:self._read])
         after = self._decode(self.tokens[self._prefix:])
         if after.endswith(_REPLACEMENT) or len(after) < len(before):
@@ -84,3 +88,40 @@ class StopStrings:
         self.matched = best[1]
         self.text.text = self.text.text[: search_from + best[0]]
         return True
+
+
+class TextStream:
+    """The text of one streamed choice, sent piece by piece.
+
+    It replays what the engine does with the same tokens (``StopStrings`` when
+    the request has stop strings), and holds back the last ``longest - 1``
+    characters until they can no longer begin a stop string, so nothing sent
+    is later cut. ``finish`` sends the rest of the engine's final text, so the
+    pieces always add up to exactly the non-streamed answer.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        self.stops = StopStrings(tokenizer, stops) if stops else None
+        self.plain = None if stops else IncrementalText(tokenizer)
+        self.sent = ""
+
+    def extend(self, tokens: list[int]) -> str:
+        """Add the tokens that arrived; return the text that can be sent now."""
+        if self.stops is not None:
+            # Token by token, as the engine matched them: the cut must be the same.
+            matched = any([self.stops.push(token) for token in tokens])
+            text = self.stops.text.text
+            safe = text if matched else \
+                text[: max(len(self.sent), len(text) - self.stops.longest + 1)]
+        else:
+            assert self.plain is not None
+            self.plain.extend(tokens)
+            safe = self.plain.text
+        piece = safe[len(self.sent):]
+        self.sent = safe if len(safe) > len(self.sent) else self.sent
+        return piece
+
+    def finish(self, final_text: str) -> str:
+        piece = final_text[len(self.sent):] if final_text.startswith(self.sent) else ""
+        self.sent = final_text
+        return piece

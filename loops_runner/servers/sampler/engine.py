@@ -1,8 +1,9 @@
 """The generation engine's interface: what the sampler's routes need from an engine.
 
 The routes only speak this interface (``Engine``): submit a ``GenerationJob``
-(prompt ids, ``n``, sampling settings, the adapter to use), await a
-``GenerationOutput``; load adapters with ``load_adapter``. ``TorchEngine``
+(prompt ids, ``n``, sampling settings, the adapter to use, and for streaming a
+listener that gets each step's ``TokenEvent``s), await a ``GenerationOutput``;
+load adapters with ``load_adapter``. ``TorchEngine``
 (``torch_engine.py``) implements it; a vLLM engine for GPU machines would
 implement the same four methods (``load_adapter`` returning a LoRA request
 handle, ``generate`` wrapping its async engine). Importing this module imports
@@ -12,6 +13,7 @@ no torch.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,22 @@ class SamplingSpec:
     logprobs: int = 0  # alternatives per generated token (the sampled one always)
     prompt_logprobs: int | None = None  # None = not requested; else k alternatives
     regex: str | None = None  # structured-output constraint
+    # OpenAI's penalties: subtracted from a token's logit once it appeared in the
+    # completion (presence) and once per appearance (frequency); -2..2.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One new token of one choice, handed to a streaming job's listener as the
+    engine produces it. How a choice ends is told by the job's final output."""
+
+    index: int
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] | None
 
 
 @dataclass
@@ -42,6 +60,9 @@ class GenerationJob:
     n: int
     spec: SamplingSpec
     adapter: Any = None  # a handle from ``Engine.load_adapter``; None = base model
+    # Streaming: called on the engine's thread after every step that touched this
+    # job, with that step's events (it must only hand them over, never block).
+    listener: Callable[[list[TokenEvent]], None] | None = None
 
 
 @dataclass

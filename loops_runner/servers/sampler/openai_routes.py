@@ -1,10 +1,15 @@
-"""OpenAI-compatible routes: ``POST /v1/completions`` and ``POST /v1/chat/completions``.
+"""OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models/{id}``.
 
-So everyday tools (the ``openai`` client, eval harnesses) can talk to the base
-model or a trained adapter. ``model`` is an id from ``GET /v1/models``: the base
-model, ``default`` (the live adapter of the default run, or of ``X-Run-Id``), or
-a ``bt://loops:<run>/sampler_weights/<name>`` checkpoint path. Chat prompts use
-the tokenizer's chat template. Streaming is not offered (refused with 400).
+So everyday tools (the ``openai`` client, eval harnesses, chat UIs) can talk
+to the base model or a trained adapter with their default settings. ``model``
+is an id from ``GET /v1/models``: the base model, ``default`` (the live adapter
+of the default run, or of ``X-Run-Id``), a served checkpoint's readable name,
+or a ``bt://loops:<run>/sampler_weights/<name>`` checkpoint path. Chat prompts
+use the tokenizer's chat template. ``stream=true`` answers with server-sent
+events (``openai_stream``). Limits and refusals: ``openai_schemas``.
+
+Every error is OpenAI's shape (``openai_schemas.openai_error``); these routes
+are not the Loops SDK's, so they may answer an unknown model with OpenAI's 404.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import uuid
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
 
 from loops_runner.servers.common import InvalidRequest
 from loops_runner.servers.openapi import answers
@@ -26,7 +31,20 @@ from loops_runner.servers.sampler.engine import (
     GenerationJob,
     GenerationOutput,
     SamplingSpec,
+    SequenceOutput,
+    TokenEvent,
 )
+from loops_runner.servers.sampler.openai_schemas import (
+    ChatCompletionsRequest,
+    ChatMessage,
+    CompletionsRequest,
+    OpenAIRequest,
+    check_chat,
+    check_common,
+    check_completions,
+    openai_error,
+)
+from loops_runner.servers.sampler.openai_stream import StreamPlan, sse_events
 from loops_runner.servers.sampler.protocol import (
     check_token_ids,
     constraint_pattern,
@@ -49,95 +67,19 @@ from loops_runner.wire.errors import OpenAIErrorBody
 
 router = APIRouter()
 
-MAX_OPENAI_LOGPROBS = 20
+_Body = TypeVar("_Body", bound=BaseModel)
+
+OPENAI_ERRORS = answers({"4XX": OpenAIErrorBody}) | {
+    499: {"description": "the client went away before the answer"}}
 
 
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    model: str
-    n: int = Field(default=1, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
-    stream: bool = False
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    ignore_eos: bool = False
-    structured_outputs: dict[str, Any] | None = None
-
-
-class CompletionsRequest(_Common):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=None, ge=0)
-    logprobs: int | None = Field(default=None, ge=0)
-    echo: bool = False
-    best_of: int | None = None
-    suffix: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatCompletionsRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0)
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    chat_template_kwargs: dict[str, Any] | None = None
-
-
-def _error(status: int, kind: str, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": status}}, status_code=status)
-
-
-_Body = TypeVar("_Body", bound=_Common)
-
-
-def _refuse_unsupported(body: _Common) -> None:
-    if body.stream:
-        raise InvalidRequest("stream=true is not supported by this sampler; send stream=false",
-                             "stream")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise InvalidRequest(f"{name} is not supported by this sampler (send 0)", name)
-    if body.repetition_penalty not in (None, 1.0):
-        raise InvalidRequest("repetition_penalty is not supported by this sampler (send 1)",
-                             "repetition_penalty")
-    if body.logit_bias:
-        raise InvalidRequest("logit_bias is not supported by this sampler", "logit_bias")
-
-
-def _spec(body: _Common, state: SamplerState, prompt: list[int], max_tokens: int | None,
-          logprobs: int, prompt_logprobs: int | None,
+def _spec(body: OpenAIRequest, state: SamplerState, prompt: list[int], max_tokens: int | None,
+          logprobs: int, prompt_logprobs: int | None, bias: tuple[tuple[int, float], ...],
           field: str = "max_tokens") -> SamplingSpec:
     limits = state.limits
     if not prompt:
         raise InvalidRequest("prompt must not be empty", "prompt")
     check_token_ids(prompt, "prompt", limits.vocab_size)
-    if body.n > limits.max_n:
-        raise InvalidRequest(f"n = {body.n} exceeds this sampler's limit of {limits.max_n}", "n")
-    if logprobs > MAX_OPENAI_LOGPROBS:
-        raise InvalidRequest(f"logprobs = {logprobs} exceeds the limit of "
-                             f"{MAX_OPENAI_LOGPROBS}", "logprobs")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if any(not stop for stop in stops):
-        raise InvalidRequest("stop strings must be non-empty", "stop")
     stop_ids = list(body.stop_token_ids or [])
     check_token_ids(stop_ids, "stop_token_ids", limits.vocab_size)
     return SamplingSpec(
@@ -146,13 +88,22 @@ def _spec(body: _Common, state: SamplerState, prompt: list[int], max_tokens: int
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=top_k_setting(body.top_k, limits.vocab_size),
         seed=body.seed,
-        stop=tuple(stops),
+        stop=tuple(body.stop_strings()),
         stop_token_ids=tuple(stop_ids),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         regex=constraint_pattern(body.structured_outputs),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=bias,
     )
+
+
+def _check_n(samples: int, state: SamplerState) -> None:
+    if samples > state.limits.max_n:
+        raise InvalidRequest(f"n = {samples} samples per prompt exceeds this sampler's limit "
+                             f"of {state.limits.max_n} (its batch rows)", "n")
 
 
 async def _weights(state: SamplerState, request: Request, model: str) -> ServedWeights | None:
@@ -162,8 +113,9 @@ async def _weights(state: SamplerState, request: Request, model: str) -> ServedW
         raise InvalidRequest(str(exc), RUN_HEADER) from exc
 
 
-def _unknown_model(model: str) -> JSONResponse:
-    return _error(404, "NotFoundError", f"The model `{model}` does not exist.", "model")
+def unknown_model(model: str) -> JSONResponse:
+    return openai_error(404, f"The model `{model}` does not exist (GET /v1/models lists the "
+                             "models this sampler serves).", "model", "model_not_found")
 
 
 def _usage(prompts: list[list[int]], outputs: list[GenerationOutput]) -> dict[str, int]:
@@ -190,6 +142,38 @@ async def _run_all(request: Request, state: SamplerState,
                    jobs: list[GenerationJob]) -> list[GenerationOutput]:
     return list(await asyncio.gather(*(generate_while_connected(request, state.engine, job)
                                        for job in jobs)))
+
+
+async def _parse_body(request: Request, model: type[_Body]) -> _Body:
+    payload = await json_body(request)
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_failure(exc) from exc
+
+
+def _best(output: GenerationOutput, n: int) -> GenerationOutput:
+    """OpenAI's ``best_of``: the ``n`` samples with the highest mean token logprob."""
+    def score(sequence: SequenceOutput) -> float:
+        return sum(sequence.logprobs) / max(1, len(sequence.logprobs))
+
+    ranked = sorted(output.sequences, key=score, reverse=True)[:n]
+    return GenerationOutput(ranked, output.prompt_logprobs)
+
+
+def _event_stream(state: SamplerState, jobs: list[GenerationJob], plan: StreamPlan,
+                  form: Any, weights: ServedWeights) -> StreamingResponse:
+    assert state.mailbox is not None  # set at start-up
+    return StreamingResponse(
+        sse_events(state.engine, jobs, plan, form, state.mailbox),
+        media_type="text/event-stream",
+        headers={POLICY_VERSION_HEADER: str(weights.version), "Cache-Control": "no-cache",
+                 "X-Accel-Buffering": "no"})
+
+
+# -- /v1/completions ---------------------------------------------------------------
 
 
 def _completion_logprobs(state: SamplerState, prompt: list[int], output: GenerationOutput,
@@ -224,19 +208,44 @@ def _completion_logprobs(state: SamplerState, prompt: list[int], output: Generat
             "top_logprobs": tops, "text_offset": offsets}
 
 
-async def _parse_body(request: Request, model: type[_Body]) -> _Body:
-    """JSON body -> validated request; unsupported OpenAI options refused alike."""
-    payload = await json_body(request)
-    try:
-        body = model.model_validate(payload)
-    except ValidationError as exc:
-        raise validation_failure(exc) from exc
-    _refuse_unsupported(body)
-    return body
+class _CompletionChunks:
+    """``text_completion`` chunks: text (the prompt first with echo) and legacy logprobs."""
 
+    object_name = "text_completion"
 
-OPENAI_ERRORS = answers({"4XX": OpenAIErrorBody}) | {
-    499: {"description": "the client went away before the answer"}}
+    def __init__(self, state: SamplerState, body: CompletionsRequest,
+                 prompts: list[list[int]]) -> None:
+        self.text = state.token_text
+        self.k = body.logprobs
+        self.n = body.n
+        self.echoed = [state.engine.tokenizer.decode(p, skip_special_tokens=False)
+                       if body.echo else "" for p in prompts]
+        self.offsets = [len(echoed) for echoed in self.echoed for _ in range(body.n)]
+
+    def _entry(self, index: int, text: str, logprobs: Any, reason: str | None) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
+                "stop_reason": None}
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        echoed = self.echoed[index // self.n]
+        return self._entry(index, echoed, None, None) if echoed else None
+
+    def entry(self, index: int, text: str, tokens: list[TokenEvent],
+              reason: str | None) -> dict[str, Any]:
+        logprobs = None
+        if self.k is not None and tokens:
+            pieces = [self.text(event.token_id) for event in tokens]
+            offsets = []
+            for piece in pieces:
+                offsets.append(self.offsets[index])
+                self.offsets[index] += len(piece)
+            logprobs = {
+                "tokens": pieces, "token_logprobs": [event.logprob for event in tokens],
+                "top_logprobs": [{self.text(t): lp for t, lp in (event.top or ())[: self.k]}
+                                 | {self.text(event.token_id): event.logprob}
+                                 for event in tokens],
+                "text_offset": offsets}
+        return self._entry(index, text, logprobs, reason)
 
 
 @router.post("/v1/completions", openapi_extra=json_body_doc(CompletionsRequest),
@@ -245,30 +254,34 @@ async def completions(request: Request) -> Response:
     state = sampler_state(request)
     try:
         body = await _parse_body(request, CompletionsRequest)
-        if body.suffix:
-            raise InvalidRequest("suffix is not supported by this sampler", "suffix")
-        if body.best_of not in (None, body.n):
-            raise InvalidRequest("best_of other than n is not supported by this sampler",
-                                 "best_of")
+        bias = check_common(body, state.limits.vocab_size)
+        samples = check_completions(body)
+        _check_n(samples, state)
+        if body.stream and body.echo and body.logprobs is not None:
+            raise InvalidRequest("echo with logprobs cannot be streamed (the prompt's "
+                                 "logprobs are known only at the end); send stream=false",
+                                 "echo")
         weights = await _weights(state, request, body.model)
         if weights is None:
-            return _unknown_model(body.model)
+            return unknown_model(body.model)
         prompts = _prompts(body.prompt, state.engine.tokenizer)
         k = body.logprobs or 0
         # max_tokens=0 with echo only scores the prompt (eval harnesses do this).
         score_only = body.max_tokens == 0
-        if score_only and not body.echo:
-            raise InvalidRequest("max_tokens must be at least 1 (0 is allowed with echo=true)",
-                                 "max_tokens")
         max_tokens = 1 if score_only else body.max_tokens
         wants_prompt = body.echo and body.logprobs is not None
-        jobs = [GenerationJob(prompt, body.n,
+        jobs = [GenerationJob(prompt, samples,
                               _spec(body, state, prompt, max_tokens, k,
-                                    k if wants_prompt else None),
+                                    k if wants_prompt else None, bias),
                               weights.adapter)
                 for prompt in prompts]
     except InvalidRequest as exc:
-        return _error(400, "BadRequestError", str(exc), exc.param)
+        return openai_error(400, str(exc), exc.param)
+    if body.stream:
+        plan = StreamPlan(f"cmpl-{uuid.uuid4().hex}", body.model, body.n,
+                          tuple(body.stop_strings()), body.include_usage,
+                          state.engine.tokenizer)
+        return _event_stream(state, jobs, plan, _CompletionChunks(state, body, prompts), weights)
     try:
         outputs = await _run_all(request, state, jobs)
     except ClientGoneError:
@@ -281,12 +294,13 @@ async def completions(request: Request) -> Response:
                 sequence.token_ids, sequence.logprobs, sequence.text = [], [], ""
                 sequence.top_logprobs = [] if sequence.top_logprobs is not None else None
                 sequence.finish_reason = "length"
+        shown = _best(output, body.n) if samples > body.n else output
         prompt_text = tokenizer.decode(prompt, skip_special_tokens=False) if body.echo else ""
-        for index, sequence in enumerate(output.sequences):
+        for index, sequence in enumerate(shown.sequences):
             choices.append({
                 "index": prompt_index * body.n + index,
                 "text": prompt_text + sequence.text,
-                "logprobs": (_completion_logprobs(state, prompt, output, index, body.echo, k)
+                "logprobs": (_completion_logprobs(state, prompt, shown, index, body.echo, k)
                              if body.logprobs is not None else None),
                 "finish_reason": sequence.finish_reason,
                 "stop_reason": None,
@@ -296,6 +310,9 @@ async def completions(request: Request) -> Response:
          "created": int(time.time()), "model": body.model, "choices": choices,
          "usage": _usage(prompts, outputs)},
         headers={POLICY_VERSION_HEADER: str(weights.version)})
+
+
+# -- /v1/chat/completions ----------------------------------------------------------
 
 
 def _message_text(message: ChatMessage, index: int) -> str:
@@ -313,11 +330,6 @@ def _message_text(message: ChatMessage, index: int) -> str:
 
 
 def _chat_prompt(body: ChatCompletionsRequest, tokenizer: Any) -> list[int]:
-    if body.tools:
-        raise InvalidRequest("tools are not supported by this sampler", "tools")
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise InvalidRequest(f"response_format {body.response_format.get('type')!r} is not "
-                             "supported by this sampler", "response_format")
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequest("the base model's tokenizer has no chat template; use "
                              "/v1/completions", "messages")
@@ -333,21 +345,43 @@ def _chat_prompt(body: ChatCompletionsRequest, tokenizer: Any) -> list[int]:
     return [int(t) for t in rendered]
 
 
-def _chat_logprobs(state: SamplerState, output: GenerationOutput, index: int,
-                   k: int) -> dict[str, Any]:
+def _chat_token(state: SamplerState, token: int, value: float,
+                top: Any, k: int) -> dict[str, Any]:
     text = state.token_text
-    sequence = output.sequences[index]
-    alternatives = sequence.top_logprobs or [[]] * len(sequence.token_ids)
-    content = []
-    for token, value, top in zip(sequence.token_ids, sequence.logprobs, alternatives,
-                                 strict=True):
-        piece = text(token)
-        content.append({
-            "token": piece, "logprob": value, "bytes": list(piece.encode()),
+    piece = text(token)
+    return {"token": piece, "logprob": value, "bytes": list(piece.encode()),
             "top_logprobs": [{"token": text(t), "logprob": lp, "bytes": list(text(t).encode())}
-                             for t, lp in top[:k]],
-        })
-    return {"content": content}
+                             for t, lp in (top or ())[:k]]}
+
+
+def _chat_logprobs(state: SamplerState, sequence: SequenceOutput, k: int) -> dict[str, Any]:
+    alternatives = sequence.top_logprobs or [[]] * len(sequence.token_ids)
+    return {"content": [_chat_token(state, token, value, top, k) for token, value, top in
+                        zip(sequence.token_ids, sequence.logprobs, alternatives, strict=True)]}
+
+
+class _ChatChunks:
+    """``chat.completion.chunk`` chunks: the role first, then content deltas."""
+
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, state: SamplerState, logprobs: bool, k: int) -> None:
+        self.state = state
+        self.logprobs = logprobs
+        self.k = k
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        return {"index": index, "delta": {"role": "assistant", "content": ""},
+                "logprobs": None, "finish_reason": None}
+
+    def entry(self, index: int, text: str, tokens: list[TokenEvent],
+              reason: str | None) -> dict[str, Any]:
+        logprobs = None
+        if self.logprobs and tokens:
+            logprobs = {"content": [_chat_token(self.state, e.token_id, e.logprob, e.top, self.k)
+                                    for e in tokens]}
+        delta = {"content": text} if text or reason is None else {}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
 
 
 @router.post("/v1/chat/completions", openapi_extra=json_body_doc(ChatCompletionsRequest),
@@ -356,19 +390,29 @@ async def chat_completions(request: Request) -> Response:
     state = sampler_state(request)
     try:
         body = await _parse_body(request, ChatCompletionsRequest)
+        bias = check_common(body, state.limits.vocab_size)
+        check_chat(body)
+        _check_n(body.n, state)
         weights = await _weights(state, request, body.model)
         if weights is None:
-            return _unknown_model(body.model)
+            return unknown_model(body.model)
         prompt = _chat_prompt(body, state.engine.tokenizer)
         k = (body.top_logprobs or 0) if body.logprobs else 0
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        # Like vLLM's chat route: without a budget, the answer may use the context.
+        # OpenAI's chat default: without a budget the answer may use the rest of the context.
         budget = body.max_completion_tokens or body.max_tokens \
             or max(1, state.limits.max_context_length - len(prompt))
-        job = GenerationJob(prompt, body.n, _spec(body, state, prompt, budget, k, None, field),
+        job = GenerationJob(prompt, body.n,
+                            _spec(body, state, prompt, budget, k, None, bias, field),
                             weights.adapter)
     except InvalidRequest as exc:
-        return _error(400, "BadRequestError", str(exc), exc.param)
+        return openai_error(400, str(exc), exc.param)
+    if body.stream:
+        plan = StreamPlan(f"chatcmpl-{uuid.uuid4().hex}", body.model, body.n,
+                          tuple(body.stop_strings()), body.include_usage,
+                          state.engine.tokenizer)
+        return _event_stream(state, [job], plan, _ChatChunks(state, bool(body.logprobs), k),
+                             weights)
     try:
         (output,) = await _run_all(request, state, [job])
     except ClientGoneError:
@@ -376,7 +420,7 @@ async def chat_completions(request: Request) -> Response:
     choices = [{
         "index": index,
         "message": {"role": "assistant", "content": sequence.text},
-        "logprobs": _chat_logprobs(state, output, index, k) if body.logprobs else None,
+        "logprobs": _chat_logprobs(state, sequence, k) if body.logprobs else None,
         "finish_reason": sequence.finish_reason,
     } for index, sequence in enumerate(output.sequences)]
     return JSONResponse(
@@ -384,3 +428,17 @@ async def chat_completions(request: Request) -> Response:
          "created": int(time.time()), "model": body.model, "choices": choices,
          "usage": _usage([prompt], [output])},
         headers={POLICY_VERSION_HEADER: str(weights.version)})
+
+
+# -- /v1/models/{id} ---------------------------------------------------------------
+
+
+@router.get("/v1/models/{model_id:path}", responses=answers({404: OpenAIErrorBody}))
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    """One entry of ``GET /v1/models`` (``openai``'s ``models.retrieve``)."""
+    state = sampler_state(request)
+    await state.store.live_version(None)  # pick up a fresh publish of the default run
+    for entry in state.store.model_entries():
+        if model_id in (entry.id, *entry.aliases):
+            return JSONResponse(state.model_card(entry.id, entry.parent))
+    return unknown_model(model_id)

@@ -106,6 +106,28 @@ def constraint_pattern(structured: dict[str, Any] | None) -> str | None:
         raise InvalidRequest(str(exc), "structured_outputs") from exc
 
 
+MAX_LOGIT_BIAS = 100.0
+
+
+def logit_bias_ids(bias: dict[str, float] | None,
+                   vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (token id as a string -> -100..100) as engine pairs."""
+    pairs: list[tuple[int, float]] = []
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            token = -1
+        if not 0 <= token < vocab_size:
+            raise InvalidRequest(f"logit_bias key {key!r} is not a token id (0.."
+                                 f"{vocab_size - 1})", "logit_bias")
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise InvalidRequest(f"logit_bias[{key}] = {value} is outside "
+                                 f"-{MAX_LOGIT_BIAS:g}..{MAX_LOGIT_BIAS:g}", "logit_bias")
+        pairs.append((token, value))
+    return tuple(pairs)
+
+
 def top_k_setting(top_k: int | None, vocab_size: int) -> int:
     if top_k is None or top_k in (0, -1):
         return 0
@@ -145,6 +167,9 @@ def sample_spec(body: SampleRequest, prompt: list[int], limits: Limits) -> Sampl
         logprobs=logprobs,
         prompt_logprobs=body.prompt_logprobs,
         regex=constraint_pattern(body.structured_outputs),
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=logit_bias_ids(body.logit_bias, limits.vocab_size),
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -142,11 +141,7 @@ async def trainers_policy_version(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = sampler_state(request)
     await state.store.live_version(None)  # pick up a fresh publish of the default run
-    created = int(time.time())
-    data = [{"id": model_id, "object": "model", "created": created, "owned_by": "loops-runner",
-             "root": model_id, "parent": parent,
-             "max_model_len": state.limits.max_context_length}
-            for model_id, parent in state.store.model_entries()]
+    data = [state.model_card(entry.id, entry.parent) for entry in state.store.model_entries()]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -158,6 +153,7 @@ async def health(request: Request) -> Response:
         "base_model": state.store.base_model_id,
         "default_run": state.store.default_run,
         "paired_run": state.settings.run_id,
+        "stream_interval_s": state.settings.stream_interval_s,
         "engine": {**state.engine.stats(), "device": state.engine.info.device,
                    "dtype": state.engine.info.dtype},
     })

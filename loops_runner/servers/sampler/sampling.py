@@ -7,9 +7,14 @@ exactly ``vocab`` uniforms from that generator, so a row's tokens depend only
 on its seed, its request and the weights, never on which other rows share the
 batch. Greedy rows (temperature 0) take the argmax and draw nothing.
 
+Penalties and ``logit_bias`` (``penalize``) change the logits the choice is
+made from, for greedy and sampled rows alike, and come before temperature, as
+in OpenAI's and vLLM's samplers. They only count the completion's own tokens.
+
 The log-probability reported for a token is that of the model's raw
-distribution (before temperature, top-k and top-p), as vLLM reports by default
-and as RL losses expect for importance ratios at temperature 1.
+distribution (before penalties, bias, temperature, top-k and top-p), as vLLM
+reports by default and as RL losses expect for importance ratios at
+temperature 1.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ class RowSampling:
     top_p: float
     top_k: int  # 0 = off
     generator: torch.Generator | None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -65,6 +77,32 @@ def _filter_top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor,
         keep &= before < top_p[:, None]
     filtered = ordered.masked_fill(~keep, float("-inf"))
     return torch.empty_like(scaled).scatter_(-1, order, filtered)
+
+
+def penalize(logits: torch.Tensor, rows: list[RowSampling],
+             generated: list[list[int]]) -> torch.Tensor:
+    """Logits with each row's bias added and its penalties subtracted.
+
+    ``generated[i]`` is row i's completion so far. Returns ``logits`` itself
+    when no row adjusts anything (the common case costs nothing).
+    """
+    adjusted_rows = [i for i, row in enumerate(rows) if row.adjusts_logits]
+    if not adjusted_rows:
+        return logits
+    adjusted = logits.float().clone()
+    vocab = logits.shape[-1]
+    for i in adjusted_rows:
+        row = rows[i]
+        if row.logit_bias:
+            ids = torch.tensor([token for token, _ in row.logit_bias], device=logits.device)
+            bias = torch.tensor([value for _, value in row.logit_bias], device=logits.device)
+            adjusted[i].index_add_(0, ids, bias)
+        if generated[i] and (row.presence_penalty or row.frequency_penalty):
+            counts = torch.bincount(torch.tensor(generated[i], device=logits.device),
+                                    minlength=vocab)[:vocab].float()
+            adjusted[i] -= row.frequency_penalty * counts \
+                + row.presence_penalty * (counts > 0).float()
+    return adjusted
 
 
 def choose(logits: torch.Tensor, rows: list[RowSampling]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,8 @@ Tunables (CLI option if the CLI defines it, else the environment):
 * ``LOOPS_SAMPLER_PINNED_CACHE`` (4): pinned checkpoints kept loaded.
 * ``LOOPS_SAMPLER_THREADS``: CPU threads of the engine (default: 1 for models
   under 100M parameters, else torch's default).
+* ``LOOPS_SAMPLER_STREAM_INTERVAL_S`` (0.1): at most this long between the
+  deliveries of streamed tokens (``openai_stream.Mailbox``); 0 = every step.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
@@ -35,11 +38,13 @@ from loops_runner.servers.openapi import allowed_methods, install_openapi
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine
+from loops_runner.servers.sampler.openai_schemas import openai_error
+from loops_runner.servers.sampler.openai_stream import Mailbox
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 from loops_runner.servers.sampler.state import SamplerSettings, SamplerState
 from loops_runner.servers.sampler.torch_engine import EngineConfig, TorchEngine
 from loops_runner.storage import layout, weight_sync
-from loops_runner.wire.errors import OpenAIError, OpenAIErrorBody, VllmErrorBody
+from loops_runner.wire.errors import VllmErrorBody
 
 logger = logging.getLogger("loops_runner.sampler")
 
@@ -74,6 +79,9 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
         max_batch_rows=int(rows) if rows else None,
         pinned_cache_size=int(option("pinned_cache", "LOOPS_SAMPLER_PINNED_CACHE", 4) or 4),
         threads=int(option("threads", "LOOPS_SAMPLER_THREADS", 0) or 0) or None,
+        live_names=tuple(getattr(args, "live_names", None) or ()),
+        stream_interval_s=float(option("stream_interval", "LOOPS_SAMPLER_STREAM_INTERVAL_S",
+                                       0.1) or 0.0),
     )
 
 
@@ -101,7 +109,8 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     store = WeightStore(engine, settings.home, base_model_id=engine.info.model_id,
                         default_run=default_run, floor_wait_s=settings.floor_wait_s,
                         poll_interval_s=settings.poll_interval_s,
-                        pinned_cache_size=settings.pinned_cache_size)
+                        pinned_cache_size=settings.pinned_cache_size,
+                        live_names=settings.live_names)
     limits = Limits(vocab_size=engine.info.vocab_size,
                     max_context_length=engine.info.max_context_length,
                     default_max_tokens=settings.default_max_tokens,
@@ -112,6 +121,7 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        state.mailbox = Mailbox(asyncio.get_running_loop(), settings.stream_interval_s)
         await store.prime()
         state.tasks.append(asyncio.create_task(store.watch(), name="live-watcher"))
         public_url = getattr(app.state, "public_url", None)
@@ -139,25 +149,48 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)
     async def not_offered(path: str, request: Request) -> JSONResponse:
+        # 404/405 at once, in OpenAI's shape, so OpenAI clients do not retry (they
+        # retry 5xx). Safe for the Loops SDK: it retries 404 only on /sample and
+        # /v1/models, which always exist here (docs/sampler.md, "Status codes").
         allowed = allowed_methods(app, request)
         if allowed:
-            return JSONResponse(OpenAIErrorBody(error=OpenAIError(
-                type="MethodNotAllowed", code=405,
-                message=f"{request.method} is not allowed on /{path} (allowed: "
-                        f"{', '.join(allowed)})")).model_dump(exclude_none=True),
-                status_code=405, headers={"Allow": ", ".join(allowed)})
-        # Never 404: the SDK retries a 404 on /sample and /v1/models for an hour.
-        return JSONResponse({"error": {"type": "NotImplementedError", "code": 501,
-                                       "message": f"this sampler does not offer /{path}"}},
-                            status_code=501)
+            return openai_error(405, f"{request.method} is not allowed on /{path} (allowed: "
+                                     f"{', '.join(allowed)})", None, "method_not_allowed",
+                                headers={"Allow": ", ".join(allowed)})
+        return openai_error(404, not_offered_message(request.method, path), None,
+                            "unknown_url")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # What the catch-all cannot match (a path with a newline, say) gets the same shape.
+        if exc.status_code == 404:
+            return openai_error(404, not_offered_message(request.method,
+                                                         request.url.path.lstrip("/")),
+                                None, "unknown_url")
+        return openai_error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse({"error": {"type": "InternalServerError", "message": str(exc),
-                                       "code": 500}}, status_code=500)
+        return openai_error(500, f"internal error: {exc}")
 
     return app
+
+
+# OpenAI API families this sampler does not offer, and what to use instead.
+_INSTEAD = {
+    "v1/responses": "the Responses API is not offered; use /v1/chat/completions (inspect-ai: "
+                    "the openai-api/<name>/<model> provider, e.g. --model "
+                    "openai-api/loops/default, or openai/<model> with -M responses_api=false)",
+    "v1/embeddings": "embeddings are not offered by this sampler",
+}
+
+
+def not_offered_message(method: str, path: str) -> str:
+    hint = next((text for prefix, text in _INSTEAD.items() if path.startswith(prefix)), None)
+    return (f"Invalid URL ({method} /{path}): this sampler does not offer it"
+            + (f"; {hint}" if hint else "") + ". It serves /v1/completions, "
+            "/v1/chat/completions, /v1/models and the Loops /sample.")
 
 
 async def _register_when_listening(settings: SamplerSettings, url: str) -> None:
@@ -175,10 +208,11 @@ async def _register_when_listening(settings: SamplerSettings, url: str) -> None:
     logger.info("registered as the paired sampler of run %s at %s", settings.run_id, url)
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve(args: argparse.Namespace, announce: Callable[[str], None] | None = None) -> None:
+    """Run the sampler; ``announce(url)`` once it accepts connections."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
     app = create_app(settings)
-    serve_app(app, settings.host, settings.port)
+    serve_app(app, settings.host, settings.port, announce=announce)
 

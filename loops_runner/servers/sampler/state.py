@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi import Request
 
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine, GenerationJob, GenerationOutput
+from loops_runner.servers.sampler.openai_stream import Mailbox
 from loops_runner.servers.sampler.protocol import Limits, TokenText
 
 
@@ -29,6 +31,10 @@ class SamplerSettings:
     pinned_cache_size: int = 4
     poll_interval_s: float = 0.2
     threads: int | None = None  # CPU threads of the engine (None: automatic)
+    # Streams get their tokens in deliveries at most this far apart (openai_stream.Mailbox).
+    stream_interval_s: float = 0.1
+    # Names of the default run's live adapter; the first is listed (``serve-checkpoint``).
+    live_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -39,6 +45,14 @@ class SamplerState:
     limits: Limits
     token_text: TokenText
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    started: int = field(default_factory=lambda: int(time.time()))
+    mailbox: Mailbox | None = None  # set once the event loop runs (lifespan)
+
+    def model_card(self, model_id: str, parent: str | None) -> dict[str, Any]:
+        """A model object of ``/v1/models`` (OpenAI's fields plus vLLM's)."""
+        return {"id": model_id, "object": "model", "created": self.started,
+                "owned_by": "loops-runner", "root": model_id, "parent": parent,
+                "max_model_len": self.limits.max_context_length}
 
 
 def sampler_state(request: Request) -> SamplerState:

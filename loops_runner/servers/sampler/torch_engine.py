@@ -49,6 +49,7 @@ from loops_runner.servers.sampler.engine import (
     GenerationOutput,
     PromptPosition,
     SequenceOutput,
+    TokenEvent,
 )
 from loops_runner.servers.sampler.kv_cache import SlotKVCache, attention_masks
 from loops_runner.servers.sampler.lora import (
@@ -474,7 +475,11 @@ class TorchEngine(Engine):
                     generator = sampling.make_generator(seed, self.device)
                 sequence = _Sequence(
                     request=request, index=index, slot=slot,
-                    row=sampling.RowSampling(spec.temperature, spec.top_p, spec.top_k, generator),
+                    row=sampling.RowSampling(
+                        spec.temperature, spec.top_p, spec.top_k, generator,
+                        presence_penalty=spec.presence_penalty,
+                        frequency_penalty=spec.frequency_penalty,
+                        logit_bias=spec.logit_bias),
                     stops=StopStrings(self.tokenizer, spec.stop) if spec.stop else None,
                     constraint=(RegexConstraint(spec.regex, self.tokenizer,
                                                 self.info.eos_token_ids)
@@ -511,7 +516,8 @@ class TorchEngine(Engine):
 
     def _accept(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
         """Choose each row's next token, record it, and finish rows that are done."""
-        tokens_t, scores = sampling.choose(logits, [s.row for s in rows])
+        adjusted = sampling.penalize(logits, [s.row for s in rows], [s.tokens for s in rows])
+        tokens_t, scores = sampling.choose(adjusted, [s.row for s in rows])
         constrained = [i for i, s in enumerate(rows) if s.constraint is not None]
         dead_ends: set[int] = set()
         for i in constrained:
@@ -529,14 +535,28 @@ class TorchEngine(Engine):
             top_values, top_ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
             tops = [list(zip(i, v, strict=True))
                     for i, v in zip(top_ids.tolist(), top_values.tolist(), strict=True)]
+        events: dict[_Request, list[TokenEvent]] = {}
         for i, sequence in enumerate(rows):
             if i in dead_ends:
                 # Nothing can continue the constrained text: end it here.
                 self._finish(sequence, "stop")
                 continue
             spec = sequence.request.job.spec
-            self._append(sequence, tokens[i], values[i],
-                         tops[i][: spec.logprobs] if tops is not None and spec.logprobs else None)
+            top = tops[i][: spec.logprobs] if tops is not None and spec.logprobs else None
+            if sequence.request.job.listener is not None:
+                events.setdefault(sequence.request, []).append(TokenEvent(
+                    sequence.index, tokens[i], values[i], tuple(top) if top else None))
+            self._append(sequence, tokens[i], values[i], top)
+        for request, batch in events.items():
+            self._notify(request, batch)
+
+    def _notify(self, request: _Request, events: list[TokenEvent]) -> None:
+        """Hand a streaming request its step's tokens (the final answer still
+        comes through its future, so a listener that fails loses nothing)."""
+        try:
+            request.job.listener(events)  # type: ignore[misc]
+        except Exception:
+            logger.warning("stream listener failed:\n%s", traceback.format_exc())
 
     def _append(self, sequence: _Sequence, token: int, logprob: float,
                 top: list[tuple[int, float]] | None) -> None:

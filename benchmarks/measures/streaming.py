@@ -1,0 +1,124 @@
+"""Streaming on the OpenAI routes: 32 concurrent ``stream=true`` completions vs the
+same 32 requests without streaming, on one real ``loops-runner serve sampler`` (tiny).
+
+* **ours**: 32 ``POST /v1/completions`` with ``stream=true`` sent at once
+  (``NEW_TOKENS`` new tokens each, greedy, ``ignore_eos``), every event read as
+  it arrives (``httpx`` streaming, SSE lines parsed); throughput = generated
+  tokens / wall time from the first send to the last ``[DONE]``.
+* **anchor**: the same 32 requests with ``stream=false``, batched by the same
+  server. Goal: streaming keeps >= 0.9x its throughput (streaming costs only
+  the per-step hand-off and the event writes, never the batching).
+* **time to first token** (reported): per streamed request, send to the first
+  event that carries text; the row shows the median over the 32 requests
+  (median over rounds), beside the median time a non-streamed request takes
+  to answer in full.
+
+The server delivers a stream's tokens after its first at most
+``stream_interval_s`` apart (0.1 s by default; ``openai_stream.Mailbox``); the
+row's note says which interval it used.
+
+Each round runs both once, order rotating; value = median of per-round ratios.
+The concatenated streamed text is checked against the non-streamed text
+(greedy, so it must match exactly). Quick: at most 2 rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from benchmarks.measures._support import interleave, paired, shared_sampler, standalone
+from benchmarks.suite import BenchContext, Result, median
+
+REQUESTS = 32
+PROMPT_TOKENS = 32
+NEW_TOKENS = 64
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    import httpx
+
+    rounds = min(ctx.rounds, 2) if ctx.quick else ctx.rounds
+    url = shared_sampler(ctx).url
+    interval = httpx.get(f"{url}/health", timeout=30).json()["stream_interval_s"]
+    prompts = [[10 + (17 * i + 31 * j) % 3000 for j in range(PROMPT_TOKENS)]
+               for i in range(REQUESTS)]
+
+    def body(i: int, stream: bool) -> dict[str, Any]:
+        return {"model": "tiny", "prompt": prompts[i], "max_tokens": NEW_TOKENS,
+                "temperature": 0, "ignore_eos": True, "stream": stream}
+
+    async def streamed(client: httpx.AsyncClient, i: int, start: float,
+                       ) -> tuple[str, float, int]:
+        text, first, events = "", 0.0, 0
+        async with client.stream("POST", f"{url}/v1/completions",
+                                 json=body(i, True)) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:])["choices"]:
+                    if choice["text"] and not first:
+                        first = time.perf_counter() - start
+                    text += choice["text"]
+                    events += 1
+        return text, first, events
+
+    async def whole(client: httpx.AsyncClient, i: int, start: float) -> tuple[str, float, int]:
+        response = await client.post(f"{url}/v1/completions", json=body(i, False))
+        response.raise_for_status()
+        answer = response.json()
+        assert answer["usage"]["completion_tokens"] == NEW_TOKENS
+        return answer["choices"][0]["text"], time.perf_counter() - start, 0
+
+    texts: dict[str, list[str]] = {}
+    latency: dict[str, list[float]] = {"stream": [], "whole": []}
+
+    async def concurrent(kind: str) -> float:
+        call = streamed if kind == "stream" else whole
+        limits = httpx.Limits(max_connections=REQUESTS * 2)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            start = time.perf_counter()
+            results = await asyncio.gather(*[call(client, i, start) for i in range(REQUESTS)])
+            elapsed = time.perf_counter() - start
+        texts[kind] = [text for text, _, _ in results]
+        latency[kind].append(statistics.median(seconds for _, seconds, _ in results))
+        if kind == "stream":
+            # Events carry a few tokens each when the reader lags; never one big blob.
+            assert all(events > 1 for _, _, events in results)
+        return REQUESTS * NEW_TOKENS / elapsed
+
+    def stream() -> float:
+        return asyncio.run(concurrent("stream"))
+
+    def non_stream() -> float:
+        return asyncio.run(concurrent("whole"))
+
+    # First-call costs (connections, allocator, kernels) stay out of the rounds.
+    stream()
+    non_stream()
+    assert texts["stream"] == texts["whole"], "streamed text differs from the non-streamed"
+    for figures in latency.values():
+        figures.clear()
+    values = interleave(rounds, {"stream": stream, "whole": non_stream})
+    shape = (f"{REQUESTS} concurrent /v1/completions x {NEW_TOKENS} new tokens, prompts of "
+             f"{PROMPT_TOKENS}, greedy, stream interval {interval:g} s")
+    return [
+        paired("streaming vs non-streaming", values["stream"], values["whole"],
+               unit="tok/s", goal=0.9, direction="at_least",
+               note=f"ours = stream=true (SSE read as it arrives), anchor = stream=false, "
+                    f"same server; {shape}; value = median per-round ratio"),
+        Result(measure="streaming time to first token", ours=median(latency["stream"]),
+               anchor=median(latency["whole"]), unit="s",
+               value=median(latency["stream"]) / median(latency["whole"]), goal=None,
+               direction="report", rounds=[round(v, 4) for v in latency["stream"]],
+               note=f"ours = median time to a streamed request's first text; anchor = median "
+                    f"time to a whole non-streamed answer; value = ours/anchor; {shape}"),
+    ]
+
+
+if __name__ == "__main__":
+    standalone(run)

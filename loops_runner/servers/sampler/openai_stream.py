@@ -1,0 +1,247 @@
+"""Server-sent events for the OpenAI routes (``stream=true``).
+
+Tokens leave as the engine produces them, not at the end: each job's
+listener hands the engine's per-step events to the event loop (through the
+``Mailbox``, which wakes the loop at most every ``stream_interval_s``, 100 ms by
+default), and every wake-up of a stream sends one chunk per choice with
+everything that arrived since the last one (a slow reader gets fewer, larger
+chunks, never a backlog of tiny ones).
+
+The job's final output stays the source of truth: when it arrives, any token
+the events have not delivered yet is sent from it, and each choice's text is
+completed to exactly the non-streamed text (``TextStream``), so the
+concatenated stream always equals the non-streamed answer for the same seed.
+
+A client that goes away cancels the response (Starlette listens for the
+disconnect), which cancels the engine jobs, and the engine frees their rows
+before its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loops_runner.servers.sampler.detokenize import TextStream
+from loops_runner.servers.sampler.engine import (
+    Engine,
+    GenerationJob,
+    GenerationOutput,
+    SequenceOutput,
+    TokenEvent,
+)
+
+logger = logging.getLogger("loops_runner.sampler.stream")
+
+DONE_LINE = "data: [DONE]\n\n"
+
+
+@dataclass
+class _Step:
+    job: int
+    events: list[TokenEvent]
+
+
+@dataclass
+class _Finished:
+    job: int
+    task: asyncio.Future[GenerationOutput]
+
+
+class Mailbox:
+    """Hands the engine thread's events to the event loop, at most once per interval.
+
+    The engine and the event loop share one interpreter lock, so every moment
+    the loop spends on a stream is taken from the engine's step. Waking the
+    loop per stream per step (a ``call_soon_threadsafe`` each) and writing one
+    event per token made 32 streams cost the engine half its throughput here.
+    So posts collect here and are delivered together: at once when the last
+    delivery is older than ``interval_s``, else when it is that old. A stream's
+    first tokens are urgent and leave without delay (time to first token is
+    not paced); later ones leave in chunks of whatever the engine made
+    meanwhile, at most ``interval_s`` late.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> None:
+        self._loop = loop
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[asyncio.Queue[Any], Any]] = deque()
+        self._scheduled = False
+        self._last = float("-inf")
+
+    def post(self, inbox: asyncio.Queue[Any], item: Any, urgent: bool = False) -> None:
+        """Called from the engine's thread."""
+        with self._lock:
+            self._pending.append((inbox, item))
+            if self._scheduled and not urgent:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._arm, urgent)
+
+    def _arm(self, urgent: bool) -> None:
+        delay = 0.0 if urgent else self._last + self.interval_s - self._loop.time()
+        if delay > 0:
+            self._loop.call_later(delay, self._deliver)
+        else:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, deque()
+            self._scheduled = False
+        if pending:  # an urgent delivery may have taken a timed one's posts
+            self._last = self._loop.time()
+        for inbox, item in pending:
+            inbox.put_nowait(item)
+
+
+async def follow(engine: Engine, jobs: list[GenerationJob], mailbox: Mailbox,
+                 ) -> AsyncIterator[list[_Step | _Finished]]:
+    """Run ``jobs`` on ``engine``; yield what happened since the last yield.
+
+    Leaving the iteration early (the client went away) cancels every job.
+    """
+    inbox: asyncio.Queue[_Step | _Finished] = asyncio.Queue()
+
+    def listener(job: int) -> Callable[[list[TokenEvent]], None]:
+        started = False
+
+        def hand_over(events: list[TokenEvent]) -> None:
+            nonlocal started
+            mailbox.post(inbox, _Step(job, events), urgent=not started)
+            started = True
+
+        return hand_over
+
+    for index, job in enumerate(jobs):
+        job.listener = listener(index)
+    tasks = [asyncio.ensure_future(engine.generate(job)) for job in jobs]
+    for index, task in enumerate(tasks):
+        task.add_done_callback(lambda done, job=index: inbox.put_nowait(_Finished(job, done)))
+    remaining = len(tasks)
+    try:
+        while remaining:
+            batch = [await inbox.get()]
+            while not inbox.empty():
+                batch.append(inbox.get_nowait())
+            remaining -= sum(isinstance(item, _Finished) for item in batch)
+            yield batch
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+
+class ChunkFormat(Protocol):
+    """How one route shapes its chunks' ``choices`` entries."""
+
+    object_name: str
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        """The choice's first entry before any token (chat: the role), or None."""
+
+    def entry(self, index: int, text: str, tokens: list[TokenEvent],
+              reason: str | None) -> dict[str, Any]:
+        """New text, its tokens' logprobs when asked for, and on the choice's
+        last entry its finish reason."""
+
+
+@dataclass
+class StreamPlan:
+    """What a streamed request needs besides its jobs."""
+
+    completion_id: str
+    model: str
+    n: int
+    stops: tuple[str, ...]
+    include_usage: bool
+    tokenizer: Any
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _line(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _remaining(sequence: SequenceOutput, sent: int) -> list[TokenEvent]:
+    tops = sequence.top_logprobs
+    return [TokenEvent(0, token, logprob, tuple(tops[i]) if tops is not None else None)
+            for i, (token, logprob) in enumerate(zip(sequence.token_ids, sequence.logprobs,
+                                                     strict=True)) if i >= sent]
+
+
+async def sse_events(engine: Engine, jobs: list[GenerationJob], plan: StreamPlan,
+                     form: ChunkFormat, mailbox: Mailbox) -> AsyncIterator[str]:
+    """The ``text/event-stream`` body: chunks, an optional usage chunk, ``[DONE]``."""
+
+    # Every chunk shares its envelope; only "choices" (and the last "usage") vary.
+    envelope = json.dumps({"id": plan.completion_id, "object": form.object_name,
+                           "created": plan.created, "model": plan.model},
+                          separators=(",", ":"))[:-1]
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        tail = f',"usage":{json.dumps(usage, separators=(",", ":"))}' \
+            if plan.include_usage else ""
+        return (f'data: {envelope},"choices":{json.dumps(choices, separators=(",", ":"))}'
+                f"{tail}}}\n\n")
+
+    total = len(jobs) * plan.n
+    texts = [TextStream(plan.tokenizer, plan.stops) for _ in range(total)]
+    sent = [0] * total
+    outputs: dict[int, GenerationOutput] = {}
+    openings = [entry for index in range(total) if (entry := form.opening(index)) is not None]
+    if openings:
+        yield chunk(openings)
+    try:
+        async for batch in follow(engine, jobs, mailbox):
+            new: dict[int, list[TokenEvent]] = {}
+            ends: dict[int, SequenceOutput] = {}
+            for item in batch:
+                if isinstance(item, _Step):
+                    if item.job in outputs:
+                        continue  # the final output already delivered these
+                    for event in item.events:
+                        index = item.job * plan.n + event.index
+                        new.setdefault(index, []).append(event)
+                        sent[index] += 1
+                    continue
+                output = item.task.result()
+                outputs[item.job] = output
+                for position, sequence in enumerate(output.sequences):
+                    index = item.job * plan.n + position
+                    rest = _remaining(sequence, sent[index])
+                    if rest:
+                        new.setdefault(index, []).extend(rest)
+                        sent[index] += len(rest)
+                    ends[index] = sequence
+            entries = []
+            for index in sorted(new.keys() | ends.keys()):
+                events = new.get(index, [])
+                text = texts[index].extend([event.token_id for event in events])
+                ended = ends.get(index)
+                if ended is not None:
+                    text += texts[index].finish(ended.text)
+                entries.append(form.entry(index, text, events,
+                                          ended.finish_reason if ended else None))
+            if entries:
+                yield chunk(entries)
+    except Exception as exc:  # the engine failed mid-stream: say so in the stream
+        logger.exception("streamed generation failed")
+        yield _line({"error": {"message": f"generation failed: {exc}", "type": "server_error",
+                               "param": None, "code": None}})
+        yield DONE_LINE
+        return
+    if plan.include_usage:
+        prompt_tokens = sum(len(job.prompt) for job in jobs)
+        completion = sum(len(s.token_ids) for o in outputs.values() for s in o.sequences)
+        yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                         "total_tokens": prompt_tokens + completion})
+    yield DONE_LINE
