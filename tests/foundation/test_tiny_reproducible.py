@@ -142,10 +142,11 @@ def test_same_class_rebuild_must_match_every_byte() -> None:
 def test_another_class_is_judged_by_loss_and_accuracy_and_named() -> None:
     shipped = _shipped()
     loss = shipped["pretrain"]["final_loss"]
-    # Float noise of another CPU: other weight bytes, a loss 0.2% off, accuracy 9 points off.
-    noisy = _rebuilt_on(_another_class(), final_loss=round(loss * 0.998, 4))
+    # Float noise of other kernels, as measured: other weight bytes, a loss 2.6% off,
+    # accuracy ten points off.
+    noisy = _rebuilt_on(_another_class(), final_loss=round(loss * 1.026, 4))
     noisy["sha256"][WEIGHTS] = "0" * 64
-    noisy["heldout_accuracy"] = {k: min(1.0, v + 0.09)
+    noisy["heldout_accuracy"] = {k: min(1.0, v + 0.10)
                                  for k, v in shipped["heldout_accuracy"].items()}
     verdict, problems = compare_rebuild(shipped, noisy)
     assert problems == [], problems

@@ -11,10 +11,12 @@ Two checks of one recipe (scripts/pretrain_tiny.py = models/tiny.py + pretrain.p
   a marked job (``bash scripts/test.sh -m rebuild``), run when the model changes.
 
 The tolerances are measured, not guessed (docs/tiny-model.md, "Reproducible
-where"): rebuilds under another CPU class or seed end within 0.3% of the
-shipped final loss, but their held-out accuracy moves by up to ten points,
-because greedy answers of a 1.3 M model sit on near-ties that rounding noise
-flips. Per-family accuracy moves by up to 40 points and is not compared.
+where"): full rebuilds under other kernels ended 0.2% (Intel AVX-512) and 2.6%
+(``ATEN_CPU_CAPABILITY=default`` here) from the shipped final loss (the last
+batch's loss, so noisier than a mean), and their held-out accuracy over the
+default mix moved by up to ten points, because greedy answers of a 1.3 M model
+sit on near-ties that rounding noise flips. Per-family accuracy moved by up to
+38 points and is not compared.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ FOREIGN_ENV = {"PYTHONHASHSEED": "7", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY":
 SLICE = {"steps": 40, "warmup_steps": 10, "chats": 2000, "prose_paragraphs": 200,
          "lexicon_repeats": 1}
 # A full rebuild on another CPU class (measured spread: docs/tiny-model.md).
-LOSS_RELATIVE_TOLERANCE = 0.02  # |final loss - shipped| / shipped
+LOSS_RELATIVE_TOLERANCE = 0.05  # |final loss - shipped| / shipped
 ACCURACY_TOLERANCE = 0.15  # held-out "all" and "default_mix", absolute
 # The shipped weights scored on another CPU class (inference only, no training):
 # only greedy near-ties can flip, a question or two of the 200.
 SCORING_TOLERANCE = 0.02  # "all" and "default_mix", absolute
-# Files that hold no float arithmetic: the same bytes on every machine.
+# The one file that float arithmetic writes; the others (tokenizer, configs,
+# chat template) are the same bytes on every machine.
 WEIGHTS = "model.safetensors"
 
 
