@@ -36,8 +36,8 @@ def _shipped() -> dict[str, Any]:
 
 def test_a_slice_of_the_recipe_rebuilds_byte_for_byte(tmp_path: Path) -> None:
     """Two fresh processes (other thread and hash-seed settings) build the same bytes."""
-    first = tiny.build_info(slice_build(tmp_path / "first", timeout=600))
-    second = tiny.build_info(slice_build(tmp_path / "second", timeout=600))
+    first = tiny.build_info(slice_build(tmp_path / "first", timeout=400))
+    second = tiny.build_info(slice_build(tmp_path / "second", timeout=400))
     assert first["pretrain"]["steps"] == SLICE["steps"], first["pretrain"]
     assert first["pretrain"] == {**first["pretrain"], **dataclasses.asdict(
         dataclasses.replace(tiny.PRETRAIN, **SLICE))}
@@ -84,7 +84,8 @@ def test_the_shipped_build_records_its_machine_class() -> None:
 
 
 @pytest.mark.rebuild
-@pytest.mark.timeout(2400)  # the build alone takes 7-15 minutes on 2 cores
+# The build takes 752 s on 2 quiet cores; at nice 19 beside other jobs it took 2,455 s.
+@pytest.mark.timeout(4000)
 def test_pretraining_script_reproduces_the_shipped_model(tmp_path: Path) -> None:
     """scripts/pretrain_tiny.py, run afresh: the shipped bytes on the shipped build's CPU
     class; on another class, its final loss and held-out accuracy within tolerance.
@@ -98,7 +99,7 @@ def test_pretraining_script_reproduces_the_shipped_model(tmp_path: Path) -> None
     assert libraries_match(), (
         "this environment's libraries differ from those the shipped tiny was built with; "
         "install them with scripts/bootstrap.sh (scripts/constraints.txt pins them)")
-    rebuilt = tiny.build_info(full_rebuild(tmp_path, timeout=2100))
+    rebuilt = tiny.build_info(full_rebuild(tmp_path, timeout=3600))
     verdict, problems = compare_rebuild(_shipped(), rebuilt)
     print(verdict)
     assert not problems, f"{verdict}\n" + "\n".join(problems)
