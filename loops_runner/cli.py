@@ -137,7 +137,7 @@ def _models_info(name: str, home: str | None) -> int:
     built_on = recorded_machine(info)
     if built_on is not None:
         # Rebuilds reproduce the bytes only on this CPU class (docs/tiny-model.md).
-        console.print(f"built on {built_on.describe()}", highlight=False)
+        console.print(f"built on {built_on.describe()}", highlight=False, soft_wrap=True)
     table = Table(title=f"greedy held-out accuracy ({info.get('heldout_sample')} questions)")
     table.add_column("family")
     table.add_column("accuracy", justify="right")
