@@ -15,8 +15,8 @@ where"): full rebuilds under other kernels ended 0.2% (Intel AVX-512) and 2.6%
 (``ATEN_CPU_CAPABILITY=default`` here) from the shipped final loss (the last
 batch's loss, so noisier than a mean), and their held-out accuracy over the
 default mix moved by up to ten points, because greedy answers of a 1.3 M model
-sit on near-ties that rounding noise flips. Per-family accuracy moved by up to
-38 points and is not compared.
+sit on near-ties that rounding noise flips (another seed moved it by 3.7).
+Per-family accuracy moved by up to 38 points and is not compared.
 """
 
 from __future__ import annotations
