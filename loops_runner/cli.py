@@ -119,6 +119,7 @@ def _models_info(name: str, home: str | None) -> int:
     from rich.table import Table
 
     from loops_runner.models import tiny
+    from loops_runner.models.machine import recorded_machine
     from loops_runner.models.registry import resolve_model
 
     resolved = resolve_model(name, loops_home(home))
@@ -140,6 +141,10 @@ def _models_info(name: str, home: str | None) -> int:
                   f"built in {info['build_seconds']} s "
                   f"(pretraining {pretrain.get('steps')} steps in {pretrain.get('seconds')} s, "
                   f"loss {pretrain.get('first_loss')} -> {pretrain.get('final_loss')})")
+    built_on = recorded_machine(info)
+    if built_on is not None:
+        # Rebuilds reproduce the bytes only on this CPU class (docs/tiny-model.md).
+        console.print(f"built on {built_on.describe()}", highlight=False, soft_wrap=True)
     table = Table(title=f"greedy held-out accuracy ({info.get('heldout_sample')} questions)")
     table.add_column("family")
     table.add_column("accuracy", justify="right")

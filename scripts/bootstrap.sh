@@ -4,7 +4,8 @@
 # Idempotent: when nothing changed since the last run it returns at once.
 #
 # scripts/constraints.txt pins the few libraries whose versions decide the bytes
-# of the built-in tiny model, so every checkout rebuilds it bit for bit.
+# of the built-in tiny model, so every checkout on the same CPU class rebuilds it
+# bit for bit (docs/tiny-model.md, "Reproducible where").
 #
 # torch: the CPU build (torch==2.13.0) is installed unless .venv already has a
 # torch. GPU users install their CUDA build into .venv first (see README);

@@ -3,10 +3,13 @@
     .venv/bin/python scripts/pretrain_tiny.py                      # refresh the shipped copy
     .venv/bin/python scripts/pretrain_tiny.py --out /tmp/tiny      # build elsewhere (to compare)
 
-Deterministic: the same machine produces the same bytes (fixed steps, seeds and
-thread count; see loops_runner/models/pretrain.py). Takes several minutes on 2
-CPU cores; the build info it writes records the figures (loss, time, held-out
-accuracy per family) that `loops-runner models info tiny` prints.
+Deterministic: a machine of the same CPU class with the same library versions
+produces the same bytes (fixed steps, seeds and thread count; see
+loops_runner/models/pretrain.py); another CPU class gives other weights with
+about the same loss (docs/tiny-model.md, "Reproducible where"). Takes 7-15
+minutes on 2 CPU cores; the build info it writes records the figures (loss,
+time, held-out accuracy per family) and the CPU class (`machine`) that
+`loops-runner models info tiny` prints.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def main() -> None:
         shutil.rmtree(staging, ignore_errors=True)
     info = tiny.build_info(args.out)
     print(json.dumps({k: info[k] for k in ("parameters", "pretrain", "heldout_accuracy",
-                                           "build_seconds")}, indent=2))
+                                           "build_seconds", "machine")}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -13,44 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.foundation.tiny_rebuild import REBUILD_TEST, BackgroundRebuild, libraries_match
-
 # Offline everything: no hub, W&B offline. Set before any test imports them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-_REBUILD = pytest.StashKey[BackgroundRebuild]()
-
-
-@pytest.hookimpl(trylast=True)  # after -k / --deselect have dropped what will not run
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the shipped tiny's rebuild now, beside the other tests; compare it last."""
-    rebuild = [item for item in items if item.name == REBUILD_TEST]
-    if not rebuild or config.option.collectonly:
-        return
-    items[:] = [item for item in items if item not in rebuild] + rebuild
-    # Under other library versions the test fails at once, naming them: build nothing.
-    if libraries_match():
-        config.stash[_REBUILD] = BackgroundRebuild()
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    # A session that ends early (-x, Ctrl-C) must not leave the build running.
-    if _REBUILD in config.stash:
-        config.stash[_REBUILD].cancel()
-
-
-@pytest.fixture(scope="session")
-def tiny_rebuild(request: pytest.FixtureRequest) -> BackgroundRebuild:
-    """The background rebuild started at collection (or one started now)."""
-    stash = request.config.stash
-    if _REBUILD not in stash:
-        stash[_REBUILD] = BackgroundRebuild()
-    return stash[_REBUILD]
 
 
 @pytest.fixture(scope="session")

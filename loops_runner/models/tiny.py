@@ -9,8 +9,10 @@ whose full weights are pretrained on task chats, prose and word facts
 
 How it reaches a user: pretraining takes minutes on a CPU, so its result is
 shipped with the package (``tiny_pretrained/``, about 5 MB), produced by
-``scripts/pretrain_tiny.py``, which reproduces it bit for bit on the same
-machine (a test checks). ``prepare`` copies it into the data home and checks
+``scripts/pretrain_tiny.py``, which reproduces it bit for bit on a machine of
+the same CPU class with the same library versions, and within measured
+tolerances of loss and accuracy on any other (``pytest -m rebuild`` checks;
+docs/tiny-model.md has the figures). ``prepare`` copies it into the data home and checks
 its hashes; if the shipped folder is missing it builds from scratch instead.
 Everything is a function of ``RECIPE_VERSION``: bump it whenever the recipe
 changes, and homes rebuild on next use.
@@ -200,6 +202,7 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
+    from loops_runner.models.machine import current_machine
     from loops_runner.models.pretrain import pretrain
 
     started = time.monotonic()
@@ -252,6 +255,9 @@ def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
         "heldout_sample": ACCURACY_SAMPLE,
         "build_seconds": round(time.monotonic() - started, 1),
         "libraries": build_libraries(),
+        # The CPU class decides the weights' bytes as much as the libraries do
+        # (see models/machine.py): a rebuild compares bytes only within it.
+        "machine": current_machine().to_json(),
         "sha256": digests,
     }
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
