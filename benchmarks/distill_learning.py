@@ -3,8 +3,8 @@
     python benchmarks/distill_learning.py --teacher outputs/sft/default [--home DIR] [overrides...]
 
 Acceptance (issue 12, pretrained ``tiny``): ``distill/reverse_kl`` on held-out
-prompts falls >= 50% and the student's ``eval/task_accuracy`` moves toward the
-teacher's (``eval/teacher_task_accuracy``), within 3 minutes on 2 cores.
+prompts falls >= 50% and the student's ``eval/accuracy`` moves toward the
+teacher's (``eval/teacher/accuracy``), within 3 minutes on 2 cores.
 Without ``--teacher`` an SFT run is trained first (its time is not counted).
 """
 
@@ -34,12 +34,12 @@ def main() -> None:
     wall, run_dir = run_cli(["+recipe=distill", f"recipe.teacher={teacher}", *args.overrides],
                             workdir, args.home)
     lines = read_metrics(run_dir)
-    for name in ("distill/reverse_kl", "distill/teacher_logprob", "eval/task_accuracy"):
+    for name in ("distill/reverse_kl", "distill/teacher_logprob", "eval/accuracy"):
         print(f"{name:24s} " + "  ".join(f"{step}:{value:.3f}"
                                             for step, value in series(lines, name)))
     kl = series(lines, "distill/reverse_kl")
-    student = series(lines, "eval/task_accuracy")
-    teacher_accuracy = lines[0].get("eval/teacher_task_accuracy", float("nan"))
+    student = series(lines, "eval/accuracy")
+    teacher_accuracy = lines[0].get("eval/teacher/accuracy", float("nan"))
     fall = 1 - kl[-1][1] / kl[0][1]
     # The KL is a per-token estimate from sampled tokens, so it can dip below 0
     # once student and teacher agree; "108% lower" would misread that.

@@ -3,7 +3,7 @@
     python benchmarks/dpo_learning.py [--home DIR] [overrides...]
 
 Acceptance (issue 12, pretrained ``tiny``): ``eval/dpo/accuracy`` rises to
->= 0.8 from the base's, ``eval/task_accuracy`` does not fall, within 3 minutes
+>= 0.8 from the base's, ``eval/accuracy`` does not fall, within 3 minutes
 on 2 cores (the wall time includes provisioning; start the daemon warm to see
 the training time alone).
 """
@@ -25,11 +25,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dpo-learning-"))
     wall, run_dir = run_cli(["+recipe=dpo", *args.overrides], workdir, args.home)
     lines = read_metrics(run_dir)
-    for name in ("eval/dpo/accuracy", "eval/dpo/margin", "eval/dpo/loss", "eval/task_accuracy"):
+    for name in ("eval/dpo/accuracy", "eval/dpo/margin", "eval/dpo/loss", "eval/accuracy"):
         print(f"{name:22s} " + "  ".join(f"{step}:{value:.3f}"
                                           for step, value in series(lines, name)))
     accuracy = series(lines, "eval/dpo/accuracy")
-    task = series(lines, "eval/task_accuracy")
+    task = series(lines, "eval/accuracy")
     print(f"wall {wall:.0f} s; held-out preference accuracy {accuracy[0][1]:.3f} -> "
           f"{accuracy[-1][1]:.3f} (target >= 0.8); greedy task accuracy {task[0][1]:.3f} -> "
           f"{task[-1][1]:.3f} (must not fall)")

@@ -47,6 +47,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__context__
+    return chain
+
+
 def run() -> None:
     from loops_runner.runner import overrides, run_dirs, sweep
 
@@ -58,6 +66,14 @@ def run() -> None:
     run_dirs.register()
     try:
         main()
+    except KeyboardInterrupt:
+        # The run said where it stopped and how to resume; no traceback for a Ctrl-C.
+        from loops_runner.runner.app import InterruptReported
+
+        if not any(isinstance(e, InterruptReported) for e in _chain(sys.exc_info()[1])):
+            print("loops-runner: interrupted; re-run the same command to resume",
+                  file=sys.stderr)
+        sys.exit(130)
     finally:
         sweep.print_pending_summary()  # a sweep that ended on a failed job still gets its table
 

@@ -14,17 +14,16 @@ Reads top to bottom:
    KL), trained with the ``importance_sampling`` loss (off-policy: cross-entropy
    on the teacher's tokens);
 5. publish the new student (weight sync every step), log ``rollout/*``;
-6. every ``eval_every`` steps and at the end: held-out reverse KL and teacher
-   logprob on the student's samples, greedy task accuracy; checkpoint every
-   ``save_every`` steps (resumable: the data cursor is the step).
+6. every ``eval_every`` steps, before the first and after the last: held-out
+   reverse KL and teacher logprob on the student's samples, and the
+   ``evaluators`` (default: greedy ``eval/accuracy`` on held-out task questions),
+   which score the teacher once too (``eval/teacher/accuracy``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from loops_runner.data.chat import RenderedExample
 from loops_runner.data.checks import DataSummary, check_rows, held_out_count
 from loops_runner.data.prompts import prompt_messages
 from loops_runner.data.sources import SourceConfig, read_source
+from loops_runner.eval import EvaluatorConfig, SamplingEvaluator
 from loops_runner.optim import OptimConfig, adam_params, learning_rate
 from loops_runner.rl.datums import TokenSequence, trajectory_sequences
 from loops_runner.rl.envs.tasks import task_builder
@@ -49,9 +49,10 @@ from loops_runner.rl.teacher import (
     teacher_sampler,
 )
 from loops_runner.rl.types import EnvGroupBuilder
-from loops_runner.runner.context import Budget, RunContext
+from loops_runner.runner.budget import Budget
+from loops_runner.runner.context import RunContext
+from loops_runner.runner.loop import optimizer_metrics
 from loops_runner.tasks import Row, as_messages, sample_rows
-from loops_runner.tasks.accuracy import greedy_accuracy
 
 TASKS_SOURCE = "tasks"
 STUDENT_NAME = "student"
@@ -81,7 +82,9 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     warmup_steps: int = Field(default=0, ge=0)
     eval_every: int = Field(default=10, ge=0)
     save_every: int = Field(default=20, ge=0)
-    task_eval_prompts: int = Field(default=32, ge=0)
+    # greedy eval/accuracy on held-out task questions: the student's, and the teacher's once
+    evaluators: list[EvaluatorConfig] = Field(
+        default_factory=lambda: [SamplingEvaluator(source="tasks", num_prompts=32)])
 
 
 # -- 1. prompts and teacher ----------------------------------------------------------
@@ -173,101 +176,91 @@ def mean_teacher_logprob(sequences_D: Sequence[TokenSequence],
     return sum(values) / len(values) if values else float("nan")
 
 
-def grade(teacher: Any, sequences_D: list[TokenSequence]) -> dict[str, float]:
+async def grade(teacher: Any, sequences_D: list[TokenSequence]) -> dict[str, float]:
     """Advantage of each sampled token := teacher logprob − sampler logprob (in place)."""
-    teacher_D = asyncio.run(reference_logprobs_D(teacher, sequences_D))
+    teacher_D = await reference_logprobs_D(teacher, sequences_D)
     # With advantages at 0, a KL penalty of weight 1 leaves exactly teacher − student.
     reverse_kl = apply_kl_penalty(sequences_D, teacher_D, 1.0)
     return {"reverse_kl": reverse_kl,
             "teacher_logprob": mean_teacher_logprob(sequences_D, teacher_D)}
 
 
-def evaluate(ctx: RunContext, cfg: Config, student: Any, teacher: Any, data: DistillData,
-             settings: RolloutSettings) -> dict[str, float]:
-    """Held-out reverse KL (student ‖ teacher, per token) on the student's own samples."""
+async def evaluate(ctx: RunContext, cfg: Config, student: Any, teacher: Any, data: DistillData,
+                   settings: RolloutSettings, step: int) -> dict[str, float]:
+    """Held-out reverse KL (student ‖ teacher, per token) on the student's own samples,
+    and the evaluators on the student's weights of ``step``."""
     builders = [prompt_builder(p, ctx.tokenizer) for p in data.eval]
     # step=-1: the same sampling seeds at every eval, so evals differ only by the student.
-    batch = asyncio.run(rollout_batch(builders, 1, student, settings, step=-1))
-    graded = grade(teacher, sampled_sequences(batch))
-    metrics = {f"distill/{k}": v for k, v in graded.items()}
-    rows = [p.task for p in data.eval if p.task is not None][:cfg.task_eval_prompts]
-    if rows:
-        metrics["eval/task_accuracy"] = greedy_accuracy(student, ctx.tokenizer, rows,
-                                                        cfg.max_tokens)
-    return metrics
+    batch = await rollout_batch(builders, 1, student, settings, step=-1)
+    graded = await grade(teacher, sampled_sequences(batch))
+    scores, _ = await ctx.evaluate(cfg.evaluators, step)
+    return {f"distill/{k}": v for k, v in graded.items()} | scores
 
 
 # -- the loop -----------------------------------------------------------------------
 
 
-def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+@dataclass
+class Submitted:
+    metrics: dict[str, float]  # of the rollouts
+    forward_backward: Any  # None when nothing was sampled to train on
+    optim: Any
+    learning_rate: float
+    datums: int
+
+
+async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     data: DistillData = ctx.data
     teacher = teacher_sampler(ctx.service_client, data.teacher, ctx.config.timeouts)
     check_same_tokens(ctx.tokenizer, teacher.get_tokenizer(), cfg.teacher)
-    steps = ctx.budget.steps(cfg.max_steps)
+    loop = ctx.loop(cfg.max_steps, eval_every=cfg.eval_every, save_every=cfg.save_every)
     settings = RolloutSettings(
         max_tokens=cfg.max_tokens, temperature=cfg.temperature, max_turns=1, seed=ctx.seed,
         decode=lambda tokens: ctx.tokenizer.decode(tokens, skip_special_tokens=True))
     ctx.metrics.print(f"Distill ({cfg.mode}): teacher {data.teacher.described}, "
-                      f"{len(data.train)} train / {len(data.eval)} eval prompts, {steps} steps "
-                      f"of {cfg.prompts_per_step} × {cfg.group_size} samples")
+                      f"{len(data.train)} train / {len(data.eval)} eval prompts, {loop.steps} "
+                      f"steps of {cfg.prompts_per_step} × {cfg.group_size} samples")
     student = ctx.publish(STUDENT_NAME)
-    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
-    if ctx.start_step == 0:
-        last.update(evaluate(ctx, cfg, student, teacher, data, settings))
-        rows = [p.task for p in data.eval if p.task is not None][:cfg.task_eval_prompts]
-        if rows:
-            last["eval/teacher_task_accuracy"] = greedy_accuracy(teacher, ctx.tokenizer, rows,
-                                                                 cfg.max_tokens)
-        ctx.log(0, last)
-    ctx.metrics.start_progress(steps, completed=ctx.start_step)
-    step = ctx.start_step
-    step_started = time.monotonic()
-    while step < steps:
+    if loop.fresh:
+        teacher_scores, _ = await ctx.evaluate(cfg.evaluators, 0,
+                                               other=("teacher", teacher))
+        loop.log(0, await evaluate(ctx, cfg, student, teacher, data, settings, 0)
+                 | teacher_scores)
+    for step in loop:
         # 3. sample: the student (on-policy) or the teacher (off-policy)
         builders = [prompt_builder(p, ctx.tokenizer)
                     for p in prompts_for_step(step, data.train, cfg, ctx.seed)]
         sampler = student if cfg.mode == "on_policy" else teacher
-        batch = asyncio.run(rollout_batch(builders, cfg.group_size, sampler, settings,
-                                          step=step))
+        batch = await rollout_batch(builders, cfg.group_size, sampler, settings, step=step)
         metrics = rollout_metrics(batch, step)
         sequences_D = sampled_sequences(batch)
 
         # 4. teacher grades the student's tokens; train on exactly those tokens
-        lr = learning_rate(step, cfg, steps)
         if cfg.mode == "on_policy":
             metrics.update({f"distill/train_{k}": v
-                            for k, v in grade(teacher, sequences_D).items()})
+                            for k, v in (await grade(teacher, sequences_D)).items()})
             datums_D = [s.to_datum() for s in sequences_D]
             loss_fn = "importance_sampling"
         else:
             datums_D = [RenderedExample(s.tokens, s.weights).to_datum() for s in sequences_D]
             loss_fn = "cross_entropy"
+        lr = learning_rate(step, cfg, loop.steps)
+        backward = optim = None
         if datums_D:
             backward = ctx.training_client.forward_backward(datums_D, loss_fn)
             optim = ctx.training_client.optim_step(adam_params(cfg, lr))
-            metrics["train/loss"] = backward.result().loss
-            metrics.update({f"optim/{k}": v for k, v in (optim.result().metrics or {}).items()
-                            if k == "grad_norm"})
-        metrics.update({"optim/lr": lr, "train/datums": float(len(datums_D))})
+        for done in loop.submit(step, Submitted(metrics, backward, optim, lr, len(datums_D))):
+            metrics = {**done.work.metrics, "train/datums": float(done.work.datums)}
+            if done.work.forward_backward is not None:
+                metrics["train/loss"] = (await done.work.forward_backward).loss
+                metrics.update(optimizer_metrics(await done.work.optim, done.work.learning_rate))
 
-        # 5. weight sync: the next samples come from the new student
-        step += 1
-        student = ctx.publish(STUDENT_NAME)
+            # 5. weight sync: the next samples come from the new student
+            student = ctx.publish(STUDENT_NAME)
 
-        # 6. eval, log, checkpoint
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
-            metrics.update(evaluate(ctx, cfg, student, teacher, data, settings))
-        now = time.monotonic()
-        metrics["time/step_s"] = now - step_started
-        step_started = now
-        ctx.log(step, metrics)
-        last.update(metrics)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
-            ctx.checkpointer.save(step, {"step": step})
-        if ctx.out_of_time(step, steps):
-            break
-    ctx.metrics.stop_progress()
-    final = {k: v for k, v in last.items() if not k.startswith("time/")}
-    final["steps"] = step
-    return final
+            # 6. eval, log (the loop checkpoints at its cadence)
+            if done.evaluates:
+                metrics.update(await evaluate(ctx, cfg, student, teacher, data, settings,
+                                              done.step))
+            loop.log(done.step, metrics)
+    return loop.final()

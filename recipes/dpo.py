@@ -10,17 +10,17 @@ Reads top to bottom:
 3. train: each step takes a batch of pairs, builds (chosen, rejected) datums
    with their reference logprobs, and submits the trainer's ``dpo`` loss and
    an optimizer step, futures ahead so the trainer never waits;
-4. evaluate held-out preference accuracy and margin every ``eval_every`` steps
-   and at the end, checkpoint every ``save_every`` steps (the cursor is the step);
-5. with the bundled task pairs: greedy task accuracy on held-out prompts,
-   before and after training, so a gain in preference never hides a lost skill.
+4. evaluate every ``eval_every`` steps, before the first and after the last:
+   held-out preference accuracy and margin (``eval/dpo/*``) and the
+   ``evaluators`` (default: greedy ``eval/accuracy`` on held-out task questions
+   with the bundled pairs, or the chosen answers of the held-out pairs on your
+   own data), so a gain in preference never hides a lost skill; checkpoint
+   every ``save_every`` steps (the cursor is the step).
 """
 
 from __future__ import annotations
 
 import random
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,11 @@ from loops_runner.data.preferences import (
 )
 from loops_runner.data.reference_logprobs import ReferenceLogprobs, reference_logprobs
 from loops_runner.data.sources import DataError, SourceConfig
+from loops_runner.eval import EvaluatorConfig, SamplingEvaluator
 from loops_runner.optim import OptimConfig, adam_params, learning_rate
-from loops_runner.runner.context import Budget, RunContext
-from loops_runner.tasks.accuracy import greedy_accuracy
+from loops_runner.runner.budget import Budget
+from loops_runner.runner.context import RunContext
+from loops_runner.runner.loop import optimizer_metrics
 from loops_runner.wire import Datum, TensorData
 
 # -- configuration (validated before anything starts) --------------------------
@@ -66,8 +68,8 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     eval_every: int = Field(default=20, ge=0)
     save_every: int = Field(default=20, ge=0)
     pipeline_depth: int = Field(default=2, ge=1)
-    task_eval_prompts: int = Field(default=64, ge=0)
-    sample_max_tokens: int = Field(default=16, ge=1)
+    evaluators: list[EvaluatorConfig] = Field(
+        default_factory=lambda: [SamplingEvaluator(num_prompts=64)])
 
 
 # -- data ------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class Pairs:
     eval: list[PreferencePair]
     summary: DataSummary
     digest: str  # the pairs' content: part of the run's identity
+    builtin: bool = False  # the bundled task pairs (evaluated on the task registry)
 
 
 def prepare_data(cfg: Config, seed: int) -> Pairs:
@@ -91,7 +94,7 @@ def prepare_data(cfg: Config, seed: int) -> Pairs:
                                                                           "heldout", seed)
         return Pairs(train, held, DataSummary(ds.source, len(train) + len(held), len(train),
                                               len(held)),
-                     f"{TASKS_SOURCE}:{ds.num_pairs}:{ds.eval_pairs}:{seed}")
+                     f"{TASKS_SOURCE}:{ds.num_pairs}:{ds.eval_pairs}:{seed}", builtin=True)
     loaded = load_pairs(ds.source, split=ds.split, columns=ds.columns, bad_rows=ds.bad_rows)
     if ds.eval_split is not None:
         held = load_pairs(ds.source, split=ds.eval_split, columns=ds.columns,
@@ -175,8 +178,8 @@ def dpo_metrics(output: Any) -> dict[str, float]:
     return metrics
 
 
-def eval_preferences(ctx: RunContext, cfg: Config, pairs: list[RenderedPair],
-                     reference: ReferenceLogprobs) -> dict[str, float]:
+async def eval_preferences(ctx: RunContext, cfg: Config, pairs: list[RenderedPair],
+                           reference: ReferenceLogprobs) -> dict[str, float]:
     """Held-out ``eval/dpo/*``: the dpo loss's metrics without a gradient, pair-weighted."""
     loss_config = {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing}
     starts = range(0, len(pairs), cfg.batch_size)
@@ -185,19 +188,22 @@ def eval_preferences(ctx: RunContext, cfg: Config, pairs: list[RenderedPair],
     totals: dict[str, float] = {}
     for start, future in zip(starts, futures, strict=True):
         weight = len(pairs[start:start + cfg.batch_size])
-        for name, value in dpo_metrics(future.result()).items():
+        for name, value in dpo_metrics(await future).items():
             totals[f"eval/{name}"] = totals.get(f"eval/{name}", 0.0) + weight * value
     return {name: total / len(pairs) for name, total in totals.items()}
 
 
-def task_accuracy(ctx: RunContext, cfg: Config, sampler: Any,
-                  pairs: list[RenderedPair]) -> dict[str, float]:
-    """Greedy ``eval/task_accuracy`` on the held-out pairs' task rows (bundled pairs only)."""
-    rows = [r.pair.task for r in pairs if r.pair.task is not None][:cfg.task_eval_prompts]
-    if not rows:
-        return {}
-    return {"eval/task_accuracy": greedy_accuracy(sampler, ctx.tokenizer, rows,
-                                                  cfg.sample_max_tokens)}
+def chosen_conversations(pairs: list[PreferencePair]) -> list[dict[str, Any]]:
+    """The held-out pairs as chats ending in the chosen answer: what the evaluators'
+    ``source: auto`` scores on your own pairs (exact match and similarity)."""
+    return [{"messages": [*pair.prompt, *pair.chosen]} for pair in pairs]
+
+
+async def evaluate(ctx: RunContext, cfg: Config, pairs: Pairs, eval_P: list[RenderedPair],
+                   reference: ReferenceLogprobs, step: int) -> dict[str, float]:
+    heldout = None if pairs.builtin else chosen_conversations(pairs.eval)
+    scores, _ = await ctx.evaluate(cfg.evaluators, step, heldout=heldout)
+    return await eval_preferences(ctx, cfg, eval_P, reference) | scores
 
 
 def starting_policy(ctx: RunContext) -> Any:
@@ -212,14 +218,13 @@ def starting_policy(ctx: RunContext) -> Any:
 
 
 @dataclass
-class InFlight:
-    step: int  # 1-based number of the optimizer step
+class Submitted:
     forward_backward: Any
     optim: Any
     learning_rate: float
 
 
-def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     pairs: Pairs = ctx.data
     train_P, dropped_train = render_all(ctx.tokenizer, pairs.train, cfg.dataset.max_length)
     eval_P, dropped_eval = render_all(ctx.tokenizer, pairs.eval, cfg.dataset.max_length)
@@ -231,63 +236,27 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                         f"(train {len(train_P)}, eval {len(eval_P)})")
     # Chosen and rejected of the same pair share the prompt, so sequences dedupe well.
     sequences = [e.tokens for r in train_P + eval_P for e in (r.chosen, r.rejected)]
-    reference = reference_logprobs(ctx.base_model, sequences, ctx.run_dir,
-                                   lambda: starting_policy(ctx))
-    steps = total_steps(cfg, len(train_P), ctx.budget)
-    ctx.metrics.print(f"DPO: {len(train_P)} train / {len(eval_P)} eval pairs, {steps} steps of "
-                      f"{cfg.batch_size}; reference logprobs: {reference.computed} sequences "
-                      f"computed, cache {reference.path.name}")
+    reference = await reference_logprobs(ctx.base_model, sequences, ctx.run_dir,
+                                         lambda: starting_policy(ctx))
+    loop = ctx.loop(total_steps(cfg, len(train_P), ctx.budget), eval_every=cfg.eval_every,
+                    save_every=cfg.save_every, ahead=cfg.pipeline_depth)
+    ctx.metrics.print(f"DPO: {len(train_P)} train / {len(eval_P)} eval pairs, {loop.steps} "
+                      f"steps of {cfg.batch_size}; reference logprobs: {reference.computed} "
+                      f"sequences computed, cache {reference.path.name}")
     loss_config = {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing}
-    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
-    if ctx.start_step == 0:
-        last.update(eval_preferences(ctx, cfg, eval_P, reference))
-        base_accuracy = task_accuracy(ctx, cfg, starting_policy(ctx), eval_P)
-        last.update({f"{k}_base": v for k, v in base_accuracy.items()} | base_accuracy)
-        ctx.log(0, last)
-    ctx.metrics.start_progress(steps, completed=ctx.start_step)
-    in_flight: deque[InFlight] = deque()
-
-    def boundary(step: int) -> bool:
-        return bool(step == steps or (cfg.eval_every and step % cfg.eval_every == 0)
-                    or (cfg.save_every and step % cfg.save_every == 0))
-
-    step = ctx.start_step
-    step_started = time.monotonic()
-    while step < steps:
+    if loop.fresh:
+        loop.log(0, await evaluate(ctx, cfg, pairs, eval_P, reference, 0))
+    for step in loop:
         batch_P = batch_for_step(step, train_P, cfg, ctx.seed)
-        lr = learning_rate(step, cfg, steps)
-        in_flight.append(InFlight(
-            step + 1,
+        lr = learning_rate(step, cfg, loop.steps)
+        submitted = Submitted(
             ctx.training_client.forward_backward(pair_datums(batch_P, reference), "dpo",
                                                  loss_config),
-            ctx.training_client.optim_step(adam_params(cfg, lr)), lr))
-        step += 1
-        # Eval and checkpoints must see exactly this step's weights: drain first.
-        drain = boundary(step) or ctx.budget.time_exhausted()
-        while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
-            item = in_flight.popleft()
-            metrics = dpo_metrics(item.forward_backward.result())
-            optim = item.optim.result().metrics or {}
-            metrics.update({"optim/lr": item.learning_rate,
-                            "time/step_s": time.monotonic() - step_started})
-            metrics.update({f"optim/{k}": v for k, v in optim.items() if k == "grad_norm"})
-            step_started = time.monotonic()
-            if (cfg.eval_every and item.step % cfg.eval_every == 0) or item.step == steps:
-                metrics.update(eval_preferences(ctx, cfg, eval_P, reference))
-            last.update(metrics)
-            ctx.log(item.step, metrics)
-            if (cfg.save_every and item.step % cfg.save_every == 0) or item.step == steps:
-                ctx.checkpointer.save(item.step, {"step": item.step})
-        if ctx.out_of_time(step, steps):
-            break
-
-    ctx.metrics.stop_progress()
-    final = {k: v for k, v in last.items() if not k.startswith("time/")}
-    if step == steps:
-        accuracy = task_accuracy(ctx, cfg, ctx.publish("final"), eval_P)
-        if accuracy:
-            ctx.log(step, accuracy)
-            final.update(accuracy)
-    final["steps"] = step
-    final["reference/computed_sequences"] = reference.computed
-    return final
+            ctx.training_client.optim_step(adam_params(cfg, lr)), lr)
+        for done in loop.submit(step, submitted):
+            metrics = {**dpo_metrics(await done.work.forward_backward),
+                       **optimizer_metrics(await done.work.optim, done.work.learning_rate)}
+            if done.evaluates:
+                metrics.update(await evaluate(ctx, cfg, pairs, eval_P, reference, done.step))
+            loop.log(done.step, metrics)
+    return loop.final(**{"reference/computed_sequences": reference.computed})

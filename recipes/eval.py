@@ -28,7 +28,7 @@ from loops_runner.eval import (
     sampler_for_current_weights,
 )
 from loops_runner.runner.checkpoint_refs import CheckpointRefError, describe, same_model
-from loops_runner.runner.config import ConfigError, LocalBackend
+from loops_runner.runner.config import ConfigError
 from loops_runner.runner.context import RunContext
 from loops_runner.storage.atomic import atomic_write_json
 
@@ -51,11 +51,7 @@ def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
 
 def checkpoint_client(ctx: RunContext, reference: str) -> tuple[Any, str]:
     """A fresh run of the base model holding the checkpoint's weights; its path."""
-    home = None
-    if isinstance(ctx.config.backend, LocalBackend):
-        from loops_runner.home import loops_home
-
-        home = loops_home(ctx.config.backend.home)
+    home = ctx.data_home
     try:
         info = describe(reference, home=home, service=ctx.service_client)
     except CheckpointRefError as error:
@@ -71,7 +67,8 @@ def checkpoint_client(ctx: RunContext, reference: str) -> tuple[Any, str]:
     return client, info.path
 
 
-def evaluate_one(ctx: RunContext, cfg: Config, reference: str, index: int) -> list[EvalResult]:
+async def evaluate_one(ctx: RunContext, cfg: Config, reference: str, index: int
+                       ) -> list[EvalResult]:
     if reference == BASE:
         # The runner's fresh run: LoRA B starts at zero, so it is the base model.
         client, label, owned = ctx.training_client, ctx.base_model, False
@@ -80,18 +77,18 @@ def evaluate_one(ctx: RunContext, cfg: Config, reference: str, index: int) -> li
     try:
         target = EvalTarget(model=label, tokenizer=ctx.tokenizer, training_client=client,
                             sampler=lambda: sampler_for_current_weights(client, f"eval-{index}"))
-        return run_evaluators(cfg.evaluators, target, step=None, run_dir=ctx.run_dir)
+        return await run_evaluators(cfg.evaluators, target, step=None, run_dir=ctx.run_dir)
     finally:
         if owned:
             client.close()
 
 
-def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     references = cfg.models or [cfg.model]
     results_M: list[list[EvalResult]] = []
     for index, reference in enumerate(references):
         ctx.metrics.print(f"evaluating {reference}")
-        results = evaluate_one(ctx, cfg, reference, index)
+        results = await evaluate_one(ctx, cfg, reference, index)
         results_M.append(results)
         ctx.log(index, {k: v for r in results for k, v in r.metrics.items()})
 

@@ -18,23 +18,23 @@ Reads top to bottom:
    logprobs for the importance ratio (``importance_sampling``, ``ppo``, ``cispo``
    or ``dro``);
 5. publish the new weights, so the next samples come from the new policy;
-6. log ``rollout/*``, ``kl/*``, ``optim/*`` and ``time/*``, the first groups'
-   transcripts to ``rollouts.jsonl``, and checkpoint every ``save_every`` steps
-   (resumable: the data cursor is the step).
+6. log ``rollout/*``, ``kl/*``, ``optim/*`` and ``time/*`` and the first groups'
+   transcripts to ``rollouts.jsonl`` (the runner's loop checkpoints at its cadence).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from loops_runner.data.checks import MAX_HELD_OUT_FRACTION, DataSummary
 from loops_runner.data.sources import BadRowPolicy
+from loops_runner.eval import EvaluatorConfig
+from loops_runner.optim import OptimConfig, adam_params, learning_rate
 from loops_runner.rl import plugins
 from loops_runner.rl.advantages import group_advantages, is_constant
 from loops_runner.rl.datasets import DatasetSetup
@@ -51,26 +51,23 @@ from loops_runner.rl.reporting import (
     ROLLOUTS_FILE,
     error_lines,
     rollout_metrics,
-    transcript,
+    step_transcripts,
     write_transcripts,
 )
 from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
 from loops_runner.rl.types import RLDataset
 from loops_runner.runner.context import RunContext
+from loops_runner.runner.loop import optimizer_metrics
 from loops_runner.runner.metrics import truncate_after
-from loops_runner.sdk import AdamParams
 
 PolicyLoss = Literal["importance_sampling", "ppo", "cispo", "dro"]
-OPTIM_METRICS = ("grad_norm", "grad_norm_clipped", "update_norm")
 POLICY_NAME = "rl-policy"
 
 # -- configuration (validated, and the user's data and plug-ins loaded, before anything
 #    is provisioned) --------------------------------------------------------------------
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from OptimConfig
     env: str | None = None
     env_args: dict[str, Any] = Field(default_factory=dict)
     reward: str | None = None
@@ -79,6 +76,8 @@ class Config(BaseModel):
     prompts_bad_rows: BadRowPolicy = "stop"
     eval_prompts: int = Field(default=16, ge=0)
     eval_every: int = Field(default=10, ge=0)
+    # none by default (RL's held-out number is eval/reward); [{kind: sampling}]: eval/accuracy
+    evaluators: list[EvaluatorConfig] = Field(default_factory=list)
 
     groups_per_batch: int = Field(default=8, ge=1)
     group_size: int = Field(default=8, ge=2)
@@ -96,10 +95,8 @@ class Config(BaseModel):
     kl_penalty_coef: float = Field(default=0.0, ge=0)
 
     learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip_norm: float = Field(default=1.0, ge=0)
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.95, ge=0, lt=1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
 
     max_rollout_error_frac: float = Field(default=0.5, ge=0, le=1)
     num_groups_to_log: int = Field(default=2, ge=0)
@@ -170,13 +167,6 @@ def build_dataset(cfg: Config, tokenizer: Any, seed: int,
     return dataset
 
 
-def model_context(ctx: RunContext) -> int:
-    limit = getattr(ctx.training_client.get_info(), "max_seq_len", None)
-    tokenizer_limit = getattr(ctx.tokenizer, "model_max_length", None)
-    known = [int(x) for x in (limit, tokenizer_limit) if isinstance(x, int) and 0 < x < 10**8]
-    return min(known) if known else 2048
-
-
 # -- 3. advantages and datums ------------------------------------------------------
 
 
@@ -222,23 +212,32 @@ def check_error_rate(batch: RolloutBatch, cfg: Config, step: int) -> None:
 # -- the loop -----------------------------------------------------------------------
 
 
-def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+@dataclass
+class Submitted:  # one step: its rollouts, their advantages and the training futures
+    batch: RolloutBatch
+    train: TrainingBatch
+    metrics: dict[str, float]
+    forward_backward: Any  # None when every group was constant (nothing to train)
+    optim: Any
+    learning_rate: float
+    train_started: float
+
+
+async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     prompts: RewardPrompts | None = ctx.data
     dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed, prompts)
     heldout = (plugins.reward_builders(prompts.eval, prompts.score, str(cfg.reward),
                                        ctx.tokenizer) if prompts is not None else [])
-    steps = ctx.budget.steps(cfg.max_steps)
+    loop = ctx.loop(cfg.max_steps, eval_every=cfg.eval_every, save_every=cfg.save_every)
     settings = RolloutSettings(
         max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        max_turns=cfg.max_turns, max_context=model_context(ctx), seed=ctx.seed,
+        max_turns=cfg.max_turns, max_context=ctx.max_context, seed=ctx.seed,
         decode=lambda tokens: ctx.tokenizer.decode(tokens, skip_special_tokens=True))
     reference = ctx.sampling_client if cfg.kl_penalty_coef > 0 else None
-    adam = AdamParams(learning_rate=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2,
-                      weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
     loss_fn_config = dict(cfg.loss_fn_config) or None
     truncate_after(ctx.run_dir / ROLLOUTS_FILE, ctx.start_step)
     ctx.metrics.print(f"RL: {cfg.groups_per_batch} groups × {cfg.group_size} per step, "
-                      f"{steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
+                      f"{loop.steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
 
     async def sample_step(step: int, policy: Any) -> RolloutBatch:
         builders = dataset.get_batch(step % len(dataset))
@@ -246,86 +245,86 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
 
     policy = ctx.publish(POLICY_NAME)
     version = policy.min_policy_version or 0
-    if heldout and ctx.start_step == 0:
-        ctx.log(0, {"eval/reward": heldout_reward(heldout, cfg, policy, settings)})
+    if loop.fresh and (heldout or cfg.evaluators):
+        loop.log(0, await evaluate(ctx, cfg, heldout, policy, settings, 0))
+    # Rollouts are sampled on the pipeline's own thread, up to max_steps_off_policy ahead.
     pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
-                               last_step=steps, max_ahead=cfg.max_steps_off_policy)
-    ctx.metrics.start_progress(steps, completed=ctx.start_step)
-    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
-    step = ctx.start_step
-    step_started = time.monotonic()
+                               last_step=loop.steps, max_ahead=cfg.max_steps_off_policy)
     try:
-        while step < steps:
+        for step in loop:
             # 2. rollouts (already sampled ahead in off-policy mode)
             batch = pipeline.next_batch()
             check_error_rate(batch, cfg, step + 1)
-            metrics = rollout_metrics(batch, version)
             for line in error_lines(batch):
                 ctx.metrics.print(f"[yellow]step {step + 1} episode error:[/yellow] {line}")
 
             # 3. advantages, KL penalty, datums
             train = training_batch(batch, cfg)
-            metrics["rollout/constant_groups"] = float(train.constant_groups)
+            metrics = {**rollout_metrics(batch, version),
+                       "rollout/constant_groups": float(train.constant_groups)}
             if reference is not None and train.sequences_D:
-                reference_D = asyncio.run(reference_logprobs_D(reference, train.sequences_D))
+                reference_D = await reference_logprobs_D(reference, train.sequences_D)
                 metrics["kl/reference"] = apply_kl_penalty(train.sequences_D, reference_D,
                                                            cfg.kl_penalty_coef)
-            datums_D = [s.to_datum() for s in train.sequences_D]
 
             # 4. train on exactly the sampled tokens
-            train_started = time.monotonic()
+            lr = learning_rate(step, cfg, loop.steps)
+            datums_D = [s.to_datum() for s in train.sequences_D]
+            started = time.monotonic()
+            backward = optim = None
             if datums_D:
                 backward = ctx.training_client.forward_backward(datums_D, cfg.loss_fn,
                                                                 loss_fn_config=loss_fn_config)
-                optim = ctx.training_client.optim_step(adam)
-                output = backward.result()
-                trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
-                metrics["kl/sample_train"] = mean_abs_logprob_diff(
-                    sampled_logprobs_D(train.sequences_D), trainer_D)
-                metrics.update({f"train/{k}": v for k, v in (output.metrics or {}).items()})
-                metrics.update({f"optim/{k}": v for k, v in (optim.result().metrics or {}).items()
-                                if k in OPTIM_METRICS})
-                metrics["optim/lr"] = cfg.learning_rate
-            metrics["train/datums"] = float(len(datums_D))
-            metrics["time/train_s"] = time.monotonic() - train_started
+                optim = ctx.training_client.optim_step(adam_params(cfg, lr))
+            for done in loop.submit(step, Submitted(batch, train, metrics, backward, optim, lr,
+                                                    started)):
+                metrics = done.work.metrics | await trained_metrics(done.work)
 
-            # 5. weight sync: the next samples come from the new policy
-            step += 1
-            if datums_D:
-                policy = ctx.publish(POLICY_NAME)
-                version = policy.min_policy_version or version
-            pipeline.publish(policy, step)
+                # 5. weight sync: the next samples come from the new policy
+                if done.work.forward_backward is not None:
+                    policy = ctx.publish(POLICY_NAME)
+                    version = policy.min_policy_version or version
+                pipeline.publish(policy, done.step)
 
-            # 6. evaluate, log, transcripts, checkpoint
-            if heldout and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
-                metrics["eval/reward"] = heldout_reward(heldout, cfg, policy, settings)
-            now = time.monotonic()
-            metrics["time/step_s"] = now - step_started
-            step_started = now
-            write_transcripts(ctx.run_dir, [
-                transcript(step, index, group, advantages_G)
-                for index, (group, advantages_G) in enumerate(
-                    zip(batch.groups, train.advantages_by_group, strict=True))
-                if index < cfg.num_groups_to_log])
-            ctx.log(step, metrics)
-            last = metrics
-            if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
-                ctx.checkpointer.save(step, {"step": step})
-            if ctx.budget.time_exhausted() and step < steps:
-                ctx.checkpointer.save(step, {"step": step})
-                ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
-                break
+                # 6. evaluate, transcripts, log (the loop checkpoints at its cadence)
+                if done.evaluates:
+                    metrics.update(await evaluate(ctx, cfg, heldout, policy, settings,
+                                                  done.step))
+                write_transcripts(ctx.run_dir, step_transcripts(
+                    done.step, done.work.batch.groups, done.work.train.advantages_by_group,
+                    cfg.num_groups_to_log))
+                loop.log(done.step, metrics)
     finally:
         pipeline.close()
-        ctx.metrics.stop_progress()
-    final = {k: v for k, v in last.items() if not k.startswith("time/")}
-    final["steps"] = step
-    return final
+    return loop.final()
 
 
-def heldout_reward(builders: list[Any], cfg: Config, policy: Any,
-                   settings: RolloutSettings) -> float:
+async def trained_metrics(work: Submitted) -> dict[str, float]:
+    """What the trainer reports of a step: loss metrics, sampler/trainer KL, optimizer."""
+    metrics = {"train/datums": float(len(work.train.sequences_D))}
+    if work.forward_backward is not None:
+        output = await work.forward_backward
+        trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
+        metrics["kl/sample_train"] = mean_abs_logprob_diff(
+            sampled_logprobs_D(work.train.sequences_D), trainer_D)
+        metrics.update({f"train/{k}": v for k, v in (output.metrics or {}).items()})
+        metrics.update(optimizer_metrics(await work.optim, work.learning_rate))
+    metrics["time/train_s"] = time.monotonic() - work.train_started
+    return metrics
+
+
+async def evaluate(ctx: RunContext, cfg: Config, heldout: list[Any], policy: Any,
+                   settings: RolloutSettings, step: int) -> dict[str, float]:
+    """``eval/reward`` on the held-out prompts (your reward) and the ``evaluators``."""
+    metrics, _ = await ctx.evaluate(cfg.evaluators, step)
+    if heldout:
+        metrics["eval/reward"] = await heldout_reward(heldout, cfg, policy, settings)
+    return metrics
+
+
+async def heldout_reward(builders: list[Any], cfg: Config, policy: Any,
+                         settings: RolloutSettings) -> float:
     """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``."""
-    batch = asyncio.run(rollout_batch(builders, cfg.group_size, policy, settings, step=-1))
+    batch = await rollout_batch(builders, cfg.group_size, policy, settings, step=-1)
     rewards = [r for group in batch.groups for r in group.rewards_G() if r == r]  # no NaN
     return sum(rewards) / len(rewards) if rewards else float("nan")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,17 +30,11 @@ from loops_runner.data.checks import DataSummary, held_out_count, short_run_note
 from loops_runner.data.conversations import Conversation, DataFormat, read_conversations
 from loops_runner.data.sources import SourceConfig
 from loops_runner.data.synthetic import conversations as synthetic_conversations
-from loops_runner.eval import (
-    EvalResult,
-    EvalTarget,
-    EvaluatorConfig,
-    SamplingEvaluator,
-    run_evaluators,
-    sampler_for_current_weights,
-)
-from loops_runner.eval import eval_nll as nll_of
+from loops_runner.eval import EvalResult, EvaluatorConfig, SamplingEvaluator, eval_nll
 from loops_runner.optim import OptimConfig, adam_params, learning_rate, warmup_steps
-from loops_runner.runner.context import Budget, RunContext
+from loops_runner.runner.budget import Budget
+from loops_runner.runner.context import RunContext
+from loops_runner.runner.loop import Cadence, optimizer_metrics
 from loops_runner.sdk import ModelInput, SamplingParams
 
 # -- configuration (validated before anything starts) --------------------------
@@ -155,11 +147,10 @@ def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
     data = load_data(cfg, tokenizer, prepare_data(cfg, 0))
     steps = total_steps(cfg, len(data.train), budget)
     mean_tokens = sum(len(e.tokens) for e in data.train) / max(1, len(data.train))
-    saves = [s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0]
     result.update({
         "train / eval examples": f"{len(data.train)} / {len(data.eval)}",
         "steps": steps,
-        "checkpoints at steps": saves + ([steps] if steps not in saves else []),
+        "checkpoints at steps": Cadence(steps, cfg.eval_every, cfg.save_every).save_steps(),
         "estimated tokens": int(steps * cfg.batch_size * mean_tokens),
         "learning rate": f"{cfg.learning_rate} ({cfg.lr_schedule}, warmup "
                          f"{warmup_steps(cfg, steps)})",
@@ -170,103 +161,54 @@ def plan(cfg: Config, tokenizer: Any, budget: Budget) -> dict[str, Any]:
 # -- training --------------------------------------------------------------------
 
 
-def eval_nll(ctx: RunContext, examples: list[RenderedExample], batch_size: int) -> float:
-    """Mean negative log-likelihood per trained token on ``examples``."""
-    return nll_of(ctx.training_client, examples, batch_size)
-
-
-def evaluate(ctx: RunContext, cfg: Config, step: int) -> tuple[dict[str, float], list[EvalResult]]:
-    """Run the recipe's evaluators on the weights of ``step`` (published to the sampler)."""
-    if not cfg.evaluators:
-        return {}, []
+async def evaluate(ctx: RunContext, cfg: Config, data: SftData, step: int
+                   ) -> tuple[dict[str, float], list[EvalResult]]:
+    """Held-out NLL and the evaluators on the weights of ``step``."""
     rows: SftRows = ctx.data
-    target = EvalTarget(model=f"{ctx.record.run_id or ctx.run_dir.name}@step-{step}",
-                        tokenizer=ctx.tokenizer, training_client=ctx.training_client,
-                        sampler=lambda: sampler_for_current_weights(ctx.training_client,
-                                                                    f"eval-step-{step}"),
-                        heldout=None if rows.builtin else rows.eval)
-    results = run_evaluators(cfg.evaluators, target, step=step, run_dir=ctx.run_dir)
-    return {k: v for r in results for k, v in r.metrics.items()}, results
+    scores, results = await ctx.evaluate(cfg.evaluators, step,
+                                         heldout=None if rows.builtin else rows.eval)
+    nll = await eval_nll(ctx.training_client, data.eval, cfg.batch_size)
+    return {"eval/nll": nll, **scores}, results
 
 
 @dataclass
-class InFlight:
-    step: int  # 1-based number of the optimizer step
+class Submitted:
+    """One step in flight: its futures and what its metrics need."""
+
     forward_backward: Any
     optim: Any
     tokens: int
     learning_rate: float
-    submitted_at: float
 
 
-def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
+async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     data = load_data(cfg, ctx.tokenizer, ctx.data)
-    steps = total_steps(cfg, len(data.train), ctx.budget)
+    loop = ctx.loop(total_steps(cfg, len(data.train), ctx.budget), eval_every=cfg.eval_every,
+                    save_every=cfg.save_every, ahead=cfg.pipeline_depth)
     ctx.metrics.print(f"SFT: {len(data.train)} train / {len(data.eval)} eval examples, "
-                      f"{steps} steps of {cfg.batch_size}")
-    last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
+                      f"{loop.steps} steps of {cfg.batch_size}")
     final_results: list[EvalResult] = []
-    if ctx.start_step == 0:
-        # Step 0 is the base model: the "before" of every before/after comparison.
-        last["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
-        scores, _ = evaluate(ctx, cfg, 0)
-        last.update(scores)
-        ctx.log(0, {"eval/nll": last["eval/nll"], **scores})
-    ctx.metrics.start_progress(steps, completed=ctx.start_step)
-    in_flight: deque[InFlight] = deque()
-    previous_done = time.monotonic()
-
-    def finish(item: InFlight) -> None:
-        nonlocal previous_done, final_results
-        output = item.forward_backward.result()
-        optim = item.optim.result()
-        now = time.monotonic()
-        metrics = {"train/loss": output.loss, "train/tokens": item.tokens,
-                   "optim/lr": item.learning_rate,
-                   "time/step_s": now - previous_done,
-                   "time/tokens_per_s": item.tokens / max(now - previous_done, 1e-9)}
-        for key, value in (optim.metrics or {}).items():
-            if key in ("grad_norm", "grad_norm_clipped", "update_norm"):
-                metrics[f"optim/{key}"] = value
-        previous_done = now
-        step = item.step
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
-            metrics["eval/nll"] = eval_nll(ctx, data.eval, cfg.batch_size)
-            scores, final_results = evaluate(ctx, cfg, step)
-            metrics.update(scores)
-        last.update(metrics)
-        ctx.log(step, metrics)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
-            ctx.checkpointer.save(step, {"step": step})
-
-    def boundary(step: int) -> bool:
-        return bool(step == steps or (cfg.eval_every and step % cfg.eval_every == 0)
-                    or (cfg.save_every and step % cfg.save_every == 0))
-
-    step = ctx.start_step
-    while step < steps:
+    if loop.fresh:  # step 0 is the base model: the "before" of every comparison
+        loop.log(0, (await evaluate(ctx, cfg, data, 0))[0])
+    for step in loop:
         batch = batch_for_step(step, data, cfg, ctx.seed)
-        lr = learning_rate(step, cfg, steps)
-        adam = adam_params(cfg, lr)
-        in_flight.append(InFlight(
-            step + 1,
+        lr = learning_rate(step, cfg, loop.steps)
+        submitted = Submitted(
             ctx.training_client.forward_backward([e.to_datum() for e in batch], "cross_entropy"),
-            ctx.training_client.optim_step(adam),
-            sum(e.trained_tokens for e in batch), lr, time.monotonic()))
-        step += 1
-        # Eval and checkpoints must see exactly this step's weights: drain first.
-        drain = boundary(step) or ctx.budget.time_exhausted()
-        while in_flight and (drain or len(in_flight) > cfg.pipeline_depth):
-            finish(in_flight.popleft())
-        if ctx.out_of_time(step, steps):
-            break
-
-    ctx.metrics.stop_progress()
-    final = {k: v for k, v in last.items() if not k.startswith("time/")}
-    final["steps"] = step
-    if step == steps and cfg.num_final_samples:
+            ctx.training_client.optim_step(adam_params(cfg, lr)),
+            sum(e.trained_tokens for e in batch), lr)
+        for done in loop.submit(step, submitted):
+            work = done.work
+            metrics = {"train/loss": (await work.forward_backward).loss,
+                       "train/tokens": work.tokens,
+                       **optimizer_metrics(await work.optim, work.learning_rate)}
+            if done.evaluates:
+                scores, final_results = await evaluate(ctx, cfg, data, done.step)
+                metrics.update(scores)
+            loop.log(done.step, metrics, tokens=work.tokens)
+    if loop.completed and cfg.num_final_samples:
         final_samples(ctx, cfg, data, final_results)
-    return final
+    return loop.final()
 
 
 def cross_section(samples: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ async def _score_all(sampler: Any, sequences: list[tuple[int, ...]]) -> list[lis
     return await asyncio.gather(*(score(tokens) for tokens in sequences))
 
 
-def reference_logprobs(model: str, sequences: Sequence[Sequence[int]], cache_dir: Path,
+async def reference_logprobs(model: str, sequences: Sequence[Sequence[int]], cache_dir: Path,
                        sampler: Callable[[], Any]) -> ReferenceLogprobs:
     """Reference logprobs of every sequence, from the cache or computed (then cached).
 
@@ -67,7 +67,7 @@ def reference_logprobs(model: str, sequences: Sequence[Sequence[int]], cache_dir
     if cached is not None and cached.get("model") == model and \
             len(cached.get("logprobs", [])) == len(distinct):
         return ReferenceLogprobs(dict(zip(distinct, cached["logprobs"], strict=True)), 0, path)
-    scored = asyncio.run(_score_all(sampler(), distinct))
+    scored = await _score_all(sampler(), distinct)
     # Position 0 has no logprob (nothing precedes it); no target ever asks for it.
     values = [[0.0 if v is None else float(v) for v in row] for row in scored]
     atomic_write_json(path, {"model": model, "sequences": len(distinct), "logprobs": values})

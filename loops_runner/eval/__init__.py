@@ -16,6 +16,7 @@ from loops_runner.eval.evaluators import (
     NllEvaluator,
     SamplingEvaluator,
     eval_nll,
+    eval_weights_name,
     run_evaluators,
     sampler_for_current_weights,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "NllEvaluator",
     "SamplingEvaluator",
     "eval_nll",
+    "eval_weights_name",
     "run_evaluators",
     "sampler_for_current_weights",
 ]

@@ -211,7 +211,7 @@ def _max_tokens(cfg: SamplingEvaluator, rows: list[dict[str, Any]], tokenizer: A
     return min(REFERENCE_MAX_TOKENS, longest + REFERENCE_SLACK_TOKENS)
 
 
-def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
+async def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
     from loops_runner.data.chat import prompt_tokens
     from loops_runner.sdk import ModelInput, SamplingParams
 
@@ -222,7 +222,7 @@ def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
     max_tokens = _max_tokens(cfg, rows, target.tokenizer, on_heldout)
     params = SamplingParams(max_tokens=max_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=cfg.seed)
-    responses = asyncio.run(_sample_all(target.sampler(), prompts, cfg.n, params))
+    responses = await _sample_all(target.sampler(), prompts, cfg.n, params)
     scores_P: list[list[float]] = []
     similarity_P: list[float] = []
     samples = []
@@ -260,15 +260,15 @@ def run_sampling(cfg: SamplingEvaluator, target: EvalTarget) -> EvalResult:
                       seconds=time.monotonic() - started)
 
 
-def eval_nll(training_client: Any, examples: Sequence[Any], batch_size: int) -> float:
+async def eval_nll(training_client: Any, examples: Sequence[Any], batch_size: int) -> float:
     """Mean negative log-likelihood per trained token of rendered ``examples``."""
     futures = [training_client.forward([e.to_datum() for e in examples[i:i + batch_size]],
                                        "cross_entropy")
                for i in range(0, len(examples), batch_size)]
     total, count = 0.0, 0.0
     for start, future in zip(range(0, len(examples), batch_size), futures, strict=True):
-        for example, output in zip(examples[start:start + batch_size],
-                                   future.result().loss_fn_outputs, strict=True):
+        output_B = (await future).loss_fn_outputs
+        for example, output in zip(examples[start:start + batch_size], output_B, strict=True):
             # logprobs[i] scores token i+1, hence the weights shifted by one.
             for logprob, weight in zip(output["logprobs"].tolist(), example.weights[1:],
                                        strict=True):
@@ -278,7 +278,7 @@ def eval_nll(training_client: Any, examples: Sequence[Any], batch_size: int) -> 
     return total / max(count, 1.0)
 
 
-def run_nll(cfg: NllEvaluator, target: EvalTarget) -> EvalResult:
+async def run_nll(cfg: NllEvaluator, target: EvalTarget) -> EvalResult:
     from loops_runner.data.chat import render
     from loops_runner.tasks import as_conversation
 
@@ -288,24 +288,44 @@ def run_nll(cfg: NllEvaluator, target: EvalTarget) -> EvalResult:
              for r in rows]
     examples = [render(target.tokenizer, chat, "assistant", cfg.max_length) for chat in chats]
     examples = [e for e in examples if e.trained_tokens > 0]
-    value = eval_nll(target.training_client, examples, cfg.batch_size)
+    if target.training_client is None:
+        raise ValueError(f"evaluator {cfg.name!r} (nll) needs a trainer holding the weights; "
+                         f"{target.model} is only a sampler")
+    value = await eval_nll(target.training_client, examples, cfg.batch_size)
     return EvalResult(cfg.name, target.model, {f"eval/{cfg.name}": value}, cfg.settings(),
                       seconds=time.monotonic() - started)
 
 
-def run_evaluators(evaluators: Sequence[SamplingEvaluator | NllEvaluator], target: EvalTarget,
-                   *, step: int | None, run_dir: Path | None) -> list[EvalResult]:
-    """Run each evaluator on ``target``; append every result (with settings) to evals.jsonl."""
+async def run_evaluators(evaluators: Sequence[SamplingEvaluator | NllEvaluator],
+                         target: EvalTarget, *, step: int | None, run_dir: Path | None,
+                         prefix: str = "eval/") -> list[EvalResult]:
+    """Run each evaluator on ``target``; append every result (with settings) to evals.jsonl.
+
+    ``prefix`` names what is scored when it is not the run's own weights
+    (``eval/teacher/``: distillation's teacher).
+    """
     results = []
     for cfg in evaluators:
-        result = run_sampling(cfg, target) if isinstance(cfg, SamplingEvaluator) \
-            else run_nll(cfg, target)
+        result = await (run_sampling(cfg, target) if isinstance(cfg, SamplingEvaluator)
+                        else run_nll(cfg, target))
+        if prefix != "eval/":
+            result.metrics = {prefix + k.removeprefix("eval/"): v
+                              for k, v in result.metrics.items()}
         result.step = step
         results.append(result)
         if run_dir is not None:
             with (run_dir / EVALS_FILE).open("a") as handle:
                 handle.write(json.dumps(result.record()) + "\n")
     return results
+
+
+EVAL_WEIGHTS_PREFIX = "eval-step-"
+
+
+def eval_weights_name(step: int) -> str:
+    """The sampler weights an evaluation of step ``step`` saves (checkpoint retention
+    removes them with the step's checkpoint)."""
+    return f"{EVAL_WEIGHTS_PREFIX}{step}"
 
 
 def sampler_for_current_weights(training_client: Any, name: str) -> Any:

@@ -81,6 +81,14 @@ def transcript(step: int, index: int, group: TrajectoryGroup,
     }
 
 
+def step_transcripts(step: int, groups: Sequence[TrajectoryGroup],
+                     advantages_by_group: Sequence[Sequence[float]],
+                     count: int) -> list[dict[str, Any]]:
+    """The ``rollouts.jsonl`` lines of a step's first ``count`` groups."""
+    return [transcript(step, index, group, advantages_G) for index, (group, advantages_G)
+            in enumerate(zip(groups, advantages_by_group, strict=True)) if index < count]
+
+
 def write_transcripts(run_dir: Path, lines: Sequence[dict[str, Any]]) -> None:
     with (run_dir / ROLLOUTS_FILE).open("a") as handle:
         for line in lines:

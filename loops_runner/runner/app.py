@@ -6,9 +6,12 @@ single run, once per sweep point for ``-m``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import random
+import inspect
+import os
 import shutil
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +27,7 @@ from loops_runner.runner.backends import (
     provisioning_turn,
     remember_session,
 )
+from loops_runner.runner.budget import Budget, BudgetReached
 from loops_runner.runner.checkpoint_refs import (
     CheckpointInfo,
     CheckpointRefError,
@@ -37,7 +41,7 @@ from loops_runner.runner.config import (
     validate_config,
     validate_section,
 )
-from loops_runner.runner.context import Budget, RunContext, rng_state_from_json
+from loops_runner.runner.context import RunContext
 from loops_runner.runner.lifecycle import (
     ServiceUse,
     keeps_warm,
@@ -45,8 +49,14 @@ from loops_runner.runner.lifecycle import (
     record_use,
     release,
 )
-from loops_runner.runner.metrics import METRICS_FILE, MetricsLogger, truncate_after
+from loops_runner.runner.metrics import (
+    METRICS_FILE,
+    MetricsLogger,
+    latest_values,
+    truncate_after,
+)
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
+from loops_runner.runner.retention import remove_from_home
 from loops_runner.runner.run_dirs import CLAIM_FILE, claim_run_dir
 from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
@@ -56,6 +66,7 @@ from loops_runner.runner.run_record import (
     git_sha,
     package_versions,
 )
+from loops_runner.runner.summary import changes_table, headline_changes
 from loops_runner.runner.sweep import current_sweep_dir
 
 
@@ -341,9 +352,6 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         record.run_ids.append(training.run_id)
     record.save(run_dir)
 
-    rng = random.Random(config.seed)
-    if checkpoint is not None and checkpoint.rng_state is not None:
-        rng.setstate(rng_state_from_json(checkpoint.rng_state))
     try:
         metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
                                 wandb_id=record.wandb_id, console=console)
@@ -352,32 +360,82 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         release(config, service, console, current_sweep_dir())
         raise
     record.wandb_id = metrics.wandb_id
+    remover = remove_from_home(_home(config)) if isinstance(config.backend, LocalBackend) \
+        else None
     ctx = RunContext(
         config=config, service_client=service, training_client=training, run_dir=run_dir,
-        metrics=metrics, record=record, rng=rng,
-        budget=Budget(config.max_steps, config.time_budget_s),
+        metrics=metrics, record=record, budget=Budget(config.max_steps, config.time_budget_s),
         start_step=checkpoint.step if checkpoint else 0,
         cursor=dict(checkpoint.cursor) if checkpoint else {}, data=data,
+        remove_checkpoint=remover,
+        no_delete_note=f"the {config.backend.kind} service offers no checkpoint delete",
     )
     try:
-        final = recipe.run(ctx, recipe_cfg) or {}
+        try:
+            final = _call_recipe(recipe, ctx, recipe_cfg)
+        except BudgetReached:  # a bare recipe stopped by the runner's guard
+            metrics.stop_progress()
+            final = {k: v for k, v in latest_values(run_dir / METRICS_FILE).items()
+                     if not k.startswith(("time/", "tokens/"))}
+            final["steps"] = ctx.record.latest_checkpoint().step  # type: ignore[union-attr]
     except BaseException as error:
-        record.status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if interrupted:
+            _exit_on_second_interrupt()
+        record.status = "stopped" if interrupted else "failed"
+        record.stop_reason = "interrupted" if interrupted else None
         record.error = "".join(traceback.format_exception_only(error)).strip()
         record.finished_at = time.time()
         _end_attempt(config, service, training, metrics, record, use, run_dir, console)
         # A failed run's report shows how far it got; Ctrl-C means "stop now".
-        if config.report and not isinstance(error, KeyboardInterrupt):
+        if config.report and not interrupted:
             _write_report(run_dir, console)
+        if interrupted:
+            console.print(_interrupted_message(metrics.last_step, record), markup=False,
+                          highlight=False)
+            raise InterruptReported() from error
         raise
-    record.status = "completed"
+    record.status = "stopped" if ctx.stop_reason else "completed"
+    record.stop_reason = ctx.stop_reason
     record.final_metrics = final
     record.finished_at = time.time()
+    changes = headline_changes(run_dir / METRICS_FILE)
+    if changes:
+        console.print(changes_table(changes))
     _end_attempt(config, service, training, metrics, record, use, run_dir, console)
     if config.report:
         _write_report(run_dir, console)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
+
+
+class InterruptReported(KeyboardInterrupt):
+    """A Ctrl-C the run has answered (stopped, recorded, said how to resume)."""
+
+
+def _call_recipe(recipe: Recipe, ctx: RunContext, recipe_cfg: Any) -> dict[str, Any]:
+    """Run the recipe; an ``async def run`` gets one event loop for the whole run."""
+    if inspect.iscoroutinefunction(recipe.run):
+        return asyncio.run(recipe.run(ctx, recipe_cfg)) or {}
+    return recipe.run(ctx, recipe_cfg) or {}
+
+
+def _exit_on_second_interrupt() -> None:
+    """While the first Ctrl-C winds the run down, a second one exits at once."""
+
+    def exit_now(signum: int, frame: Any) -> None:
+        os.write(2, b"\ninterrupted again: exiting now\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, exit_now)
+
+
+def _interrupted_message(last_step: int | None, record: RunRecord) -> str:
+    checkpoint = record.latest_checkpoint()
+    resume_from = checkpoint.step if checkpoint else 0
+    where = f"at step {last_step}" if last_step is not None else "before the first step"
+    return (f"interrupted {where}; re-run the same command to resume from step "
+            f"{resume_from}" + ("" if checkpoint else " (no checkpoint yet: from the start)"))
 
 
 def _end_attempt(config: RunnerConfig, service: Any, training: Any, metrics: MetricsLogger,

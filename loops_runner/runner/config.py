@@ -105,6 +105,12 @@ class ResumeSection(ConfigSection):
     auto_retries: int = Field(default=2, ge=0)
 
 
+class CheckpointsSection(ConfigSection):
+    # Periodic checkpoints kept in the data home: the newest N (null keeps all). The one a
+    # resume starts from, named ones and the init_from source are never removed.
+    keep_last: int | None = Field(default=3, ge=1)
+
+
 class RunnerConfig(ConfigSection):
     backend: Backend = Field(default_factory=LocalBackend)
     model: ModelSection
@@ -121,6 +127,7 @@ class RunnerConfig(ConfigSection):
     service: ServiceSection = Field(default_factory=ServiceSection)
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)
+    checkpoints: CheckpointsSection = Field(default_factory=CheckpointsSection)
     init_from: str | None = None
 
 

@@ -66,6 +66,7 @@ class MetricsLogger:
         self._wandb_run: Any = None
         self._status: dict[str, str] = {}
         self.wandb_id = wandb_id
+        self.last_step: int | None = None  # the last step logged by this process
         # Token counts per line and in total; a resumed run's totals go on
         # from the last line kept (the checkpoint's step).
         self._tokens_seen = token_usage()
@@ -94,6 +95,7 @@ class MetricsLogger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """One line: ``metrics``, the wall time and the tokens used since the last line."""
+        self.last_step = step
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()},
                   **self._token_metrics(), "time/wall": round(time.time(), 3)}
         with self.path.open("a") as handle:

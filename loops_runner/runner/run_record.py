@@ -16,15 +16,15 @@ from loops_runner.storage.atomic import atomic_write_json, read_json
 
 RUN_FILE = "run.json"
 # Keys that may change between a run and its resume without changing the math.
+# A larger time budget continues a run the budget stopped; retention keeps other files.
 _HASH_EXCLUDED = ("dry_run", "resume", "timeouts", "session", "service", "wandb", "objective",
-                  "report")
+                  "report", "time_budget_s", "checkpoints")
 
 
 class CheckpointRecord(BaseModel):
     step: int
     path: str
     cursor: dict[str, Any] = Field(default_factory=dict)
-    rng_state: str | None = None
     saved_at: float = Field(default_factory=time.time)
 
 
@@ -36,6 +36,8 @@ class RunRecord(BaseModel):
     backend: str
     base_model: str
     status: str = "created"  # created | running | completed | failed | stopped
+    # Why a stopped run stopped: the time budget, or an interrupt (Ctrl-C, SIGTERM).
+    stop_reason: str | None = None
     package_versions: dict[str, str] = Field(default_factory=dict)
     git_sha: str | None = None
     session_id: str | None = None

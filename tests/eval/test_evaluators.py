@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -54,7 +55,7 @@ def test_user_rows_and_scorer_with_n_samples_on_the_sampler(trainer_server, samp
                                   sampler_url=sampler_server.url).create_sampling_client("tiny")
     target = EvalTarget(model="tiny", tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
                         training_client=None, sampler=lambda: sampler)
-    result = run_evaluators([cfg], target, step=7, run_dir=tmp_path)[0]
+    result = asyncio.run(run_evaluators([cfg], target, step=7, run_dir=tmp_path))[0]
     metrics = result.metrics
     assert set(metrics) == {"eval/even", "eval/even/pass@1", "eval/even/pass@2",
                             "eval/even/pass@4"}

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -102,11 +103,25 @@ def kill_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str
                           env: dict[str, str] | None = None, timeout: float = 240) -> Path:
     """Start the CLI, SIGKILL it once a checkpoint at ``step`` or later is recorded; the
     run's ``run.json``."""
-    import json
     import signal
 
+    return signal_after_checkpoint(args, cwd=cwd, home=home, recipe=recipe, step=step,
+                                   env=env, timeout=timeout, signum=signal.SIGKILL)[0]
+
+
+def signal_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str, step: int,
+                            signum: int, env: dict[str, str] | None = None,
+                            timeout: float = 240) -> tuple[Path, subprocess.Popen[str]]:
+    """Start the CLI, send it ``signum`` once a checkpoint at ``step`` or later is recorded;
+    the run's ``run.json`` and the finished process (its output in ``process.output``)."""
+    import json
+
     process = subprocess.Popen(runner_command(*args), cwd=cwd, env=env or runner_env(home),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Read the output as it comes, so a full pipe never blocks the run.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     run_json = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -117,8 +132,10 @@ def kill_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str
             if any(c["step"] >= step for c in checkpoints):
                 break
         time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.poll() is None, "the run finished before it could be signalled"
+    process.send_signal(signum)
+    process.wait(timeout=120)
+    reader.join(timeout=30)
+    process.output = "".join(lines)  # type: ignore[attr-defined]
     assert run_json is not None
-    return run_json
+    return run_json, process

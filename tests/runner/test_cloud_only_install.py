@@ -37,8 +37,8 @@ QUICK = {"sft": ["recipe.dataset.num_examples=64", "recipe.dataset.eval_examples
                  "recipe.eval_every=0", "recipe.num_final_samples=2", "recipe.evaluators=[]"],
          "rl": ["recipe.groups_per_batch=2", "recipe.group_size=2"],
          "dpo": ["recipe.dataset.num_pairs=32", "recipe.dataset.eval_pairs=8",
-                 "recipe.batch_size=8", "recipe.eval_every=0", "recipe.task_eval_prompts=2",
-                 "recipe.sample_max_tokens=4"]}
+                 "recipe.batch_size=8", "recipe.eval_every=0",
+                 "recipe.evaluators=[{kind: sampling, num_prompts: 2, max_tokens: 4}]"]}
 
 
 def documented_commands() -> list[str]:

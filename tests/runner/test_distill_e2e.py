@@ -71,7 +71,8 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     run_dir = tmp_path / "distill"
     result = run_runner("+recipe=distill", f"recipe.teacher={teacher_dir}", "recipe.max_steps=3",
                         "recipe.prompts_per_step=4", "recipe.group_size=2",
-                        "recipe.prompts.eval_prompts=8", "recipe.task_eval_prompts=4",
+                        "recipe.prompts.eval_prompts=8",
+                        "recipe.evaluators=[{kind: sampling, num_prompts: 4}]",
                         "recipe.eval_every=0", f"hydra.run.dir={run_dir}", cwd=tmp_path,
                         home=runner_home, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -85,6 +86,9 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     for metrics in lines[1:]:
         assert metrics["train/datums"] == 8  # 4 prompts × 2 samples, each trained on
         assert metrics["rollout/tokens"] > 0 and "distill/train_reverse_kl" in metrics
-    for name in ("distill/teacher_logprob", "eval/task_accuracy", "eval/teacher_task_accuracy"):
-        assert name in json.loads((run_dir / "run.json").read_text())["final_metrics"] or \
-            name in start
+    # One evaluation path: the student's greedy accuracy at every eval, the teacher's once.
+    final = json.loads((run_dir / "run.json").read_text())["final_metrics"]
+    for name in ("distill/teacher_logprob", "eval/accuracy"):
+        assert name in start and name in final
+    assert 0.0 <= start["eval/teacher/accuracy"] <= 1.0
+    assert "eval/teacher/accuracy" not in end

@@ -14,7 +14,8 @@ from tests.runner.conftest import run_runner
 # 32 pairs in batches of 16: two steps per epoch.
 QUICK = ["+recipe=dpo", "recipe.dataset.num_pairs=32", "recipe.dataset.eval_pairs=8",
          "recipe.batch_size=16", "recipe.max_steps=null", "recipe.eval_every=2",
-         "recipe.save_every=2", "recipe.task_eval_prompts=4", "recipe.sample_max_tokens=4"]
+         "recipe.save_every=2",
+         "recipe.evaluators=[{kind: sampling, num_prompts: 4, max_tokens: 4}]"]
 
 
 def test_dpo_trains_and_computes_reference_logprobs_once(tmp_path: Path,
@@ -43,7 +44,9 @@ def test_dpo_trains_and_computes_reference_logprobs_once(tmp_path: Path,
     for name in ("dpo/accuracy", "dpo/margin", "dpo/chosen_reward", "dpo/rejected_reward"):
         assert name in trained[-1] and f"eval/{name}" in final
     assert final["eval/dpo/margin"] > 0  # the held-out margin moved the right way
-    assert 0.0 <= final["eval/task_accuracy"] <= 1.0 and "eval/task_accuracy_base" in final
+    # Greedy task accuracy through the evaluators, before the first step and at each eval.
+    assert 0.0 <= final["eval/accuracy"] <= 1.0 and "eval/accuracy" in start
+    assert [m["step"] for m in lines if "eval/accuracy" in m] == [0, 2, 4]
 
     # One more epoch, resumed from the last checkpoint: the cache answers every reference.
     resumed = run_runner(*QUICK, "recipe.epochs=3", "resume.fork=true",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,8 @@ import pytest
 
 from loops_runner.runner.local_daemon import find_control_plane
 from tests.runner.conftest import (
-    kill_after_checkpoint,
     run_runner,
+    signal_after_checkpoint,
     trainer_urls,
     write_user_recipe,
 )
@@ -74,7 +76,8 @@ def test_multirun_shares_one_trainer(tmp_path: Path, runner_home: Path) -> None:
     assert status.returncode == 0 and f"pid {daemon.pid} at {daemon.url}" in status.stdout
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path) -> None:
+def test_interrupted_run_says_how_to_resume_and_resumes_to_the_same_result(
+        tmp_path: Path, runner_home: Path) -> None:
     args = ["+recipe=sft", "recipe.max_steps=12", "recipe.save_every=4", "seed=7", *QUICK,
             "report=false"]
     reference_dir = tmp_path / "reference"
@@ -84,10 +87,21 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, runner_home: Path
     expected = json.loads(next((reference_dir / "outputs" / "sft").iterdir())
                           .joinpath("run.json").read_text())["final_metrics"]
 
-    work = tmp_path / "killed"
+    work = tmp_path / "interrupted"
     work.mkdir()
-    run_json = kill_after_checkpoint(args, cwd=work, home=runner_home, recipe="sft", step=4)
-    assert json.loads(run_json.read_text())["status"] == "running"
+    # Ctrl-C (SIGINT to the runner process) once the step-4 checkpoint exists.
+    run_json, process = signal_after_checkpoint(args, cwd=work, home=runner_home, recipe="sft",
+                                                step=4, signum=signal.SIGINT)
+    output = process.output  # type: ignore[attr-defined]
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    hint = re.search(r"interrupted at step (\d+); re-run the same command to resume from "
+                     r"step (\d+)", output)
+    assert hint is not None, output[-3000:]
+    record = json.loads(run_json.read_text())
+    assert record["status"] == "stopped" and record["stop_reason"] == "interrupted"
+    assert int(hint.group(2)) == record["checkpoints"][-1]["step"] >= 4
+    assert int(hint.group(1)) >= int(hint.group(2))
 
     resumed = run_runner(*args, cwd=work, home=runner_home)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

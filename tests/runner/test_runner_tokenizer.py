@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
+from loops_runner.runner.budget import Budget
 from loops_runner.runner.config import ExternalBackend, ModelSection, RunnerConfig
-from loops_runner.runner.context import Budget, RunContext
+from loops_runner.runner.context import RunContext
 from loops_runner.sdk import TrainingClient
 
 
@@ -21,6 +21,6 @@ def test_an_external_backend_run_tokenizes_a_local_model_name(trainer_server, ru
                         run_id=run_id) as training:
         ctx = RunContext(config=config, service_client=None, training_client=training,
                          run_dir=tmp_path, metrics=None, record=None,  # type: ignore[arg-type]
-                         rng=random.Random(0), budget=Budget())
+                         budget=Budget())
         ids = ctx.tokenizer.encode("the runner resolves tiny")
     assert ids and all(0 <= i < 4096 for i in ids)
