@@ -11,6 +11,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from loops_runner.runner import end_hooks
+
 
 @hydra.main(config_path="pkg://loops_runner.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
@@ -41,6 +43,16 @@ def main(cfg: DictConfig) -> Any:
         if portable is error:
             raise
         raise portable from error
+
+
+def _write_report(folder: Path, console: Any) -> None:
+    from loops_runner.report import write_report_quietly  # plotting loads only here
+
+    write_report_quietly(folder, console)
+
+
+# At import, not in run(): a sweep's joblib or Ray worker imports this module, never runs run().
+end_hooks.install_report_writer(_write_report)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -42,6 +42,7 @@ from loops_runner.runner.config import (
     validate_section,
 )
 from loops_runner.runner.context import RunContext
+from loops_runner.runner.end_hooks import write_reports
 from loops_runner.runner.lifecycle import (
     ServiceUse,
     keeps_warm,
@@ -389,7 +390,7 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         _end_attempt(config, service, training, metrics, record, use, run_dir, console)
         # A failed run's report shows how far it got; Ctrl-C means "stop now".
         if config.report and not interrupted:
-            _write_report(run_dir, console)
+            write_reports(run_dir, console)
         if interrupted:
             console.print(_interrupted_message(metrics.last_step, record), markup=False,
                           highlight=False)
@@ -404,7 +405,7 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         console.print(changes_table(changes))
     _end_attempt(config, service, training, metrics, record, use, run_dir, console)
     if config.report:
-        _write_report(run_dir, console)
+        write_reports(run_dir, console)
     console.print(f"[green]Done.[/green] Run dir: {run_dir}")
     return final
 
@@ -453,12 +454,6 @@ def _end_attempt(config: RunnerConfig, service: Any, training: Any, metrics: Met
             record_use(record, use)
             record.save(run_dir)
             print_use(record, console)
-
-
-def _write_report(run_dir: Path, console: Console) -> None:
-    from loops_runner.report import write_report_quietly  # plotting loads only here
-
-    write_report_quietly(run_dir, console)
 
 
 def sweep_value(cfg: DictConfig, final: dict[str, Any]) -> Any:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from loops_runner.runner.end_hooks import write_reports
 from loops_runner.runner.run_files import SWEEP_FILE
 
 SUMMARY_PREFIXES = ("eval/", "train/loss", "rollout/")
@@ -226,6 +227,4 @@ class SweepLogCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         end_of_sweep(sweep_dir)
         if config.get("report", True) and (sweep_dir / SWEEP_FILE).is_file():
-            from loops_runner.report import write_report_quietly  # plotting loads only here
-
-            write_report_quietly(sweep_dir, Console())
+            write_reports(sweep_dir, Console())

@@ -139,7 +139,7 @@ def test_a_run_is_stopped_however_it_ends(tmp_path: Path, stand_in: StandIn) -> 
     budget = run_hosted(stand_in, *QUICK_SFT, "max_steps=40", "time_budget_s=0.01",
                         "hydra.run.dir=budget", cwd=tmp_path)
     assert budget.returncode == 0, budget.stdout[-3000:] + budget.stderr[-3000:]
-    assert "Time budget reached" in budget.stdout
+    assert "Time budget of 0.01 s reached at step 1; checkpoint saved" in budget.stdout
     # Failed: the recipe raises after the trainer is up.
     write_user_recipe(tmp_path, "fails", FAILS, "")
     failed = run_hosted(stand_in, "--config-dir", "configs", "+recipe=fails", "report=false",
@@ -171,7 +171,7 @@ def test_a_run_is_stopped_however_it_ends(tmp_path: Path, stand_in: StandIn) -> 
         assert record["run_ids"], name
         for run_id in record["run_ids"]:
             assert_stopped(stand_in, run_id)
-    assert statuses == {"done": "completed", "budget": "completed", "failed": "failed",
+    assert statuses == {"done": "completed", "budget": "stopped", "failed": "failed",
                         "interrupted": "stopped", "killed": "stopped"}
     # What the run used: tokens per step and in total, in metrics.jsonl and run.json.
     lines = [json.loads(line) for line in

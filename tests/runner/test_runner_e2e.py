@@ -47,6 +47,10 @@ def test_single_run_trains_and_leaves_outputs(tmp_path: Path, runner_home: Path)
     evals = [m["eval/nll"] for m in metrics if "eval/nll" in m]
     assert evals[-1] < evals[0]
     assert record["final_metrics"]["eval/nll"] == pytest.approx(evals[-1])
+    # The console says what changed: step 0 against the end, three decimals.
+    accuracy = [m["eval/accuracy"] for m in metrics if "eval/accuracy" in m]
+    assert re.search(rf"eval/accuracy\s+│\s+{accuracy[0]:.3f}\s+│\s+{accuracy[-1]:.3f}",
+                     result.stdout), result.stdout[-2000:]
     assert (run_dir / "config.resolved.yaml").is_file()
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all("completion" in s for s in samples)
