@@ -18,9 +18,10 @@ Reads top to bottom:
    logprobs for the importance ratio (``importance_sampling``, ``ppo``, ``cispo``
    or ``dro``);
 5. publish the new weights, so the next samples come from the new policy;
-6. log ``rollout/*``, ``kl/*``, ``optim/*`` and ``time/*``, the first groups'
-   transcripts to ``rollouts.jsonl``, and checkpoint every ``save_every`` steps
-   (resumable: the data cursor is the step).
+6. log ``rollout/*``, ``kl/*``, ``diag/*`` (why a run learns or not: docs/rl.md),
+   ``optim/*`` and ``time/*``, the first groups' transcripts to ``rollouts.jsonl``,
+   the tokens whose sampler and trainer logprobs differ most to ``divergence.jsonl``,
+   and checkpoint every ``save_every`` steps (resumable: the data cursor is the step).
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ from loops_runner.rl.datums import (
     sampled_logprobs_D,
     trajectory_sequences,
 )
+from loops_runner.rl.diagnostics import rollout_diagnostics, step_diagnostics
 from loops_runner.rl.envs import tasks as task_envs
 from loops_runner.rl.pipeline import RolloutPipeline
 from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
 from loops_runner.rl.reporting import (
+    DIVERGENCE_FILE,
     ROLLOUTS_FILE,
     error_lines,
     rollout_metrics,
     transcript,
+    write_divergent_tokens,
     write_transcripts,
 )
 from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
@@ -103,6 +107,7 @@ class Config(BaseModel):
 
     max_rollout_error_frac: float = Field(default=0.5, ge=0, le=1)
     num_groups_to_log: int = Field(default=2, ge=0)
+    divergent_tokens_to_log: int = Field(default=10, ge=0)
     save_every: int = Field(default=20, ge=0)
 
     @model_validator(mode="after")
@@ -237,6 +242,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                       weight_decay=cfg.weight_decay, grad_clip_norm=cfg.grad_clip_norm)
     loss_fn_config = dict(cfg.loss_fn_config) or None
     truncate_after(ctx.run_dir / ROLLOUTS_FILE, ctx.start_step)
+    truncate_after(ctx.run_dir / DIVERGENCE_FILE, ctx.start_step)
     ctx.metrics.print(f"RL: {cfg.groups_per_batch} groups × {cfg.group_size} per step, "
                       f"{steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
 
@@ -260,6 +266,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
             batch = pipeline.next_batch()
             check_error_rate(batch, cfg, step + 1)
             metrics = rollout_metrics(batch, version)
+            metrics.update(rollout_diagnostics(batch, version, cfg.max_steps_off_policy))
             for line in error_lines(batch):
                 ctx.metrics.print(f"[yellow]step {step + 1} episode error:[/yellow] {line}")
 
@@ -282,10 +289,16 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
                 metrics["kl/sample_train"] = mean_abs_logprob_diff(
                     sampled_logprobs_D(train.sequences_D), trainer_D)
+                diagnostics, divergent = step_diagnostics(
+                    train.sequences_D, trainer_D, cfg.loss_fn, loss_fn_config,
+                    settings.decode, cfg.divergent_tokens_to_log)
+                metrics.update(diagnostics)
                 metrics.update({f"train/{k}": v for k, v in (output.metrics or {}).items()})
                 metrics.update({f"optim/{k}": v for k, v in (optim.result().metrics or {}).items()
                                 if k in OPTIM_METRICS})
                 metrics["optim/lr"] = cfg.learning_rate
+            else:
+                divergent = []
             metrics["train/datums"] = float(len(datums_D))
             metrics["time/train_s"] = time.monotonic() - train_started
 
@@ -307,6 +320,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 for index, (group, advantages_G) in enumerate(
                     zip(batch.groups, train.advantages_by_group, strict=True))
                 if index < cfg.num_groups_to_log])
+            write_divergent_tokens(ctx.run_dir, step, divergent)
             ctx.log(step, metrics)
             last = metrics
             if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
