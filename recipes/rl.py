@@ -8,6 +8,10 @@ Reads top to bottom:
    loads and every prompt row is checked before anything is provisioned, and
    ``eval_prompts`` of them are held out: ``eval/reward`` is the mean reward on
    prompts no step trained on, before training and every ``eval_every`` steps);
+   ``recipe.judge=<model | run dir | bt:// URI>`` adds a judge's probability of "yes"
+   under ``recipe.judge_rubric`` to every reward (alone on ``recipe.prompts``, or on
+   top of a reward or an env); the judge's sampler is provisioned before the first
+   step and stopped when the run ends;
 2. per step, sample ``groups_per_batch`` prompts × ``group_size`` episodes from the
    current policy's sampler (one ``sample(n=group_size)`` per prompt, all at once;
    with ``max_steps_off_policy: k >= 1`` the next batches are sampled while this
@@ -47,6 +51,13 @@ from loops_runner.rl.datums import (
 )
 from loops_runner.rl.diagnostics import rollout_diagnostics, step_diagnostics
 from loops_runner.rl.envs import tasks as task_envs
+from loops_runner.rl.judge import (
+    DEFAULT_RUBRIC,
+    JudgeSettings,
+    check_rubric,
+    no_reward,
+    start_judge,
+)
 from loops_runner.rl.pipeline import RolloutPipeline
 from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
 from loops_runner.rl.reporting import (
@@ -59,6 +70,7 @@ from loops_runner.rl.reporting import (
     write_transcripts,
 )
 from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
+from loops_runner.rl.teacher import resolve_teacher
 from loops_runner.rl.types import RLDataset
 from loops_runner.runner.context import RunContext
 from loops_runner.runner.metrics import truncate_after
@@ -83,6 +95,11 @@ class Config(BaseModel):
     prompts_bad_rows: BadRowPolicy = "stop"
     eval_prompts: int = Field(default=16, ge=0)
     eval_every: int = Field(default=10, ge=0)
+    judge: str | None = Field(default=None, min_length=1)
+    judge_rubric: str = DEFAULT_RUBRIC
+    judge_positive: str = Field(default="yes", min_length=1)
+    judge_negative: str = Field(default="no", min_length=1)
+    judge_weight: float = Field(default=1.0, gt=0)
 
     groups_per_batch: int = Field(default=8, ge=1)
     group_size: int = Field(default=8, ge=2)
@@ -112,12 +129,16 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _plug_ins_fit(self) -> Config:
-        if (self.reward is None) != (self.prompts is None):
-            raise ValueError("recipe.reward and recipe.prompts go together: the reward "
-                             "function scores replies to the prompts")
-        if self.reward is not None and self.env is not None:
-            raise ValueError("set either recipe.env (your dataset of envs) or recipe.reward "
-                             "with recipe.prompts, not both")
+        if self.reward is not None and self.prompts is None:
+            raise ValueError("recipe.reward scores replies to recipe.prompts: set "
+                             "recipe.prompts too")
+        if self.prompts is not None and self.reward is None and self.judge is None:
+            raise ValueError("recipe.prompts need a reward: recipe.reward=module:score, "
+                             "recipe.judge=<model>, or both")
+        if self.prompts is not None and self.env is not None:
+            raise ValueError("set either recipe.env (your dataset of envs) or recipe.prompts "
+                             "(with recipe.reward and/or recipe.judge), not both")
+        check_rubric(self.judge_rubric)
         return self
 
 
@@ -132,16 +153,26 @@ class RewardPrompts:
     digest: str
 
 
+def judge_settings(cfg: Config) -> JudgeSettings | None:
+    """The judge as configured (its path or name resolved), or None without one."""
+    if cfg.judge is None:
+        return None
+    return JudgeSettings(resolve_teacher(cfg.judge, key="recipe.judge"), cfg.judge_rubric,
+                         cfg.judge_positive, cfg.judge_negative, cfg.judge_weight)
+
+
 def prepare_data(cfg: Config, seed: int) -> RewardPrompts | None:
     """Load the user's plug-ins and read their prompts; the runner calls this first."""
+    judge_settings(cfg)  # a judge path that does not resolve stops the run here
     if cfg.env is not None:
         plugins.load_dataset_factory(cfg.env)
-    if cfg.reward is None or cfg.prompts is None:
+    if cfg.prompts is None:
         return None
-    score = plugins.load_reward(cfg.reward)
+    score = plugins.load_reward(cfg.reward) if cfg.reward is not None else no_reward
     rows, raw, skipped, first_problem = plugins.read_prompt_rows(
         cfg.prompts, cfg.prompts_split, cfg.prompts_bad_rows, "recipe.prompts_bad_rows")
-    plugins.check_reward_fits(score, cfg.reward, rows)
+    if cfg.reward is not None:
+        plugins.check_reward_fits(score, cfg.reward, rows)
     order = list(range(len(rows)))
     random.Random(f"{seed}-rl-eval").shuffle(order)
     held = min(cfg.eval_prompts, int(len(rows) * MAX_HELD_OUT_FRACTION))
@@ -152,9 +183,9 @@ def prepare_data(cfg: Config, seed: int) -> RewardPrompts | None:
 
 def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
     """What ``dry_run=true`` prints."""
-    source = cfg.env or (f"{cfg.reward} on {cfg.prompts}" if cfg.reward else
+    source = cfg.env or (f"{cfg.reward or 'the judge'} on {cfg.prompts}" if cfg.prompts else
                          "bundled arithmetic (task registry)")
-    return {"env": source, "steps": budget.steps(cfg.max_steps),
+    return {"env": source, "judge": cfg.judge or "none", "steps": budget.steps(cfg.max_steps),
             "episodes per step": f"{cfg.groups_per_batch} groups × {cfg.group_size}",
             "loss": cfg.loss_fn, "off-policy steps": cfg.max_steps_off_policy}
 
@@ -165,14 +196,18 @@ def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
 def build_dataset(cfg: Config, tokenizer: Any, seed: int,
                   prompts: RewardPrompts | None) -> RLDataset:
     setup = DatasetSetup(tokenizer=tokenizer, groups_per_batch=cfg.groups_per_batch, seed=seed)
-    if prompts is not None and cfg.reward is not None:
-        return plugins.reward_dataset(prompts.train, prompts.score, cfg.reward, setup)
+    if prompts is not None:
+        return plugins.reward_dataset(prompts.train, prompts.score, reward_name(cfg), setup)
     factory = plugins.load_dataset_factory(cfg.env) if cfg.env else task_envs.make_dataset
     dataset = factory(setup, **cfg.env_args)
     if not isinstance(dataset, RLDataset) or len(dataset) < 1:
         raise TypeError(f"recipe.env {cfg.env!r} returned {type(dataset).__name__}; expected a "
                         "non-empty loops_runner.rl.types.RLDataset")
     return dataset
+
+
+def reward_name(cfg: Config) -> str:
+    return cfg.reward or "recipe.judge"
 
 
 def model_context(ctx: RunContext) -> int:
@@ -230,7 +265,7 @@ def check_error_rate(batch: RolloutBatch, cfg: Config, step: int) -> None:
 def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     prompts: RewardPrompts | None = ctx.data
     dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed, prompts)
-    heldout = (plugins.reward_builders(prompts.eval, prompts.score, str(cfg.reward),
+    heldout = (plugins.reward_builders(prompts.eval, prompts.score, reward_name(cfg),
                                        ctx.tokenizer) if prompts is not None else [])
     steps = ctx.budget.steps(cfg.max_steps)
     settings = RolloutSettings(
@@ -246,21 +281,29 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     ctx.metrics.print(f"RL: {cfg.groups_per_batch} groups × {cfg.group_size} per step, "
                       f"{steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
 
+    running = start_judge(ctx.service_client, judge_settings(cfg), ctx.config.timeouts,
+                          say=ctx.metrics.print)
+    judge = running.judge if running is not None else None
+
     async def sample_step(step: int, policy: Any) -> RolloutBatch:
         builders = dataset.get_batch(step % len(dataset))
-        return await rollout_batch(builders, cfg.group_size, policy, settings, step=step)
+        batch = await rollout_batch(builders, cfg.group_size, policy, settings, step=step)
+        if judge is not None:
+            await judge.reward_batch(batch)
+        return batch
 
-    policy = ctx.publish(POLICY_NAME)
-    version = policy.min_policy_version or 0
-    if heldout and ctx.start_step == 0:
-        ctx.log(0, {"eval/reward": heldout_reward(heldout, cfg, policy, settings)})
-    pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
-                               last_step=steps, max_ahead=cfg.max_steps_off_policy)
-    ctx.metrics.start_progress(steps, completed=ctx.start_step)
+    pipeline: RolloutPipeline | None = None
     last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
     step = ctx.start_step
-    step_started = time.monotonic()
     try:
+        policy = ctx.publish(POLICY_NAME)
+        version = policy.min_policy_version or 0
+        if heldout and ctx.start_step == 0:
+            ctx.log(0, heldout_reward(heldout, cfg, policy, settings, judge))
+        pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
+                                   last_step=steps, max_ahead=cfg.max_steps_off_policy)
+        ctx.metrics.start_progress(steps, completed=ctx.start_step)
+        step_started = time.monotonic()
         while step < steps:
             # 2. rollouts (already sampled ahead in off-policy mode)
             batch = pipeline.next_batch()
@@ -311,7 +354,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
 
             # 6. evaluate, log, transcripts, checkpoint
             if heldout and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
-                metrics["eval/reward"] = heldout_reward(heldout, cfg, policy, settings)
+                metrics.update(heldout_reward(heldout, cfg, policy, settings, judge))
             now = time.monotonic()
             metrics["time/step_s"] = now - step_started
             step_started = now
@@ -330,16 +373,30 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 ctx.metrics.print(f"Time budget reached at step {step}; checkpoint saved.")
                 break
     finally:
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
         ctx.metrics.stop_progress()
+        if running is not None:
+            running.stop()
     final = {k: v for k, v in last.items() if not k.startswith("time/")}
     final["steps"] = step
     return final
 
 
-def heldout_reward(builders: list[Any], cfg: Config, policy: Any,
-                   settings: RolloutSettings) -> float:
-    """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``."""
-    batch = asyncio.run(rollout_batch(builders, cfg.group_size, policy, settings, step=-1))
+def heldout_reward(builders: list[Any], cfg: Config, policy: Any, settings: RolloutSettings,
+                   judge: Any = None) -> dict[str, float]:
+    """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``; with
+    its spread and count, so two evaluations can be compared with a t-test."""
+    async def sample() -> RolloutBatch:
+        batch = await rollout_batch(builders, cfg.group_size, policy, settings, step=-1)
+        if judge is not None:
+            await judge.reward_batch(batch)
+        return batch
+
+    batch = asyncio.run(sample())
     rewards = [r for group in batch.groups for r in group.rewards_G() if r == r]  # no NaN
-    return sum(rewards) / len(rewards) if rewards else float("nan")
+    if not rewards:
+        return {"eval/reward": float("nan"), "eval/episodes": 0.0}
+    mean = sum(rewards) / len(rewards)
+    return {"eval/reward": mean, "eval/episodes": float(len(rewards)),
+            "eval/reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5}

@@ -159,7 +159,7 @@ def test_bad_rl_config_is_refused_before_provisioning(tmp_path: Path,
     assert "Loops session" not in result.stdout + result.stderr
     alone = run_runner("+recipe=rl", "recipe.reward=my_rewards:score", cwd=tmp_path,
                        home=runner_home)
-    assert alone.returncode != 0 and "recipe.reward and recipe.prompts go together" in \
+    assert alone.returncode != 0 and "recipe.reward scores replies to recipe.prompts" in \
         alone.stderr
 
 
