@@ -106,6 +106,14 @@ def test_eval_recipe_compares_base_and_checkpoint_on_the_same_prompts(
                for a in accuracy)
     assert len({tuple(s["prompt"] for s in a["samples"]) for a in accuracy}) == 1
     assert models[2]["results"][0]["model"].startswith("bt://loops:")
+    # Each model's line counts what evaluating it sampled and prompted (nothing trained).
+    lines = _lines(tmp_path / "ev" / "metrics.jsonl")
+    assert len(lines) == 3
+    assert all(m["tokens/sampled"] > 0 and m["tokens/prompt"] > 0 and m["tokens/trained"] == 0
+               for m in lines)
+    sampled = lines[-1]["tokens/sampled_total"]
+    assert sampled == sum(m["tokens/sampled"] for m in lines)
+    assert f"sampled {sampled} (run.json)" in " ".join(result.stdout.split())
 
 
 def test_checkpoints_list_download_and_export_of_a_run_dir(sft_run: Path, tmp_path: Path,
