@@ -117,3 +117,19 @@ def test_a_judge_that_cannot_answer_fails_its_episodes_with_the_reason(
     asyncio.run(judge.reward_batch(batch))
     errors = [t.error for t in batch.groups[0].trajectories_G]
     assert all(e is not None and e.startswith("judge: ") for e in errors), errors
+
+
+def test_a_judge_path_that_does_not_resolve_is_refused_naming_recipe_judge(
+        tmp_path) -> None:
+    from loops_runner.recipes.rl import Config, judge_settings
+
+    with pytest.raises(ConfigError, match=r"recipe\.judge: \./no-such-run does not exist"):
+        judge_settings(Config(judge="./no-such-run", prompts="p.jsonl"))
+    (tmp_path / "run.json").write_text('{"config_hash": "h", "seed": 0, "run_name": "r", '
+                                       '"recipe": "sft", "backend": "local", '
+                                       '"base_model": "tiny"}')
+    with pytest.raises(ConfigError, match=r"recipe\.judge: the run in .* has no checkpoint"):
+        judge_settings(Config(judge=str(tmp_path), prompts="p.jsonl"))
+    resolved = judge_settings(Config(judge="tiny", prompts="p.jsonl", judge_weight=0.5))
+    assert resolved is not None and resolved.source.kind == "base_model"
+    assert resolved.weight == 0.5 and resolved.positive == "yes"
