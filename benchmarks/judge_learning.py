@@ -59,7 +59,8 @@ def main() -> None:
               f"recipe.judge_rubric='{RUBRIC}'",
               "recipe.eval_prompts=12", "recipe.eval_every=0", "recipe.max_steps=20",
               "recipe.groups_per_batch=8", "recipe.group_size=8", "recipe.max_tokens=12",
-              "recipe.learning_rate=3e-3", "recipe.save_every=0", "report=false"]
+              "recipe.learning_rate=3e-3", "recipe.normalize_advantages_by_std=true",
+              "recipe.save_every=0", "report=false"]
     passed = True
     try:
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -64,9 +64,9 @@ from loops_runner.rl.reporting import (
     DIVERGENCE_FILE,
     ROLLOUTS_FILE,
     error_lines,
+    log_divergent_tokens,
     rollout_metrics,
     transcript,
-    write_divergent_tokens,
     write_transcripts,
 )
 from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
@@ -363,7 +363,7 @@ def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 for index, (group, advantages_G) in enumerate(
                     zip(batch.groups, train.advantages_by_group, strict=True))
                 if index < cfg.num_groups_to_log])
-            write_divergent_tokens(ctx.run_dir, step, divergent)
+            log_divergent_tokens(ctx.run_dir, ctx.metrics, step, divergent)
             ctx.log(step, metrics)
             last = metrics
             if (cfg.save_every and step % cfg.save_every == 0) or step == steps:

@@ -93,8 +93,18 @@ def write_transcripts(run_dir: Path, lines: Sequence[dict[str, Any]]) -> None:
     _append_lines(run_dir / ROLLOUTS_FILE, lines)
 
 
-def write_divergent_tokens(run_dir: Path, step: int, rows: Sequence[dict[str, Any]]) -> None:
-    """One ``divergence.jsonl`` line per step (none when nothing was trained)."""
-    if rows:
-        _append_lines(run_dir / DIVERGENCE_FILE, [{"step": step, "tokens": list(rows)}])
+DIVERGENT_COLUMNS = ["context", "token", "sampler_logprob", "trainer_logprob", "diff",
+                     "advantage", "sequence", "position"]
+
+
+def log_divergent_tokens(run_dir: Path, metrics: Any, step: int,
+                         rows: Sequence[dict[str, Any]]) -> None:
+    """One ``divergence.jsonl`` line per step (none when nothing was trained), and the
+    same rows as the W&B table ``diag/divergent_tokens`` of that step."""
+    if not rows:
+        return
+    _append_lines(run_dir / DIVERGENCE_FILE, [{"step": step, "tokens": list(rows)}])
+    metrics.log_table("diag/divergent_tokens", DIVERGENT_COLUMNS,
+                      [[row[column] for column in DIVERGENT_COLUMNS] for row in rows],
+                      step=step)
 

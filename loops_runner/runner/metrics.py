@@ -110,11 +110,14 @@ class MetricsLogger:
             self._wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
         self._update_progress(step, metrics)
 
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]],
+                  step: int | None = None) -> None:
+        """A W&B table; with ``step``, beside that step's metrics (W&B merges a step's
+        logs, and a step-less log after a stepped one would push later steps back)."""
         if self._wandb_run is not None:
             import wandb
 
-            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)})
+            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
 
     # -- console -------------------------------------------------------------
 
