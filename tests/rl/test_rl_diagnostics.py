@@ -131,16 +131,6 @@ def test_group_reward_std_and_the_staleness_distribution() -> None:
 # -- failing runs on purpose, on the real stack -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(trainer_server, sampler_server) -> ServiceClient:
-    return ServiceClient.local(trainer_url=trainer_server.url, sampler_url=sampler_server.url)
-
-
-@pytest.fixture(scope="module")
-def base_policy(service: ServiceClient, tiny_model_dir) -> Any:
-    return service.create_sampling_client(str(tiny_model_dir))
-
-
 def _sample_sequences(policy: Any, tokenizer: Any) -> list[TokenSequence]:
     builders = [MessageEnvGroupBuilder(
         lambda prompt=prompt: ProblemEnv([{"role": "user", "content": prompt}],
@@ -165,12 +155,12 @@ def _diagnostics(service: ServiceClient, tiny_model_dir: Any, sequences_D: list[
 
 
 def test_a_corrupted_sampler_adapter_raises_the_kl_and_lowers_the_ess(
-        service, base_policy, sampler_server, loops_home, tiny_model_dir, run_id) -> None:
+        service, policy, sampler_server, loops_home, tiny_model_dir, run_id) -> None:
     from tests.sampler import helpers
 
-    tokenizer = base_policy.get_tokenizer()
+    tokenizer = policy.get_tokenizer()
     healthy, _ = _diagnostics(service, tiny_model_dir,
-                              _sample_sequences(base_policy, tokenizer), tokenizer)
+                              _sample_sequences(policy, tokenizer), tokenizer)
     assert healthy["kl/sample_train_k3"] < 1e-4
     assert healthy["diag/ess_frac"] > 0.999 and healthy["diag/clip_frac"] == 0.0
 

@@ -19,7 +19,6 @@ from loops_runner.rl.judge import (
 from loops_runner.rl.rollouts import RolloutBatch
 from loops_runner.rl.teacher import TeacherSource
 from loops_runner.rl.types import Trajectory, TrajectoryGroup, Transition
-from loops_runner.sdk import ServiceClient
 from loops_runner.wire import ModelInput
 
 
@@ -60,14 +59,8 @@ class CountingSampler:
         return await self.client.compute_logprobs_async(prompt)
 
 
-@pytest.fixture(scope="module")
-def judge_client(trainer_server, sampler_server, tiny_model_dir) -> Any:
-    service = ServiceClient.local(trainer_url=trainer_server.url, sampler_url=sampler_server.url)
-    return service.create_sampling_client(str(tiny_model_dir))
-
-
-def test_scores_are_p_yes_from_logprobs_batched_and_cached(judge_client) -> None:
-    sampler = CountingSampler(judge_client)
+def test_scores_are_p_yes_from_logprobs_batched_and_cached(policy) -> None:
+    sampler = CountingSampler(policy)
     judge = Judge(sampler, settings())
     pairs = [("What is 2 + 2?", "4"), ("What is 2 + 2?", "banana"), ("What is 2 + 2?", "4")]
     scored = asyncio.run(judge.score(pairs))
@@ -76,7 +69,7 @@ def test_scores_are_p_yes_from_logprobs_batched_and_cached(judge_client) -> None
     assert scored[0][0] == scored[2][0] and 0.0 < scored[0][0] < 1.0
     # The same number by hand: the verdict's logprob right after the rendered rubric.
     context = judge.rubric_tokens("What is 2 + 2?", "4")
-    yes, no = (judge_client.compute_logprobs(ModelInput.from_ints(context + tokens))
+    yes, no = (policy.compute_logprobs(ModelInput.from_ints(context + tokens))
                for tokens in judge.verdict_tokens)
     expected = verdict_probability(sum(yes[len(context):]), sum(no[len(context):]))
     assert scored[0][0] == pytest.approx(expected, abs=1e-6)
@@ -93,8 +86,8 @@ def _batch(completions: list[str], failed: int | None = None) -> RolloutBatch:
                                             completions_G=completions)], 0.0, 0)
 
 
-def test_the_judge_adds_its_weighted_score_to_each_finished_episode(judge_client) -> None:
-    judge = Judge(judge_client, settings(weight=2.0))
+def test_the_judge_adds_its_weighted_score_to_each_finished_episode(policy) -> None:
+    judge = Judge(policy, settings(weight=2.0))
     batch = _batch(["red", "the sky", "red"], failed=1)
     asyncio.run(judge.reward_batch(batch))
     ok = [batch.groups[0].trajectories_G[i] for i in (0, 2)]
@@ -106,10 +99,10 @@ def test_the_judge_adds_its_weighted_score_to_each_finished_episode(judge_client
 
 
 def test_a_judge_that_cannot_answer_fails_its_episodes_with_the_reason(
-        judge_client, tiny_model_dir) -> None:
+        policy, tiny_model_dir) -> None:
     from loops_runner.sdk import SamplingClient
 
-    judge = Judge(judge_client, settings())
+    judge = Judge(policy, settings())
     # Its sampler went away (nothing listens on the discard port).
     judge.sampler = SamplingClient(base_model=str(tiny_model_dir),
                                    endpoint="http://127.0.0.1:9", timeout=5, ready_timeout=1)
