@@ -109,23 +109,37 @@ class Judge:
             *(self._verdict_lp(context, tokens) for tokens in self.verdict_tokens))
         return verdict_probability(positive, negative)
 
-    async def score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """(score, from the cache) per pair; the uncached distinct pairs all in flight at once."""
+    async def _score_all(self, pairs: list[tuple[str, str]]
+                         ) -> list[tuple[float | BaseException, bool]]:
+        """(score or the error that stopped it, from the cache) per pair; the uncached
+        distinct pairs all in flight at once. Only scores are cached."""
         with self._lock:
             known = {pair: self._cache[pair] for pair in set(pairs) if pair in self._cache}
         new = [pair for pair in dict.fromkeys(pairs) if pair not in known]
-        scores = await asyncio.gather(*(self._score_new(*pair) for pair in new))
+        results = await asyncio.gather(*(self._score_new(*pair) for pair in new),
+                                       return_exceptions=True)
+        fresh = dict(zip(new, results, strict=True))
         with self._lock:
-            self._cache.update(zip(new, scores, strict=True))
-        fresh = dict(zip(new, scores, strict=True))
+            self._cache.update({pair: value for pair, value in fresh.items()
+                                if isinstance(value, float)})
         return [(known[pair], True) if pair in known else (fresh[pair], False)
                 for pair in pairs]
+
+    async def score(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(score, from the cache) per pair; raises the first error a request hit."""
+        scores: list[tuple[float, bool]] = []
+        for value, cached in await self._score_all(pairs):
+            if isinstance(value, BaseException):
+                raise value
+            scores.append((value, cached))
+        return scores
 
     async def reward_batch(self, batch: RolloutBatch) -> None:
         """Add ``weight`` × the judge's score to every finished episode of ``batch``.
 
-        A failed judge request fails the episodes it was for (counted in
-        ``rollout/errors`` with the reason), like a failing reward function.
+        A failed judge request (a sampler error, a rubric too long for the judge's
+        context) fails the episodes it was for, counted in ``rollout/errors`` with the
+        reason, like a failing reward function; the others are scored.
         """
         episodes = [(group.prompt, completion, trajectory)
                     for group in batch.groups
@@ -134,13 +148,12 @@ class Judge:
                     if not trajectory.failed and trajectory.transitions]
         if not episodes:
             return
-        try:
-            scored = await self.score([(prompt, completion) for prompt, completion, _ in episodes])
-        except Exception as error:  # the judge's sampler failed: these episodes fail
-            for _, _, trajectory in episodes:
-                trajectory.error = f"judge: {type(error).__name__}: {error}"
-            return
+        scored = await self._score_all(
+            [(prompt, completion) for prompt, completion, _ in episodes])
         for (_, _, trajectory), (score, cached) in zip(episodes, scored, strict=True):
+            if isinstance(score, BaseException):
+                trajectory.error = f"judge: {type(score).__name__}: {score}"
+                continue
             trajectory.group_reward += self.settings.weight * score
             trajectory.transitions[-1].metrics.update(
                 {"judge_score": score, "judge_cached": float(cached)})

@@ -112,6 +112,16 @@ def test_a_judge_that_cannot_answer_fails_its_episodes_with_the_reason(
     assert all(e is not None and e.startswith("judge: ") for e in errors), errors
 
 
+def test_a_rubric_too_long_for_the_judge_fails_only_its_episode(policy) -> None:
+    judge = Judge(policy, settings())
+    batch = _batch(["fine", "word " * 3000])  # the second rubric exceeds the context
+    asyncio.run(judge.reward_batch(batch))
+    first, second = batch.groups[0].trajectories_G
+    assert first.error is None and 0 < first.transitions[-1].metrics["judge_score"] < 1
+    assert second.error is not None and second.error.startswith("judge: "), second.error
+    assert asyncio.run(judge.score([("Name a colour.", "fine")]))[0][1] is True  # cached
+
+
 def test_a_judge_path_that_does_not_resolve_is_refused_naming_recipe_judge(
         tmp_path) -> None:
     from loops_runner.recipes.rl import Config, judge_settings

@@ -231,6 +231,8 @@ def test_judge_reward_through_the_cli_and_its_sampler_stops_with_the_run(
     result = run_runner("+recipe=rl", "recipe.judge=tiny", "recipe.prompts=prompts.jsonl",
                         "recipe.max_steps=2", "recipe.groups_per_batch=2",
                         "recipe.group_size=3", "recipe.eval_prompts=2",
+                        # The judge scores in the sampling thread too.
+                        "recipe.max_steps_off_policy=1",
                         "recipe.judge_rubric='Question: {prompt} Answer: {completion} Right?'",
                         cwd=tmp_path, home=runner_home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
