@@ -200,6 +200,10 @@ def test_killed_rl_run_resumes_from_its_checkpoint(tmp_path: Path, runner_home: 
         [1, 2, 3, 4]
     assert [line["step"] for line in read_jsonl(run_json.parent / "rollouts.jsonl")] == \
         [1, 2, 3, 4]
+    # Divergent tokens too: what the killed attempt logged after its checkpoint is dropped
+    # (a step that trained nothing has no line).
+    steps = [line["step"] for line in read_jsonl(run_json.parent / "divergence.jsonl")]
+    assert steps == sorted(set(steps)) and set(steps) <= {1, 2, 3, 4}
 
 
 def _standalone_samplers_since(home: Path, since: str) -> list[tuple[str, str, int | None]]:
