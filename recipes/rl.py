@@ -8,6 +8,10 @@ Reads top to bottom:
    loads and every prompt row is checked before anything is provisioned, and
    ``eval_prompts`` of them are held out: ``eval/reward`` is the mean reward on
    prompts no step trained on, before training and every ``eval_every`` steps);
+   ``recipe.judge=<model | run dir | bt:// URI>`` adds a judge's probability of "yes"
+   under ``recipe.judge_rubric`` to every reward (alone on ``recipe.prompts``, or on
+   top of a reward or an env); the judge's sampler is provisioned before the first
+   step and stopped when the run ends;
 2. per step, sample ``groups_per_batch`` prompts × ``group_size`` episodes from the
    current policy's sampler (one ``sample(n=group_size)`` per prompt, all at once;
    with ``max_steps_off_policy: k >= 1`` the next batches are sampled while this
@@ -18,8 +22,9 @@ Reads top to bottom:
    logprobs for the importance ratio (``importance_sampling``, ``ppo``, ``cispo``
    or ``dro``);
 5. publish the new weights, so the next samples come from the new policy;
-6. log ``rollout/*``, ``kl/*``, ``optim/*`` and ``time/*`` and the first groups'
-   transcripts to ``rollouts.jsonl`` (the runner's loop checkpoints at its cadence).
+6. log ``rollout/*``, ``kl/*``, ``diag/*`` (why a run learns or not: docs/rl.md),
+   ``optim/*`` and ``time/*``, the first groups' transcripts to ``rollouts.jsonl`` and
+   the tokens whose sampler and trainer logprobs differ most to ``divergence.jsonl``.
 """
 
 from __future__ import annotations
@@ -44,17 +49,28 @@ from loops_runner.rl.datums import (
     sampled_logprobs_D,
     trajectory_sequences,
 )
+from loops_runner.rl.diagnostics import rollout_diagnostics, step_diagnostics
 from loops_runner.rl.envs import tasks as task_envs
+from loops_runner.rl.judge import (
+    DEFAULT_RUBRIC,
+    JudgeSettings,
+    check_rubric,
+    no_reward,
+    start_judge,
+)
 from loops_runner.rl.pipeline import RolloutPipeline
 from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
 from loops_runner.rl.reporting import (
+    DIVERGENCE_FILE,
     ROLLOUTS_FILE,
     error_lines,
+    log_divergent_tokens,
     rollout_metrics,
     step_transcripts,
     write_transcripts,
 )
 from loops_runner.rl.rollouts import RolloutBatch, RolloutSettings, rollout_batch
+from loops_runner.rl.teacher import resolve_teacher
 from loops_runner.rl.types import RLDataset
 from loops_runner.runner.context import RunContext
 from loops_runner.runner.loop import optimizer_metrics
@@ -76,6 +92,11 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     prompts_bad_rows: BadRowPolicy = "stop"
     eval_prompts: int = Field(default=16, ge=0)
     eval_every: int = Field(default=10, ge=0)
+    judge: str | None = Field(default=None, min_length=1)
+    judge_rubric: str = DEFAULT_RUBRIC
+    judge_positive: str = Field(default="yes", min_length=1)
+    judge_negative: str = Field(default="no", min_length=1)
+    judge_weight: float = Field(default=1.0, gt=0)
     # none by default (RL's held-out number is eval/reward); [{kind: sampling}]: eval/accuracy
     evaluators: list[EvaluatorConfig] = Field(default_factory=list)
 
@@ -100,16 +121,21 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
 
     max_rollout_error_frac: float = Field(default=0.5, ge=0, le=1)
     num_groups_to_log: int = Field(default=2, ge=0)
+    divergent_tokens_to_log: int = Field(default=10, ge=0)
     save_every: int = Field(default=20, ge=0)
 
     @model_validator(mode="after")
     def _plug_ins_fit(self) -> Config:
-        if (self.reward is None) != (self.prompts is None):
-            raise ValueError("recipe.reward and recipe.prompts go together: the reward "
-                             "function scores replies to the prompts")
-        if self.reward is not None and self.env is not None:
-            raise ValueError("set either recipe.env (your dataset of envs) or recipe.reward "
-                             "with recipe.prompts, not both")
+        if self.reward is not None and self.prompts is None:
+            raise ValueError("recipe.reward scores replies to recipe.prompts: set "
+                             "recipe.prompts too")
+        if self.prompts is not None and self.reward is None and self.judge is None:
+            raise ValueError("recipe.prompts need a reward: recipe.reward=module:score, "
+                             "recipe.judge=<model>, or both")
+        if self.prompts is not None and self.env is not None:
+            raise ValueError("set either recipe.env (your dataset of envs) or recipe.prompts "
+                             "(with recipe.reward and/or recipe.judge), not both")
+        check_rubric(self.judge_rubric)
         return self
 
 
@@ -124,16 +150,26 @@ class RewardPrompts:
     digest: str
 
 
+def judge_settings(cfg: Config) -> JudgeSettings | None:
+    """The judge as configured (its path or name resolved), or None without one."""
+    if cfg.judge is None:
+        return None
+    return JudgeSettings(resolve_teacher(cfg.judge, key="recipe.judge"), cfg.judge_rubric,
+                         cfg.judge_positive, cfg.judge_negative, cfg.judge_weight)
+
+
 def prepare_data(cfg: Config, seed: int) -> RewardPrompts | None:
     """Load the user's plug-ins and read their prompts; the runner calls this first."""
+    judge_settings(cfg)  # a judge path that does not resolve stops the run here
     if cfg.env is not None:
         plugins.load_dataset_factory(cfg.env)
-    if cfg.reward is None or cfg.prompts is None:
+    if cfg.prompts is None:
         return None
-    score = plugins.load_reward(cfg.reward)
+    score = plugins.load_reward(cfg.reward) if cfg.reward is not None else no_reward
     rows, raw, skipped, first_problem = plugins.read_prompt_rows(
         cfg.prompts, cfg.prompts_split, cfg.prompts_bad_rows, "recipe.prompts_bad_rows")
-    plugins.check_reward_fits(score, cfg.reward, rows)
+    if cfg.reward is not None:
+        plugins.check_reward_fits(score, cfg.reward, rows)
     order = list(range(len(rows)))
     random.Random(f"{seed}-rl-eval").shuffle(order)
     held = min(cfg.eval_prompts, int(len(rows) * MAX_HELD_OUT_FRACTION))
@@ -144,9 +180,9 @@ def prepare_data(cfg: Config, seed: int) -> RewardPrompts | None:
 
 def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
     """What ``dry_run=true`` prints."""
-    source = cfg.env or (f"{cfg.reward} on {cfg.prompts}" if cfg.reward else
+    source = cfg.env or (f"{cfg.reward or 'the judge'} on {cfg.prompts}" if cfg.prompts else
                          "bundled arithmetic (task registry)")
-    return {"env": source, "steps": budget.steps(cfg.max_steps),
+    return {"env": source, "judge": cfg.judge or "none", "steps": budget.steps(cfg.max_steps),
             "episodes per step": f"{cfg.groups_per_batch} groups × {cfg.group_size}",
             "loss": cfg.loss_fn, "off-policy steps": cfg.max_steps_off_policy}
 
@@ -157,14 +193,18 @@ def plan(cfg: Config, tokenizer: Any, budget: Any) -> dict[str, Any]:
 def build_dataset(cfg: Config, tokenizer: Any, seed: int,
                   prompts: RewardPrompts | None) -> RLDataset:
     setup = DatasetSetup(tokenizer=tokenizer, groups_per_batch=cfg.groups_per_batch, seed=seed)
-    if prompts is not None and cfg.reward is not None:
-        return plugins.reward_dataset(prompts.train, prompts.score, cfg.reward, setup)
+    if prompts is not None:
+        return plugins.reward_dataset(prompts.train, prompts.score, reward_name(cfg), setup)
     factory = plugins.load_dataset_factory(cfg.env) if cfg.env else task_envs.make_dataset
     dataset = factory(setup, **cfg.env_args)
     if not isinstance(dataset, RLDataset) or len(dataset) < 1:
         raise TypeError(f"recipe.env {cfg.env!r} returned {type(dataset).__name__}; expected a "
                         "non-empty loops_runner.rl.types.RLDataset")
     return dataset
+
+
+def reward_name(cfg: Config) -> str:
+    return cfg.reward or "recipe.judge"
 
 
 # -- 3. advantages and datums ------------------------------------------------------
@@ -226,7 +266,7 @@ class Submitted:  # one step: its rollouts, their advantages and the training fu
 async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     prompts: RewardPrompts | None = ctx.data
     dataset = build_dataset(cfg, ctx.tokenizer, ctx.seed, prompts)
-    heldout = (plugins.reward_builders(prompts.eval, prompts.score, str(cfg.reward),
+    heldout = (plugins.reward_builders(prompts.eval, prompts.score, reward_name(cfg),
                                        ctx.tokenizer) if prompts is not None else [])
     loop = ctx.loop(cfg.max_steps, eval_every=cfg.eval_every, save_every=cfg.save_every)
     settings = RolloutSettings(
@@ -236,21 +276,28 @@ async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
     reference = ctx.sampling_client if cfg.kl_penalty_coef > 0 else None
     loss_fn_config = dict(cfg.loss_fn_config) or None
     truncate_after(ctx.run_dir / ROLLOUTS_FILE, ctx.start_step)
+    truncate_after(ctx.run_dir / DIVERGENCE_FILE, ctx.start_step)
     ctx.metrics.print(f"RL: {cfg.groups_per_batch} groups × {cfg.group_size} per step, "
                       f"{loop.steps} steps, {cfg.max_steps_off_policy} steps off-policy at most")
 
+    running = start_judge(ctx.service_client, judge_settings(cfg), ctx.config.timeouts,
+                          say=ctx.metrics.print)
+    judge = running.judge if running is not None else None
+
     async def sample_step(step: int, policy: Any) -> RolloutBatch:
         builders = dataset.get_batch(step % len(dataset))
-        return await rollout_batch(builders, cfg.group_size, policy, settings, step=step)
+        return await judged(await rollout_batch(builders, cfg.group_size, policy, settings,
+                                                step=step), judge)
 
-    policy = ctx.publish(POLICY_NAME)
-    version = policy.min_policy_version or 0
-    if loop.fresh and (heldout or cfg.evaluators):
-        loop.log(0, await evaluate(ctx, cfg, heldout, policy, settings, 0))
-    # Rollouts are sampled on the pipeline's own thread, up to max_steps_off_policy ahead.
-    pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
-                               last_step=loop.steps, max_ahead=cfg.max_steps_off_policy)
+    pipeline: RolloutPipeline | None = None
     try:
+        policy = ctx.publish(POLICY_NAME)
+        version = policy.min_policy_version or 0
+        if loop.fresh and (heldout or cfg.evaluators):
+            loop.log(0, await evaluate(ctx, cfg, heldout, policy, settings, judge, 0))
+        # Rollouts are sampled on the pipeline's own thread, up to max_steps_off_policy ahead.
+        pipeline = RolloutPipeline(sample_step, policy, first_step=ctx.start_step,
+                                   last_step=loop.steps, max_ahead=cfg.max_steps_off_policy)
         for step in loop:
             # 2. rollouts (already sampled ahead in off-policy mode)
             batch = pipeline.next_batch()
@@ -261,6 +308,7 @@ async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
             # 3. advantages, KL penalty, datums
             train = training_batch(batch, cfg)
             metrics = {**rollout_metrics(batch, version),
+                       **rollout_diagnostics(batch, version, cfg.max_steps_off_policy),
                        "rollout/constant_groups": float(train.constant_groups)}
             if reference is not None and train.sequences_D:
                 reference_D = await reference_logprobs_D(reference, train.sequences_D)
@@ -278,7 +326,8 @@ async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
                 optim = ctx.training_client.optim_step(adam_params(cfg, lr))
             for done in loop.submit(step, Submitted(batch, train, metrics, backward, optim, lr,
                                                     started)):
-                metrics = done.work.metrics | await trained_metrics(done.work)
+                trained, divergent = await trained_metrics(done.work, cfg, settings)
+                metrics = done.work.metrics | trained
 
                 # 5. weight sync: the next samples come from the new policy
                 if done.work.forward_backward is not None:
@@ -288,43 +337,67 @@ async def run(ctx: RunContext, cfg: Config) -> dict[str, Any]:
 
                 # 6. evaluate, transcripts, log (the loop checkpoints at its cadence)
                 if done.evaluates:
-                    metrics.update(await evaluate(ctx, cfg, heldout, policy, settings,
+                    metrics.update(await evaluate(ctx, cfg, heldout, policy, settings, judge,
                                                   done.step))
                 write_transcripts(ctx.run_dir, step_transcripts(
                     done.step, done.work.batch.groups, done.work.train.advantages_by_group,
                     cfg.num_groups_to_log))
+                log_divergent_tokens(ctx.run_dir, ctx.metrics, done.step, divergent)
                 loop.log(done.step, metrics)
     finally:
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
+        if running is not None:
+            running.stop()
     return loop.final()
 
 
-async def trained_metrics(work: Submitted) -> dict[str, float]:
-    """What the trainer reports of a step: loss metrics, sampler/trainer KL, optimizer."""
+async def trained_metrics(work: Submitted, cfg: Config, settings: RolloutSettings
+                          ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """What the trainer reports of a step (loss metrics, sampler/trainer diagnostics,
+    optimizer) and the step's most divergent tokens."""
     metrics = {"train/datums": float(len(work.train.sequences_D))}
+    divergent: list[dict[str, Any]] = []
     if work.forward_backward is not None:
         output = await work.forward_backward
         trainer_D = [o["logprobs"].tolist() for o in output.loss_fn_outputs]
         metrics["kl/sample_train"] = mean_abs_logprob_diff(
             sampled_logprobs_D(work.train.sequences_D), trainer_D)
+        diagnostics, divergent = step_diagnostics(
+            work.train.sequences_D, trainer_D, cfg.loss_fn, dict(cfg.loss_fn_config) or None,
+            settings.decode, cfg.divergent_tokens_to_log)
+        metrics.update(diagnostics)
         metrics.update({f"train/{k}": v for k, v in (output.metrics or {}).items()})
         metrics.update(optimizer_metrics(await work.optim, work.learning_rate))
     metrics["time/train_s"] = time.monotonic() - work.train_started
-    return metrics
+    return metrics, divergent
+
+
+async def judged(batch: RolloutBatch, judge: Any) -> RolloutBatch:
+    """The batch with the judge's score added to its rewards (unchanged without a judge)."""
+    if judge is not None:
+        await judge.reward_batch(batch)
+    return batch
 
 
 async def evaluate(ctx: RunContext, cfg: Config, heldout: list[Any], policy: Any,
-                   settings: RolloutSettings, step: int) -> dict[str, float]:
+                   settings: RolloutSettings, judge: Any, step: int) -> dict[str, float]:
     """``eval/reward`` on the held-out prompts (your reward) and the ``evaluators``."""
     metrics, _ = await ctx.evaluate(cfg.evaluators, step)
     if heldout:
-        metrics["eval/reward"] = await heldout_reward(heldout, cfg, policy, settings)
+        metrics.update(await heldout_reward(heldout, cfg, policy, settings, judge))
     return metrics
 
 
 async def heldout_reward(builders: list[Any], cfg: Config, policy: Any,
-                         settings: RolloutSettings) -> float:
-    """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``."""
-    batch = await rollout_batch(builders, cfg.group_size, policy, settings, step=-1)
+                         settings: RolloutSettings, judge: Any = None) -> dict[str, float]:
+    """Mean reward of ``group_size`` replies to each held-out prompt, from ``policy``; with
+    its spread and count, so two evaluations can be compared with a t-test."""
+    batch = await judged(await rollout_batch(builders, cfg.group_size, policy, settings,
+                                             step=-1), judge)
     rewards = [r for group in batch.groups for r in group.rewards_G() if r == r]  # no NaN
-    return sum(rewards) / len(rewards) if rewards else float("nan")
+    if not rewards:
+        return {"eval/reward": float("nan"), "eval/episodes": 0.0}
+    mean = sum(rewards) / len(rewards)
+    return {"eval/reward": mean, "eval/episodes": float(len(rewards)),
+            "eval/reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5}

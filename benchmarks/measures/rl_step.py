@@ -14,6 +14,12 @@ Each round runs both (order alternating, seed = round); value = median of
 per-round ours/anchor.
 Goal: >= 1.3x.
 
+A second row holds the RL diagnostics (``loops_runner.rl.diagnostics``: KL estimators,
+importance ratios, ESS, entropy, clip fraction, the divergent-token table) against the
+step they run in: the recipe logs their own time as ``time/diagnostics_s``; value =
+their sum over ``time/step_s``'s sum, steps 2..N of every run (median per round).
+Goal: <= 5%.
+
 Threads: ``ctx.threads``, or 1 when unset, for this process, the daemon and the
 servers it starts: off-policy runs the trainer and the sampler at once, and with
 torch's default thread count on a 2-core machine they stall each other's thread
@@ -24,9 +30,16 @@ groups (full: up to 3 rounds of 8 steps of 8 groups).
 from __future__ import annotations
 
 from benchmarks.measures._support import interleave, paired, standalone
-from benchmarks.suite import BenchContext, Result
+from benchmarks.suite import BenchContext, Result, median
 
 GOAL = 1.3
+DIAGNOSTICS_GOAL = 0.05
+
+
+def diagnostics_share(metrics: list[dict]) -> float:
+    later = [m for m in metrics if m["step"] >= 2]
+    return sum(m.get("time/diagnostics_s", 0.0) for m in later) / \
+        sum(m["time/step_s"] for m in later)
 
 
 def steps_per_second(metrics: list[dict]) -> float:
@@ -49,6 +62,7 @@ def run(ctx: BenchContext) -> list[Result]:
               # The HTML report (plots) comes after the last step: seconds no figure uses.
               "report=false"]
     counter = 0
+    shares: list[float] = []
 
     def steps_run(k: int) -> float:
         nonlocal counter
@@ -56,6 +70,7 @@ def run(ctx: BenchContext) -> list[Result]:
         metrics = run_rl(work, home, [*common, f"recipe.max_steps_off_policy={k}",
                                       f"seed={counter // 2}"], f"k{k}-{counter}",
                          threads=threads)
+        shares.append(diagnostics_share(metrics))
         return steps_per_second(metrics)
 
     try:
@@ -68,13 +83,23 @@ def run(ctx: BenchContext) -> list[Result]:
                                      "sync": lambda: steps_run(0)})
     finally:
         stop_daemon(home)
-    return [paired("rl_step", values["off_policy"], values["sync"], unit="steps/s",
+    return [diagnostics_result(shares, steps, groups),
+            paired("rl_step", values["off_policy"], values["sync"], unit="steps/s",
                    goal=GOAL, direction="at_least",
                    note=f"rl recipe via the CLI, {steps} steps of {groups} groups x 8 samples x 16 "
                         f"tokens; max_steps_off_policy=1 vs 0; steps/s over steps 2..N; "
                         f"{threads} torch thread(s) in the runner and its servers "
                         f"({'ctx.threads' if ctx.threads else 'default 1 for this measure'}); "
                         "value = median per-round ratio")]
+
+
+def diagnostics_result(shares: list[float], steps: int, groups: int) -> Result:
+    return Result(measure="rl_step: diagnostics / step time", ours=median(shares), anchor=None,
+                  unit="fraction", value=median(shares), goal=DIAGNOSTICS_GOAL,
+                  direction="at_most", rounds=shares,
+                  note=f"time/diagnostics_s over time/step_s, steps 2..{steps} of every run "
+                       f"above ({groups} groups x 8 samples x 16 tokens, sync and "
+                       "off-policy); median over runs")
 
 
 if __name__ == "__main__":

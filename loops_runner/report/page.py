@@ -45,6 +45,8 @@ class Page:
     tables: list[Table] = field(default_factory=list)
     rollouts: dict[str, Any] | None = None
     rollouts_note: str | None = None
+    divergence: dict[str, Any] | None = None  # the divergent-token browser's steps
+    divergence_note: str | None = None
 
 
 @functools.cache
@@ -106,13 +108,22 @@ def _section(section: Section) -> str:
             f'<div class="grid">{plots}</div></section>')
 
 
-def _rollouts(page: Page) -> str:
-    note = f'<p class="sub">{html.escape(page.rollouts_note)}</p>' if page.rollouts_note else ""
-    return ('<section id="s-rollouts"><h2>Rollouts</h2>' + note +
-            '<div class="rollout-controls"><button id="rollout-prev">◀ previous</button>'
-            '<select id="rollout-step"></select><button id="rollout-next">next ▶</button>'
-            '<span id="rollout-summary" class="sub"></span></div>'
-            '<div id="rollout-groups"></div></section>')
+def _step_browser(section_id: str, name: str, title: str, note: str | None,
+                  intro: str = "") -> str:
+    """A section whose controls pick a step; report.js fills ``<name>-view``."""
+    notes = "".join(f'<p class="sub">{html.escape(text)}</p>' for text in (intro, note or "")
+                    if text)
+    return (f'<section id="{section_id}"><h2>{html.escape(title)}</h2>' + notes +
+            f'<div class="rollout-controls"><button id="{name}-prev">◀ previous</button>'
+            f'<select id="{name}-step"></select><button id="{name}-next">next ▶</button>'
+            f'<span id="{name}-summary" class="sub"></span></div>'
+            f'<div id="{name}-view"></div></section>')
+
+
+DIVERGENCE_INTRO = ("Per step, the sampled tokens whose trainer logprob differs most from "
+                    "the sampler's (diff = trainer - sampler; the importance ratio is "
+                    "exp(diff)). Large gaps on the same weights mean the sampler and trainer "
+                    "compute different models (docs/rl.md).")
 
 
 def render(page: Page) -> str:
@@ -121,6 +132,8 @@ def render(page: Page) -> str:
         nav_items.append(("Tables", "s-tables"))
     if page.rollouts is not None:
         nav_items.append(("Rollouts", "s-rollouts"))
+    if page.divergence is not None:
+        nav_items.append(("Divergent tokens", "s-divergence"))
     nav = "".join(f'<a href="#{target}">{html.escape(title)}</a>' for title, target in nav_items)
     notes = ""
     if page.notes:
@@ -148,8 +161,12 @@ def render(page: Page) -> str:
         parts.append('<section id="s-tables"><h2>Tables</h2><div class="tables">' +
                      "".join(_table(t) for t in page.tables) + "</div></section>")
     if page.rollouts is not None:
-        parts.append(_rollouts(page))
+        parts.append(_step_browser("s-rollouts", "rollout", "Rollouts", page.rollouts_note))
         parts.append(_json_block("report-rollouts", page.rollouts))
+    if page.divergence is not None:
+        parts.append(_step_browser("s-divergence", "divergence", "Divergent tokens",
+                                   page.divergence_note, DIVERGENCE_INTRO))
+        parts.append(_json_block("report-divergence", page.divergence))
     parts.append(_json_block("report-figures", page.figures))
     if page.figures:
         parts.append(_json_block("report-template", template()))

@@ -1,4 +1,5 @@
-"""The page of one run: its curves, its record as tables, its samples and rollouts."""
+"""The page of one run: its curves, its record as tables, its samples, rollouts and
+most divergent tokens."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import time
 from typing import Any
 
 from loops_runner.report import charts, page
-from loops_runner.report.sources import ROLLOUTS_FILE, RolloutGroup, RunData, is_number
+from loops_runner.report.sources import (
+    DIVERGENCE_FILE,
+    ROLLOUTS_FILE,
+    DivergentStep,
+    RolloutGroup,
+    RunData,
+    is_number,
+)
 
-# Rollouts beyond this much JSON are thinned to evenly spaced steps (the file keeps all).
+# Rollouts (divergent tokens) beyond this much JSON are thinned to evenly spaced steps
+# (the file keeps all).
 ROLLOUTS_BUDGET_BYTES = 1_500_000
+DIVERGENCE_BUDGET_BYTES = 500_000
 MAX_TEXT_CHARS = 4000  # per prompt or completion shown in the browser
 
 
@@ -77,21 +87,34 @@ def _group_json(group: RolloutGroup) -> dict[str, Any]:
             "rewards": group.rewards, "advantages": group.advantages}
 
 
+def _thinned(steps: list[dict[str, Any]], budget: int,
+             source: str) -> tuple[dict[str, Any], str | None]:
+    """``{"steps": ...}`` within ``budget`` bytes of JSON, and a note when steps were left out."""
+    sizes = [len(json.dumps(entry)) for entry in steps]
+    if sum(sizes) <= budget:
+        return {"steps": steps}, None
+    # Keep evenly spaced steps, always the first and the last, within the budget.
+    keep = max(2, int(budget * len(steps) / sum(sizes)))
+    indices = sorted({round(i * (len(steps) - 1) / (keep - 1)) for i in range(keep)})
+    kept = [steps[i] for i in indices]
+    return {"steps": kept}, (f"showing {len(kept)} of {len(steps)} steps (evenly spaced, "
+                             f"to keep this page small); {source} has them all")
+
+
 def rollouts_payload(groups: list[RolloutGroup]) -> tuple[dict[str, Any], str | None]:
     """Rollout groups by step for the browser, thinned to a size budget."""
     by_step: dict[int, list[dict[str, Any]]] = {}
     for group in sorted(groups, key=lambda g: (g.step, g.group)):
         by_step.setdefault(group.step, []).append(_group_json(group))
     steps = [{"step": step, "groups": items} for step, items in sorted(by_step.items())]
-    sizes = [len(json.dumps(entry)) for entry in steps]
-    if sum(sizes) <= ROLLOUTS_BUDGET_BYTES:
-        return {"steps": steps}, None
-    # Keep evenly spaced steps, always the first and the last, within the budget.
-    keep = max(2, int(ROLLOUTS_BUDGET_BYTES * len(steps) / sum(sizes)))
-    indices = sorted({round(i * (len(steps) - 1) / (keep - 1)) for i in range(keep)})
-    kept = [steps[i] for i in indices]
-    return {"steps": kept}, (f"showing {len(kept)} of {len(steps)} steps (evenly spaced, "
-                             f"to keep this page small); {ROLLOUTS_FILE} has them all")
+    return _thinned(steps, ROLLOUTS_BUDGET_BYTES, ROLLOUTS_FILE)
+
+
+def divergence_payload(lines: list[DivergentStep]) -> tuple[dict[str, Any], str | None]:
+    """Each step's most divergent tokens for the browser, thinned to a size budget."""
+    steps = [{"step": line.step, "tokens": line.tokens}
+             for line in sorted(lines, key=lambda line: line.step)]
+    return _thinned(steps, DIVERGENCE_BUDGET_BYTES, DIVERGENCE_FILE)
 
 
 def run_page(run: RunData) -> page.Page:
@@ -104,4 +127,6 @@ def run_page(run: RunData) -> page.Page:
     page.add_figures(built, charts.run_sections(run))
     if run.rollouts:
         built.rollouts, built.rollouts_note = rollouts_payload(run.rollouts)
+    if run.divergence:
+        built.divergence, built.divergence_note = divergence_payload(run.divergence)
     return built

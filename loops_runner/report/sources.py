@@ -1,7 +1,8 @@
 """What a report reads: run dirs and sweep dirs, tolerant of partial files.
 
 A run dir holds ``run.json`` and/or ``metrics.jsonl`` (plus, when the recipe
-wrote them, ``config.resolved.yaml``, ``samples.jsonl`` and ``rollouts.jsonl``).
+wrote them, ``config.resolved.yaml``, ``samples.jsonl``, ``rollouts.jsonl`` and
+``divergence.jsonl``).
 A sweep dir holds ``sweep.jsonl`` and one run dir per job. A run that is still
 going, or was killed, may have a torn last line or no ``run.json`` yet: such
 lines are skipped and counted, never fatal.
@@ -13,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,13 +23,18 @@ from loops_runner.runner.metrics import METRICS_FILE
 from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE, SWEEP_FILE
 from loops_runner.runner.run_record import RUN_FILE
 
-# Written by recipes: sft's final samples, the RL recipes' rollout groups.
+# Written by recipes: sft's final samples, the RL recipes' rollout groups and the
+# tokens whose sampler and trainer logprobs differ most (per step).
 SAMPLES_FILE = "samples.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
+DIVERGENCE_FILE = "divergence.jsonl"
 HYDRA_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 # Keys of metrics.jsonl that are coordinates, not metrics.
 STEP_KEY = "step"
 WALL_KEY = "time/wall"
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ReportError(ValueError):
@@ -49,6 +55,15 @@ class RolloutGroup(BaseModel):
     advantages: list[float | None] = []
 
 
+class DivergentStep(BaseModel):
+    """One line of ``divergence.jsonl``: a step's most divergent sampled tokens."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    tokens: list[dict[str, Any]]
+
+
 @dataclass
 class Series:
     """One metric of one run: values with the step and elapsed wall time they were logged at."""
@@ -66,6 +81,7 @@ class RunData:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[RolloutGroup] = field(default_factory=list)
+    divergence: list[DivergentStep] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -192,6 +208,18 @@ def child_run_dirs(path: Path) -> list[Path]:
     return sorted(child for child in path.iterdir() if child.is_dir() and is_run_dir(child))
 
 
+def _read_models(path: Path, model: type[ModelT]) -> tuple[list[ModelT], int]:
+    """The lines of a JSONL file that ``model`` accepts, and how many it did not."""
+    rows, bad = read_jsonl(path)
+    items = []
+    for row in rows:
+        try:
+            items.append(model.model_validate(row))
+        except ValidationError:
+            bad += 1
+    return items, bad
+
+
 def load_run(run_dir: Path) -> RunData:
     if not is_run_dir(run_dir):
         raise ReportError(no_run_message(run_dir))
@@ -210,14 +238,12 @@ def load_run(run_dir: Path) -> RunData:
     run.samples, bad = read_jsonl(run_dir / SAMPLES_FILE)
     if bad:
         run.notes.append(f"{bad} unreadable line(s) of {SAMPLES_FILE} skipped")
-    rollout_rows, bad = read_jsonl(run_dir / ROLLOUTS_FILE)
-    for row in rollout_rows:
-        try:
-            run.rollouts.append(RolloutGroup.model_validate(row))
-        except ValidationError:
-            bad += 1
+    run.rollouts, bad = _read_models(run_dir / ROLLOUTS_FILE, RolloutGroup)
     if bad:
         run.notes.append(f"{bad} unreadable line(s) of {ROLLOUTS_FILE} skipped")
+    run.divergence, bad = _read_models(run_dir / DIVERGENCE_FILE, DivergentStep)
+    if bad:
+        run.notes.append(f"{bad} unreadable line(s) of {DIVERGENCE_FILE} skipped")
     overrides = _read_document(run_dir / HYDRA_OVERRIDES_FILE, yaml.safe_load)
     run.overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
     status = run.status

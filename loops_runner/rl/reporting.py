@@ -1,4 +1,5 @@
-"""Rollout metrics (stable ``rollout/*`` names) and ``rollouts.jsonl`` transcripts."""
+"""Rollout metrics (stable ``rollout/*`` names), ``rollouts.jsonl`` transcripts and
+``divergence.jsonl`` (each step's tokens whose trainer and sampler logprobs differ most)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from loops_runner.rl.rollouts import RolloutBatch
 from loops_runner.rl.types import TrajectoryGroup
 
 ROLLOUTS_FILE = "rollouts.jsonl"
+DIVERGENCE_FILE = "divergence.jsonl"
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -89,8 +91,28 @@ def step_transcripts(step: int, groups: Sequence[TrajectoryGroup],
             in enumerate(zip(groups, advantages_by_group, strict=True)) if index < count]
 
 
-def write_transcripts(run_dir: Path, lines: Sequence[dict[str, Any]]) -> None:
-    with (run_dir / ROLLOUTS_FILE).open("a") as handle:
+def _append_lines(path: Path, lines: Sequence[dict[str, Any]]) -> None:
+    with path.open("a") as handle:
         for line in lines:
             handle.write(json.dumps(line) + "\n")
+
+
+def write_transcripts(run_dir: Path, lines: Sequence[dict[str, Any]]) -> None:
+    _append_lines(run_dir / ROLLOUTS_FILE, lines)
+
+
+DIVERGENT_COLUMNS = ["context", "token", "sampler_logprob", "trainer_logprob", "diff",
+                     "advantage", "sequence", "position"]
+
+
+def log_divergent_tokens(run_dir: Path, metrics: Any, step: int,
+                         rows: Sequence[dict[str, Any]]) -> None:
+    """One ``divergence.jsonl`` line per step (none when nothing was trained), and the
+    same rows as the W&B table ``diag/divergent_tokens`` of that step."""
+    if not rows:
+        return
+    _append_lines(run_dir / DIVERGENCE_FILE, [{"step": step, "tokens": list(rows)}])
+    metrics.log_table("diag/divergent_tokens", DIVERGENT_COLUMNS,
+                      [[row[column] for column in DIVERGENT_COLUMNS] for row in rows],
+                      step=step)
 

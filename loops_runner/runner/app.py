@@ -355,7 +355,8 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
 
     try:
         metrics = MetricsLogger(run_dir, config.wandb, run_name=run_name, config=raw,
-                                wandb_id=record.wandb_id, console=console)
+                                wandb_id=record.wandb_id, console=console,
+                                prices=config.prices)
     except BaseException:  # e.g. W&B refused: the trainer must not be left billing
         training.close()
         release(config, service, console, current_sweep_dir())
@@ -453,7 +454,7 @@ def _end_attempt(config: RunnerConfig, service: Any, training: Any, metrics: Met
         finally:
             record_use(record, use)
             record.save(run_dir)
-            print_use(record, console)
+            print_use(record, console, config.prices)
 
 
 def sweep_value(cfg: DictConfig, final: dict[str, Any]) -> Any:

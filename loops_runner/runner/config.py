@@ -97,6 +97,26 @@ class SessionSection(ConfigSection):
     keep_warm: bool | None = None
 
 
+class PricesSection(ConfigSection):
+    """Your rates, in USD per million tokens of each kind the client counts
+    (``loops_runner.sdk.usage``); with any set, each metrics line gets ``cost/usd`` and
+    ``cost/usd_total`` and the summary the run's cost. A kind left null costs nothing."""
+
+    trained: float | None = Field(default=None, ge=0)
+    prompt: float | None = Field(default=None, ge=0)
+    sampled: float | None = Field(default=None, ge=0)
+
+    @property
+    def priced(self) -> bool:
+        return any(v is not None for v in (self.trained, self.prompt, self.sampled))
+
+    def cost_usd(self, tokens: dict[str, int]) -> float:
+        """What ``tokens`` (``{"trained", "prompt", "sampled"}``) cost at these rates."""
+        return sum(tokens.get(kind, 0) * (rate or 0.0) / 1e6 for kind, rate in
+                   (("trained", self.trained), ("prompt", self.prompt),
+                    ("sampled", self.sampled)))
+
+
 class ResumeSection(ConfigSection):
     from_dir: str | None = None
     fork: bool = False
@@ -128,6 +148,7 @@ class RunnerConfig(ConfigSection):
     session: SessionSection = Field(default_factory=SessionSection)
     resume: ResumeSection = Field(default_factory=ResumeSection)
     checkpoints: CheckpointsSection = Field(default_factory=CheckpointsSection)
+    prices: PricesSection = Field(default_factory=PricesSection)
     init_from: str | None = None
 
 

@@ -27,7 +27,13 @@ from filelock import FileLock
 from rich.console import Console
 from rich.table import Table
 
-from loops_runner.runner.config import BasetenBackend, ExternalBackend, LocalBackend, RunnerConfig
+from loops_runner.runner.config import (
+    BasetenBackend,
+    ExternalBackend,
+    LocalBackend,
+    PricesSection,
+    RunnerConfig,
+)
 from loops_runner.runner.hosted_runs import Stopped, stop_session
 from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import LoopsError
@@ -108,14 +114,16 @@ def print_stopped(stopped: list[Stopped], console: Console, what: str) -> None:
     console.print(table)
 
 
-def print_use(record: Any, console: Console) -> None:
+def print_use(record: Any, console: Console, prices: PricesSection | None = None) -> None:
     tokens = record.tokens or {}
+    cost = f"; ${prices.cost_usd(tokens):.4f} at your prices.*" \
+        if prices is not None and prices.priced else ""
     console.print(
         f"Used: trainer {record.trainer_seconds:.1f} s x {record.replicas} "
         f"replica{'s' if record.replicas != 1 else ''} = "
         f"{record.trainer_seconds * record.replicas:.1f} replica-seconds; tokens trained "
         f"{tokens.get('trained', 0)}, prompt {tokens.get('prompt', 0)}, sampled "
-        f"{tokens.get('sampled', 0)} (run.json)")
+        f"{tokens.get('sampled', 0)}{cost} (run.json)")
 
 
 def _backend_flags(config: RunnerConfig) -> str:

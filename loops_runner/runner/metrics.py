@@ -1,8 +1,9 @@
 """Metrics: one JSON line per step in ``metrics.jsonl``, rich progress, and W&B.
 
 Names are stable and grouped: ``train/…``, ``eval/…``, ``rollout/…``,
-``optim/…``, ``time/…``, and ``tokens/…`` (trained, prompt, sampled: per line and
-``_total``; what a hosted run is billed on).
+``optim/…``, ``time/…``, ``tokens/…`` (trained, prompt, sampled: per line and
+``_total``; what a hosted run is billed on) and, with ``prices`` set, ``cost/usd`` and
+``cost/usd_total`` (those tokens at your rates).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from loops_runner.runner.config import WandbSection
+from loops_runner.runner.config import PricesSection, WandbSection
 from loops_runner.sdk.usage import TokenCounts, token_usage
 
 METRICS_FILE = "metrics.jsonl"
@@ -58,7 +59,7 @@ def latest_values(path: Path) -> dict[str, Any]:
 class MetricsLogger:
     def __init__(self, run_dir: Path, wandb_cfg: WandbSection, *, run_name: str,
                  config: dict[str, Any], wandb_id: str | None = None,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, prices: PricesSection | None = None) -> None:
         self.path = run_dir / METRICS_FILE
         self.console = console or Console()
         self._progress: Progress | None = None
@@ -67,6 +68,7 @@ class MetricsLogger:
         self._status: dict[str, str] = {}
         self.wandb_id = wandb_id
         self.last_step: int | None = None  # the last step logged by this process
+        self.prices = prices or PricesSection()
         # Token counts per line and in total; a resumed run's totals go on
         # from the last line kept (the checkpoint's step).
         self._tokens_seen = token_usage()
@@ -85,13 +87,19 @@ class MetricsLogger:
 
     # -- logging -------------------------------------------------------------
 
-    def _token_metrics(self) -> dict[str, int]:
+    def _token_metrics(self) -> dict[str, int | float]:
         now = token_usage()
         delta, self._tokens_seen = now - self._tokens_seen, now
         self._tokens_total = self._tokens_total + delta
         per_line, total = delta.as_dict(), self._tokens_total.as_dict()
-        return {**{f"tokens/{kind}": per_line[kind] for kind in TOKEN_KINDS},
-                **{f"tokens/{kind}_total": total[kind] for kind in TOKEN_KINDS}}
+        metrics: dict[str, int | float] = {
+            **{f"tokens/{kind}": per_line[kind] for kind in TOKEN_KINDS},
+            **{f"tokens/{kind}_total": total[kind] for kind in TOKEN_KINDS}}
+        if self.prices.priced:
+            # From the totals, so a resumed run's cost goes on from its kept lines.
+            metrics["cost/usd"] = self.prices.cost_usd(per_line)
+            metrics["cost/usd_total"] = self.prices.cost_usd(total)
+        return metrics
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """One line: ``metrics``, the wall time and the tokens used since the last line."""
@@ -104,11 +112,14 @@ class MetricsLogger:
             self._wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
         self._update_progress(step, metrics)
 
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]],
+                  step: int | None = None) -> None:
+        """A W&B table; with ``step``, beside that step's metrics (W&B merges a step's
+        logs, and a step-less log after a stepped one would push later steps back)."""
         if self._wandb_run is not None:
             import wandb
 
-            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)})
+            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
 
     # -- console -------------------------------------------------------------
 

@@ -164,6 +164,12 @@ class SamplingClient:
     def base_url(self) -> str:
         return self._endpoint.base_url
 
+    @property
+    def endpoint(self) -> SamplerEndpoint:
+        """Where this client samples; a dedicated sampler's model and deployment ids say
+        what to deactivate to stop it."""
+        return self._endpoint
+
     def get_base_model(self) -> str:
         return self._base_model
 

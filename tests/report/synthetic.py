@@ -78,9 +78,13 @@ def write_rl_run(run_dir: Path, steps: int = 40, *, groups: int = 8,
                  group_size: int = 8) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    rows, rollouts = [], []
+    rows, rollouts, divergence = [], [], []
     for step in range(1, steps + 1):
         mean = min(1.0, 0.1 + step / steps)
+        divergence.append({"step": step, "tokens": [
+            {"token": f"tok{rank}</script>", "context": "What is 2 +", "sequence": rank,
+             "position": 9, "sampler_logprob": -1.0, "trainer_logprob": -1.0 - step / rank,
+             "diff": -step / rank, "advantage": 0.5} for rank in range(1, 4)]})
         rows.append({"step": step, "rollout/reward_mean": mean, "rollout/reward_std": 0.2,
                      "rollout/frac_mixed": 0.5, "kl/sample_train": 0.001 * step,
                      "kl/reference": 0.01 * step, "train/loss": -mean, "optim/lr": 1e-4,
@@ -98,6 +102,7 @@ def write_rl_run(run_dir: Path, steps: int = 40, *, groups: int = 8,
             rows[-1]["eval/accuracy"] = mean
     _write_jsonl(run_dir / "metrics.jsonl", rows)
     _write_jsonl(run_dir / "rollouts.jsonl", rollouts)
+    _write_jsonl(run_dir / "divergence.jsonl", divergence)
     write_run_record(run_dir, recipe="rl", steps=steps,
                      final={"eval/accuracy": rows[-1].get("eval/accuracy", 0.0)})
     return run_dir

@@ -69,9 +69,13 @@ def test_run_and_sweep_pages_render_in_headless_chromium(tmp_path: Path) -> None
     run_report = write_report([write_rl_run(tmp_path / "rl", steps=20)], pngs=False).html
     dom = _assert_rendered(run_report, tmp_path)
     # The rollouts browser opened on the last step (sampled by policy version 19).
-    assert dom.count("<option") == 20
+    assert dom.count("<option") == 40  # 20 steps in each browser
     assert dom.count('class="group"') == 8 and dom.count("policy version 19 ·") == 8
     assert "8 group(s), 64 completion(s)" in dom
+    # The divergent-token browser too: the last step's table, worst token first.
+    assert dom.count('class="divergent"') == 1
+    assert "3 token(s), largest |diff| 20.000" in dom
+    assert '<td class="completion">"tok1&lt;/script&gt;"</td>' in dom
     sweep_report = write_report([write_sweep(tmp_path / "sweep", steps=30)], pngs=False).html
     # Click the eval/nll column, as a reader sorting the jobs would.
     page_html = sweep_report.read_text()

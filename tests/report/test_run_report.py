@@ -112,6 +112,10 @@ def test_rl_report_draws_the_reward_band_and_browses_rollouts(tmp_path: Path) ->
         assert shown_group["rewards"] == line["rewards"]
         assert shown_group["advantages"] == line["advantages"]
         assert shown_group["policy_version"] == 39 and shown_group["prompt"] == line["prompt"]
+    divergence = json_block(result.html.read_text(), "report-divergence")["steps"]
+    source = [json.loads(line) for line in (run_dir / "divergence.jsonl").read_text().splitlines()]
+    assert divergence == [{"step": line["step"], "tokens": line["tokens"]} for line in source]
+    assert 'href="#s-divergence"' in result.html.read_text()
 
 
 def test_large_rollouts_are_thinned_to_evenly_spaced_steps(tmp_path: Path,
@@ -127,6 +131,11 @@ def test_large_rollouts_are_thinned_to_evenly_spaced_steps(tmp_path: Path,
     assert steps[0] == 1 and steps[-1] == 40 and 2 < len(steps) <= 10
     assert f"showing {len(steps)} of 40 steps" in page_html
     assert result.pngs == []
+    monkeypatch.setattr(run_page_module, "DIVERGENCE_BUDGET_BYTES", 2000)
+    page_html = write_report([run_dir], pngs=False).html.read_text()
+    steps = [entry["step"] for entry in json_block(page_html, "report-divergence")["steps"]]
+    assert steps[0] == 1 and steps[-1] == 40 and 2 <= len(steps) < 40
+    assert "divergence.jsonl has them all" in page_html
 
 
 def test_dpo_metrics_get_their_own_section(tmp_path: Path) -> None:

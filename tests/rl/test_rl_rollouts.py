@@ -13,18 +13,6 @@ from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
 from loops_runner.rl.reference_kl import apply_kl_penalty, reference_logprobs_D
 from loops_runner.rl.rollouts import RolloutSettings, rollout_batch, rollout_group
 from loops_runner.rl.types import Env, EnvGroupBuilder, StepResult
-from loops_runner.sdk import ServiceClient
-
-
-@pytest.fixture(scope="module")
-def service(trainer_server, sampler_server) -> ServiceClient:
-    return ServiceClient.local(trainer_url=trainer_server.url, sampler_url=sampler_server.url)
-
-
-@pytest.fixture(scope="module")
-def policy(service: ServiceClient, tiny_model_dir) -> Any:
-    # Without a control plane nothing resolves local names: name the model by its directory.
-    return service.create_sampling_client(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,19 @@ def test_rl_config_refuses_a_reward_without_prompts_and_an_env_with_a_reward() -
 
     from loops_runner.recipes.rl import Config
 
-    with pytest.raises(ValidationError, match=r"recipe\.reward and recipe\.prompts go together"):
+    with pytest.raises(ValidationError, match=r"recipe\.reward scores replies to "
+                                              r"recipe\.prompts: set recipe\.prompts too"):
         Config(reward="x:score")
     with pytest.raises(ValidationError, match=r"set either recipe\.env"):
         Config(reward="x:score", prompts="p.jsonl", env="y:make_dataset")
+    with pytest.raises(ValidationError, match=r"set either recipe\.env"):
+        Config(judge="tiny", prompts="p.jsonl", env="y:make_dataset")
+    with pytest.raises(ValidationError, match=r"recipe\.prompts need a reward: "
+                                              r"recipe\.reward=module:score, recipe\.judge"):
+        Config(prompts="p.jsonl")
+    with pytest.raises(ValidationError, match=r"recipe\.judge_rubric: unknown field"):
+        Config(judge="tiny", prompts="p.jsonl", judge_rubric="{question} {completion}")
+    # A judge alone, or on top of a reward or an env, is fine.
+    Config(judge="tiny", prompts="p.jsonl")
+    Config(judge="tiny", reward="x:score", prompts="p.jsonl")
+    Config(judge="tiny", env="y:make_dataset")

@@ -73,8 +73,10 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
                         "recipe.prompts_per_step=4", "recipe.group_size=2",
                         "recipe.prompts.eval_prompts=8",
                         "recipe.evaluators=[{kind: sampling, num_prompts: 4}]",
-                        "recipe.eval_every=0", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                        home=runner_home, timeout=600)
+                        "recipe.eval_every=0", f"hydra.run.dir={run_dir}",
+                        # Rates (USD per million tokens) price each line and the summary.
+                        "prices.trained=3.0", "prices.prompt=1.0", "prices.sampled=2.0",
+                        cwd=tmp_path, home=runner_home, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     start, end = lines[0], lines[-1]
@@ -86,6 +88,21 @@ def test_sft_run_teaches_the_base_model(tmp_path: Path, runner_home: Path) -> No
     for metrics in lines[1:]:
         assert metrics["train/datums"] == 8  # 4 prompts × 2 samples, each trained on
         assert metrics["rollout/tokens"] > 0 and "distill/train_reverse_kl" in metrics
+        # Tokens per step: the student's completions, the teacher's scoring prompts, the
+        # trained datums; and what they cost at the given rates.
+        assert metrics["tokens/sampled"] >= metrics["rollout/tokens"]
+        assert metrics["tokens/prompt"] > 0 and metrics["tokens/trained"] > 0
+        assert metrics["cost/usd"] == pytest.approx(
+            (3 * metrics["tokens/trained"] + metrics["tokens/prompt"]
+             + 2 * metrics["tokens/sampled"]) / 1e6)
+    totals = {kind: end[f"tokens/{kind}_total"] for kind in ("trained", "prompt", "sampled")}
+    assert totals == {kind: sum(m[f"tokens/{kind}"] for m in lines) for kind in totals}
+    assert end["cost/usd_total"] == pytest.approx(sum(m["cost/usd"] for m in lines))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["tokens"] == totals
+    assert (f"tokens trained {totals['trained']}, prompt {totals['prompt']}, sampled "
+            f"{totals['sampled']}; ${end['cost/usd_total']:.4f} at your prices.*"
+            in " ".join(result.stdout.split()))
     # One evaluation path: the student's greedy accuracy at every eval, the teacher's once.
     final = json.loads((run_dir / "run.json").read_text())["final_metrics"]
     for name in ("distill/teacher_logprob", "eval/accuracy"):

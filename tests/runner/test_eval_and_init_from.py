@@ -106,6 +106,14 @@ def test_eval_recipe_compares_base_and_checkpoint_on_the_same_prompts(
                for a in accuracy)
     assert len({tuple(s["prompt"] for s in a["samples"]) for a in accuracy}) == 1
     assert models[2]["results"][0]["model"].startswith("bt://loops:")
+    # Each model's line counts what evaluating it sampled and prompted (nothing trained).
+    lines = _lines(tmp_path / "ev" / "metrics.jsonl")
+    assert len(lines) == 3
+    assert all(m["tokens/sampled"] > 0 and m["tokens/prompt"] > 0 and m["tokens/trained"] == 0
+               for m in lines)
+    sampled = lines[-1]["tokens/sampled_total"]
+    assert sampled == sum(m["tokens/sampled"] for m in lines)
+    assert f"sampled {sampled} (run.json)" in " ".join(result.stdout.split())
 
 
 def test_checkpoints_list_download_and_export_of_a_run_dir(sft_run: Path, tmp_path: Path,
@@ -139,3 +147,32 @@ def test_checkpoints_list_download_and_export_of_a_run_dir(sft_run: Path, tmp_pa
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert record["checkpoints"][-1]["path"] in exported.stdout
     assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+
+
+def test_a_checkpoint_judge_scores_rl_rewards_and_its_run_stops_with_the_job(
+        sft_run: Path, tmp_path: Path, runner_home: Path) -> None:
+    import datetime as dt
+    import sqlite3
+
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt": f"What is {i} + 1?"}) + "\n" for i in range(4)))
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    result = run_runner("+recipe=rl", f"recipe.judge={sft_run}", "recipe.prompts=prompts.jsonl",
+                        "recipe.max_steps=1", "recipe.groups_per_batch=2", "recipe.group_size=2",
+                        "recipe.eval_prompts=0", "hydra.run.dir=judged", cwd=tmp_path,
+                        home=runner_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Judge: {sft_run} (step 6) (checkpoint)" in " ".join(result.stdout.split())
+    [line] = _lines(tmp_path / "judged" / "metrics.jsonl")
+    assert 0 < line["rollout/env/judge_score"] < 1
+    assert line["rollout/reward_mean"] == line["rollout/env/judge_score"]
+    # The judge was a run of its own (the checkpoint loaded on the trainer); it is stopped,
+    # while the policy's run stays open for reuse (the local backend keeps it warm).
+    policy_runs = json.loads((tmp_path / "judged" / "run.json").read_text())["run_ids"]
+    [db] = list(runner_home.rglob("control_plane.sqlite"))
+    with sqlite3.connect(db) as connection:
+        runs = dict(connection.execute("SELECT id, status FROM runs WHERE created_at >= ?",
+                                       (since,)).fetchall())
+    judge_runs = {run: status for run, status in runs.items() if run not in policy_runs}
+    assert list(judge_runs.values()) == ["STOPPED"], runs
+    assert all(runs[run] != "STOPPED" for run in policy_runs if run in runs)

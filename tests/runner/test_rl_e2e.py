@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loops_runner.data.checks import MAX_HELD_OUT_FRACTION
 from tests.runner.conftest import kill_after_checkpoint, run_runner, runner_env
 
 ROLLOUT_KEYS = {"step", "policy_version", "group", "prompt", "completions", "rewards",
@@ -145,6 +146,22 @@ def test_user_env_runs_off_policy_with_bounded_staleness(tmp_path: Path,
     # why the importance ratio uses the sampler's logprobs).
     assert metrics[0]["kl/sample_train"] <= 1e-3
     assert any(m["kl/sample_train"] > 1e-3 for m in metrics if m["rollout/staleness"] == 1)
+    # The diagnostics say the same: the stale steps' samples carry a KL and a spread of
+    # importance ratios, the distribution of staleness is logged, and each step's most
+    # divergent tokens are in divergence.jsonl.
+    assert metrics[0]["kl/sample_train_k3"] <= 1e-4 and metrics[0]["rollout/stale_frac"] == 0
+    stale = [m for m in metrics if m["rollout/staleness"] == 1]
+    assert all(m["rollout/stale_frac/lag1"] == 1.0 and m["rollout/staleness_max"] == 1
+               for m in stale)
+    assert any(m["kl/sample_train_k3"] > 1e-4 and m["diag/ess_frac"] < 1.0 for m in stale)
+    assert all(m["diag/entropy"] > 0 and "diag/group_reward_std" in m for m in metrics)
+    divergence = read_jsonl(one_run_dir(tmp_path) / "divergence.jsonl")
+    assert [line["step"] for line in divergence] == [1, 2, 3]
+    assert all(len(line["tokens"]) == 10 for line in divergence)
+    # Tokens per step and in total: sampled (completions), prompt, trained.
+    for kind in ("sampled", "prompt", "trained"):
+        assert all(m[f"tokens/{kind}"] > 0 for m in metrics), kind
+        assert metrics[-1][f"tokens/{kind}_total"] == sum(m[f"tokens/{kind}"] for m in metrics)
 
 
 def test_bad_rl_config_is_refused_before_provisioning(tmp_path: Path,
@@ -159,7 +176,7 @@ def test_bad_rl_config_is_refused_before_provisioning(tmp_path: Path,
     assert "Loops session" not in result.stdout + result.stderr
     alone = run_runner("+recipe=rl", "recipe.reward=my_rewards:score", cwd=tmp_path,
                        home=runner_home)
-    assert alone.returncode != 0 and "recipe.reward and recipe.prompts go together" in \
+    assert alone.returncode != 0 and "recipe.reward scores replies to recipe.prompts" in \
         alone.stderr
 
 
@@ -183,3 +200,60 @@ def test_killed_rl_run_resumes_from_its_checkpoint(tmp_path: Path, runner_home: 
         [1, 2, 3, 4]
     assert [line["step"] for line in read_jsonl(run_json.parent / "rollouts.jsonl")] == \
         [1, 2, 3, 4]
+    # Divergent tokens too: what the killed attempt logged after its checkpoint is dropped
+    # (a step that trained nothing has no line).
+    steps = [line["step"] for line in read_jsonl(run_json.parent / "divergence.jsonl")]
+    assert steps == sorted(set(steps)) and set(steps) <= {1, 2, 3, 4}
+
+
+def _standalone_samplers_since(home: Path, since: str) -> list[tuple[str, str, int | None]]:
+    """(id, status, pid) of the standalone samplers the daemon of ``home`` created since."""
+    import sqlite3
+
+    [db] = list(home.rglob("control_plane.sqlite"))
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "SELECT id, status, pid FROM deployments WHERE kind = 'sampler' AND "
+            "role = 'standalone' AND created_at >= ? ORDER BY created_at", (since,)).fetchall()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie has exited; only its parent's record is left
+
+
+def test_judge_reward_through_the_cli_and_its_sampler_stops_with_the_run(
+        tmp_path: Path, runner_home: Path) -> None:
+    import datetime as dt
+
+    write_prompts(tmp_path / "prompts.jsonl",
+                  [{"prompt": f"What is {i} + {i}?"} for i in range(8)])
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    result = run_runner("+recipe=rl", "recipe.judge=tiny", "recipe.prompts=prompts.jsonl",
+                        "recipe.max_steps=2", "recipe.groups_per_batch=2",
+                        "recipe.group_size=3", "recipe.eval_prompts=2",
+                        # The judge scores in the sampling thread too.
+                        "recipe.max_steps_off_policy=1",
+                        "recipe.judge_rubric='Question: {prompt} Answer: {completion} Right?'",
+                        cwd=tmp_path, home=runner_home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Judge: tiny (base_model)" in result.stdout
+    run_dir = one_run_dir(tmp_path)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    held_out = min(2, int(8 * MAX_HELD_OUT_FRACTION))
+    assert metrics[0]["eval/episodes"] == 3 * held_out and 0 < metrics[0]["eval/reward"] < 1
+    for m in metrics[1:]:
+        # No reward function: each reward is the judge's P(yes), and all are fresh or cached.
+        assert 0 < m["rollout/env/judge_score"] < 1
+        assert m["rollout/reward_mean"] == m["rollout/env/judge_score"]
+        assert 0 <= m["rollout/env/judge_cached"] <= 1 and m["rollout/errors"] == 0
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    # The judge had a sampler process of its own, and it is gone now the run is over
+    # (the local backend keeps the policy's trainer and sampler warm; not the judge's).
+    [(sampler_id, status, pid)] = _standalone_samplers_since(runner_home, since)
+    assert status == "STOPPED", (sampler_id, status)
+    assert pid is not None and _process_gone(pid), pid

@@ -1,5 +1,5 @@
 // loops-runner report page: unpacks the inlined plotly.js, draws the figures,
-// makes tables sortable and drives the rollouts browser. No network access.
+// makes tables sortable and drives the rollouts and divergent-token browsers. No network access.
 // The body's data-* attributes tell how rendering went (read by the tests).
 (function () {
   "use strict";
@@ -129,35 +129,64 @@
     return card;
   }
 
-  function setupRollouts(rollouts) {
-    const select = document.getElementById("rollout-step");
-    const view = document.getElementById("rollout-groups");
-    const summary = document.getElementById("rollout-summary");
-    rollouts.steps.forEach((entry, index) => {
+  // A step picker (select, previous, next) over ``data.steps``; ``render`` fills the
+  // view for one step and returns the summary line.
+  function setupStepBrowser(name, data, render) {
+    const select = document.getElementById(`${name}-step`);
+    const view = document.getElementById(`${name}-view`);
+    const summary = document.getElementById(`${name}-summary`);
+    data.steps.forEach((entry, index) => {
       const option = element("option", null, `step ${entry.step}`);
       option.value = String(index);
       select.appendChild(option);
     });
     function show(index) {
-      const entry = rollouts.steps[index];
       select.value = String(index);
-      view.replaceChildren(...entry.groups.map(groupCard));
-      const rewards = entry.groups.flatMap((g) => g.rewards);
-      summary.textContent = `${entry.groups.length} group(s), ` +
-        `${rewards.length} completion(s), mean reward ${formatNumber(mean(rewards))}`;
+      summary.textContent = render(data.steps[index], view);
     }
     select.addEventListener("change", () => show(Number(select.value)));
-    document.getElementById("rollout-prev").addEventListener("click", () =>
+    document.getElementById(`${name}-prev`).addEventListener("click", () =>
       show(Math.max(0, Number(select.value) - 1)));
-    document.getElementById("rollout-next").addEventListener("click", () =>
-      show(Math.min(rollouts.steps.length - 1, Number(select.value) + 1)));
-    if (rollouts.steps.length) show(rollouts.steps.length - 1);
+    document.getElementById(`${name}-next`).addEventListener("click", () =>
+      show(Math.min(data.steps.length - 1, Number(select.value) + 1)));
+    if (data.steps.length) show(data.steps.length - 1);
+  }
+
+  function showRolloutStep(entry, view) {
+    view.replaceChildren(...entry.groups.map(groupCard));
+    const rewards = entry.groups.flatMap((g) => g.rewards);
+    return `${entry.groups.length} group(s), ` +
+      `${rewards.length} completion(s), mean reward ${formatNumber(mean(rewards))}`;
+  }
+
+  function showDivergenceStep(entry, view) {
+    const table = element("table", "divergent");
+    const head = table.createTHead().insertRow();
+    const columns = ["context", "token", "sampler logprob", "trainer logprob", "diff",
+                     "advantage", "sequence", "position"];
+    for (const name of columns) head.appendChild(element("th", null, name));
+    const rows = table.createTBody();
+    for (const token of entry.tokens) {
+      const row = rows.insertRow();
+      row.appendChild(element("td", "completion", token.context));
+      row.appendChild(element("td", "completion", JSON.stringify(token.token)));
+      for (const key of ["sampler_logprob", "trainer_logprob", "diff", "advantage"]) {
+        row.appendChild(element("td", "num", formatNumber(token[key])));
+      }
+      row.appendChild(element("td", "num", String(token.sequence)));
+      row.appendChild(element("td", "num", String(token.position)));
+    }
+    view.replaceChildren(table);
+    const worst = entry.tokens.length ? Math.abs(entry.tokens[0].diff) : null;
+    return `${entry.tokens.length} token(s), largest |diff| ${formatNumber(worst)}`;
   }
 
   async function main() {
     setupSortableTables();
     const rollouts = jsonBlock("report-rollouts");
-    if (rollouts) setupRollouts(rollouts);
+    if (rollouts) setupStepBrowser("rollout", rollouts, showRolloutStep);
+    const divergence = jsonBlock("report-divergence");
+    if (divergence) setupStepBrowser("divergence", divergence, showDivergenceStep);
     const figures = jsonBlock("report-figures") || {};
     if (Object.keys(figures).length) {
       await loadPlotly();
