@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from benchmarks import __main__ as command
-from benchmarks.suite import Result
-from benchmarks.table import Failure, document, render, status
+from benchmarks.suite import BenchContext, Result, Skipped
+from benchmarks.table import Failure, Skip, document, render, status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_render_shows_every_row_goal_and_error_and_counts() -> None:
     assert ">= 0.95" in body[0] and body[0].split()[-2:] == ["pass", "2"]
     assert "<= 1.2" in body[1] and " fail " in body[1]
     assert "ValueError: boom" in body[2] and " error " in body[2]
-    assert lines[-1] == "1 pass, 1 fail, 0 report, 1 error"
+    assert lines[-1] == "1 pass, 1 fail, 0 report, 0 skip, 1 error"
     doc = document(rows, machine={}, quick=True, rounds=3, seconds={})
     assert [r["status"] for r in doc["results"]] == ["pass", "fail", "error"]
     json.dumps(doc)  # serialisable as is
@@ -84,8 +84,6 @@ def test_discovery_keeps_the_preferred_order_and_appends_unknown_modules() -> No
 
 
 def test_a_raising_measure_becomes_an_error_row(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from benchmarks.suite import BenchContext
-
     def boom(name: str) -> object:
         raise RuntimeError(f"cannot import {name}")
 
@@ -93,3 +91,31 @@ def test_a_raising_measure_becomes_an_error_row(monkeypatch) -> None:  # type: i
     ctx = BenchContext(quick=True, home=Path("."), work=Path("."), rounds=1, threads=None)
     (row,) = command.run_measure("whatever", ctx)
     assert isinstance(row, Failure) and "cannot import" in row.error
+
+
+def test_a_skipped_measure_is_one_skip_row_with_its_reason(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    class Absent:
+        @staticmethod
+        def run(ctx: BenchContext) -> list[Result]:
+            raise Skipped("trl is not installed: pip install -e '.[anchors]'")
+
+    monkeypatch.setattr(command.importlib, "import_module", lambda name: Absent)
+    ctx = BenchContext(quick=False, home=Path("."), work=Path("."), rounds=1, threads=None)
+    (row,) = command.run_measure("anchors", ctx)
+    assert isinstance(row, Skip) and status(row) == "skip"
+    text = render([row, result(1.0, 0.95, "at_least")], rounds=1, quick=False)
+    assert "anchors: trl is not installed: pip install -e '.[anchors]'" in text
+    assert text.splitlines()[-1] == "1 pass, 0 fail, 0 report, 1 skip, 0 error"
+    entry = document([row], machine={}, quick=False, rounds=1, seconds={})["results"][0]
+    assert entry["status"] == "skip" and entry["passed"] is None
+
+
+def test_quick_leaves_the_long_measures_out_unless_named(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def must_not_import(name: str) -> object:
+        raise AssertionError(f"{name} imported under --quick")
+
+    monkeypatch.setattr(command.importlib, "import_module", must_not_import)
+    ctx = BenchContext(quick=True, home=Path("."), work=Path("."), rounds=1, threads=None)
+    (row,) = command.run_measure("anchors", ctx)
+    assert isinstance(row, Skip) and "--quick --only anchors" in row.reason
+    assert command.select(command.discover(), "learning") == ["anchors"]
