@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import __main__ as command
 from benchmarks.suite import BenchContext, Result, Skipped
-from benchmarks.table import Failure, Skip, document, render, status
+from benchmarks.table import Failure, Row, Skip, document, render, status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,13 +84,20 @@ def test_discovery_keeps_the_preferred_order_and_appends_unknown_modules() -> No
     assert command.select(names, "mfu") == ["training_throughput"]
 
 
+def run_with(monkeypatch, importer: Callable[[str], object], *, quick: bool,  # type: ignore[no-untyped-def]
+             name: str) -> Row:
+    """``run_measure`` of ``name`` with ``importer`` standing in for the module import."""
+    monkeypatch.setattr(command.importlib, "import_module", importer)
+    ctx = BenchContext(quick=quick, home=Path("."), work=Path("."), rounds=1, threads=None)
+    (row,) = command.run_measure(name, ctx)
+    return row
+
+
 def test_a_raising_measure_becomes_an_error_row(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def boom(name: str) -> object:
         raise RuntimeError(f"cannot import {name}")
 
-    monkeypatch.setattr(command.importlib, "import_module", boom)
-    ctx = BenchContext(quick=True, home=Path("."), work=Path("."), rounds=1, threads=None)
-    (row,) = command.run_measure("whatever", ctx)
+    row = run_with(monkeypatch, boom, quick=True, name="whatever")
     assert isinstance(row, Failure) and "cannot import" in row.error
 
 
@@ -99,9 +107,7 @@ def test_a_skipped_measure_is_one_skip_row_with_its_reason(monkeypatch) -> None:
         def run(ctx: BenchContext) -> list[Result]:
             raise Skipped("trl is not installed: pip install -e '.[anchors]'")
 
-    monkeypatch.setattr(command.importlib, "import_module", lambda name: Absent)
-    ctx = BenchContext(quick=False, home=Path("."), work=Path("."), rounds=1, threads=None)
-    (row,) = command.run_measure("anchors", ctx)
+    row = run_with(monkeypatch, lambda name: Absent, quick=False, name="anchors")
     assert isinstance(row, Skip) and status(row) == "skip"
     text = render([row, result(1.0, 0.95, "at_least")], rounds=1, quick=False)
     assert "anchors: trl is not installed: pip install -e '.[anchors]'" in text
@@ -114,8 +120,6 @@ def test_quick_leaves_the_long_measures_out_unless_named(monkeypatch) -> None:  
     def must_not_import(name: str) -> object:
         raise AssertionError(f"{name} imported under --quick")
 
-    monkeypatch.setattr(command.importlib, "import_module", must_not_import)
-    ctx = BenchContext(quick=True, home=Path("."), work=Path("."), rounds=1, threads=None)
-    (row,) = command.run_measure("anchors", ctx)
+    row = run_with(monkeypatch, must_not_import, quick=True, name="anchors")
     assert isinstance(row, Skip) and "--quick --only anchors" in row.reason
     assert command.select(command.discover(), "learning") == ["anchors"]
