@@ -17,6 +17,10 @@ per-round anchor/ours, so higher is faster for us):
   the loss), goal >= minus a tolerance set from the round-to-round spread, so a
   faster row never stands for a run that learns less.
 
+Rounds: the sides of one comparison run back to back, their order rotating from
+round to round (an SFT pair, then the three GRPO runs and the bare RL batch, then
+a DPO pair); a ratio's round pairs figures taken minutes apart at most.
+
 Settings are matched and written into each row's note: the built-in pretrained
 ``tiny``, LoRA r=16 (alpha 32, q/k/v/o/gate/up/down), the same task-registry
 rows, batch, lengths, steps, learning rate and schedule, AdamW betas (0.9, 0.95),
@@ -199,11 +203,35 @@ def run(ctx: BenchContext) -> list[Result]:
         ours(work, home_one, "rl", [*grpo_over, "recipe.max_steps=2",
                                     "recipe.max_steps_off_policy=1"], name("warm"),
              "rollout/reward_mean", 1)
-        runs = interleave(size.rounds, sides)
+        runs = grouped_rounds(size.rounds, sides, GROUPS)
     finally:
         stop_daemon(home_all)
         stop_daemon(home_one)
     return rows(runs, size, all_threads)
+
+
+# Sides compared with each other run back to back (the order rotating from round
+# to round), so a slow spell on this shared machine lands on both figures of a ratio.
+GROUPS = (("sft ours", "sft trl"),
+          ("grpo sync", "grpo off-policy", "grpo trl", "rl limit"),
+          ("dpo ours", "dpo trl"))
+
+
+def grouped_rounds(rounds: int, sides: dict[str, Callable[[], Run]],
+                   groups: tuple[tuple[str, ...], ...]) -> dict[str, list[Run]]:
+    """``interleave`` within each group, one group after the other in every round."""
+    values: dict[str, list[Run]] = {name: [] for group in groups for name in group}
+    for index in range(rounds):
+        for group in groups:
+            for name, found in interleave(1, {name: sides[name]
+                                              for name in _rotated(group, index)}).items():
+                values[name] += found
+    return values
+
+
+def _rotated(names: tuple[str, ...], by: int) -> tuple[str, ...]:
+    shift = by % len(names)
+    return names[shift:] + names[:shift]
 
 
 def bare_limit(model_path: str, task_rows: list[dict[str, Any]], groups: int,

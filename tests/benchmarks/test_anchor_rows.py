@@ -45,3 +45,20 @@ def test_rows_give_trl_over_ours_speed_learning_gaps_and_the_limit() -> None:
     assert limit.direction == "at_most" and limit.value == pytest.approx(1.125) and limit.passed
     assert "sample 0.100 + train 0.150" in limit.note
     assert "30 steps" in sft.note and "LoRA r=16" in sft.note
+
+
+def test_grouped_rounds_run_each_group_back_to_back_rotating_its_order() -> None:
+    from benchmarks.measures.anchors import grouped_rounds
+
+    calls: list[str] = []
+
+    def side(name: str):  # type: ignore[no-untyped-def]
+        def run() -> Run:
+            calls.append(name)
+            return Run(float(len(calls)), 0.0, {})
+        return run
+
+    sides = {name: side(name) for name in ("a1", "a2", "b1", "b2", "b3")}
+    runs = grouped_rounds(2, sides, (("a1", "a2"), ("b1", "b2", "b3")))
+    assert calls == ["a1", "a2", "b1", "b2", "b3", "a2", "a1", "b2", "b3", "b1"]
+    assert [r.step_s for r in runs["a1"]] == [1.0, 7.0]
