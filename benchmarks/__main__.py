@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import measures
-from benchmarks.suite import BenchContext, Result
-from benchmarks.table import Failure, Row, document, render
+from benchmarks.suite import BenchContext, Result, Skipped
+from benchmarks.table import Failure, Row, Skip, document, render
 from loops_runner.servers.launch import CHILD_ENV_DEFAULTS
 
 # Cheap, self-contained measures first, so a quick look at the top of the
@@ -41,9 +41,12 @@ from loops_runner.servers.launch import CHILD_ENV_DEFAULTS
 PREFERRED_ORDER = (
     "op_overhead", "training_throughput", "variable_lengths", "memory",
     "startup", "sampling", "streaming", "group_sampling", "weight_sync", "rl_step", "many_runs",
+    "anchors",
 )
 # Names that select another module with --only (rows that share a module's run).
-ALIASES = {"mfu": "training_throughput"}
+ALIASES = {"mfu": "training_throughput", "learning": "anchors"}
+# Measures too long for --quick's ~3 minutes: they run there only when --only names them.
+FULL_ONLY = {"anchors"}
 QUICK_ROUNDS = 3
 FULL_ROUNDS = 7
 
@@ -66,8 +69,12 @@ def select(available: list[str], only: str | None) -> list[str]:
     return [name for name in available if name in wanted]
 
 
-def run_measure(name: str, ctx: BenchContext) -> list[Row]:
-    """One module's rows; an exception (or a wrong return) becomes an error row."""
+def run_measure(name: str, ctx: BenchContext, *, named: bool = False) -> list[Row]:
+    """One module's rows; an exception (or a wrong return) becomes an error row,
+    ``Skipped`` a skip row with its one line."""
+    if ctx.quick and name in FULL_ONLY and not named:
+        return [Skip(name, f"left out of --quick (minutes of training); "
+                           f"--quick --only {name} runs a short version")]
     try:
         module = importlib.import_module(f"{measures.__name__}.{name}")
         results = module.run(ctx)
@@ -76,6 +83,9 @@ def run_measure(name: str, ctx: BenchContext) -> list[Row]:
         if not results:
             raise ValueError(f"{name}.run returned no results")
         return list(results)
+    except Skipped as skipped:
+        print(f"[benchmarks] {name} skipped: {skipped}", file=sys.stderr, flush=True)
+        return [Skip(name, str(skipped))]
     except Exception:
         text = traceback.format_exc()
         print(text, file=sys.stderr, flush=True)
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
             begin = time.perf_counter()
-            rows += run_measure(name, ctx)
+            rows += run_measure(name, ctx, named=bool(args.only))
             seconds[name] = round(time.perf_counter() - begin, 1)
             print(f"[benchmarks] {name} done in {seconds[name]:.0f}s", file=sys.stderr,
                   flush=True)

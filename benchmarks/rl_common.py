@@ -1,4 +1,5 @@
-"""Running the ``rl`` recipe through the real CLI from a benchmark, with a scratch reward."""
+"""Running a recipe (``rl`` by default) through the real CLI from a benchmark, with a
+scratch reward for ``rl``."""
 
 from __future__ import annotations
 
@@ -30,14 +31,21 @@ def write_scratch_task(work: Path, prompts: int = 64) -> list[str]:
 
 def run_rl(work: Path, home: Path, overrides: list[str], name: str,
            timeout: float = 900, threads: int | None = None) -> list[dict]:
-    """One CLI run in its own run dir; its metrics.jsonl lines.
+    """One ``+recipe=rl`` CLI run in its own run dir; its metrics.jsonl lines."""
+    return run_recipe(work, home, "rl", overrides, name, timeout=timeout, threads=threads)
+
+
+def run_recipe(work: Path, home: Path, recipe: str, overrides: list[str], name: str,
+               timeout: float = 900, threads: int | None = None) -> list[dict]:
+    """One ``+recipe=<recipe>`` CLI run in its own run dir; its metrics.jsonl lines.
 
     ``threads`` caps torch threads in the runner and the servers it starts (a
     trainer and a sampler busy at the same time on a small CPU otherwise stall
-    each other's thread barriers).
+    each other's thread barriers). The servers are the home's daemon's: the
+    first run in a home starts them with its thread cap, later runs reuse them.
     """
     run_dir = work / "runs" / name
-    command = [sys.executable, "-m", "loops_runner", "+recipe=rl", *overrides,
+    command = [sys.executable, "-m", "loops_runner", f"+recipe={recipe}", *overrides,
                f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "LOOPS_HOME": str(home), "PYTHONPATH": str(REPO),
            "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -67,5 +67,11 @@ class Result:
         return {**asdict(self), "passed": self.passed}
 
 
+class Skipped(Exception):
+    """Raised by a measure that cannot run here (an optional package is absent); the
+    message, one line, says why and how to enable it. The suite prints it as a
+    ``skip`` row and counts no failure."""
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))

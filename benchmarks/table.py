@@ -26,13 +26,27 @@ class Failure:
                 "passed": False}
 
 
-Row = Result | Failure
+@dataclass(frozen=True)
+class Skip:
+    """A measure that did not run here, and the one line that says why."""
+
+    measure: str
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"measure": self.measure, "status": "skip", "reason": self.reason,
+                "passed": None}
+
+
+Row = Result | Failure | Skip
 
 
 def status(row: Row) -> str:
     """``pass``/``fail`` against the goal, ``report`` when there is none, ``error``."""
     if isinstance(row, Failure):
         return "error"
+    if isinstance(row, Skip):
+        return "skip"
     passed = row.passed
     if passed is None:
         return "report"
@@ -61,6 +75,8 @@ def cells(row: Row) -> tuple[str, ...]:
     if isinstance(row, Failure):
         first_line = (row.error.strip().splitlines() or ["?"])[-1]
         return (row.measure, "-", "-", first_line[:60], "-", "error", "-")
+    if isinstance(row, Skip):
+        return (row.measure, "-", "-", "-", "-", "skip", "-")
     unit = f" {row.unit}" if row.unit else ""
     return (row.measure, f"{_number(row.ours)}{unit}",
             "-" if row.anchor is None else f"{_number(row.anchor)}{unit}",
@@ -81,12 +97,12 @@ def render(rows: list[Row], *, rounds: int, quick: bool) -> str:
                                for i, (cell, width) in enumerate(zip(line, widths, strict=True))))
         if n == 0:
             lines.append("  ".join("-" * width for width in widths))
-    notes = [f"  {row.measure}: {row.note}" for row in rows
-             if isinstance(row, Result) and row.note]
+    notes = [f"  {row.measure}: {row.note if isinstance(row, Result) else row.reason}"
+             for row in rows if (isinstance(row, Result) and row.note) or isinstance(row, Skip)]
     if notes:
         lines += ["", "notes:", *notes]
     counts = {s: sum(status(row) == s for row in rows) for s in ("pass", "fail", "report",
-                                                                 "error")}
+                                                                 "skip", "error")}
     lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items())]
     return "\n".join(lines)
 

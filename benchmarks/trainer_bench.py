@@ -91,7 +91,7 @@ def wire_datum(seq: list[int]) -> dict[str, Any]:
 class PeftLoop:
     """The hand-written LoRA loop: the anchor of the trainer measures."""
 
-    def __init__(self, model_path: str) -> None:
+    def __init__(self, model_path: str, rank: int = RANK) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -99,7 +99,7 @@ class PeftLoop:
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         for param in base.parameters():
             param.requires_grad_(False)
-        config = LoraConfig(r=RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+        config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
                             task_type="CAUSAL_LM", target_modules=PROJECTIONS)
         torch.manual_seed(0)
         self.model = get_peft_model(base, config)

@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import __main__ as command
-from benchmarks.suite import Result
-from benchmarks.table import Failure, document, render, status
+from benchmarks.suite import BenchContext, Result, Skipped
+from benchmarks.table import Failure, Row, Skip, document, render, status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ def test_render_shows_every_row_goal_and_error_and_counts() -> None:
     assert ">= 0.95" in body[0] and body[0].split()[-2:] == ["pass", "2"]
     assert "<= 1.2" in body[1] and " fail " in body[1]
     assert "ValueError: boom" in body[2] and " error " in body[2]
-    assert lines[-1] == "1 pass, 1 fail, 0 report, 1 error"
+    assert lines[-1] == "1 pass, 1 fail, 0 report, 0 skip, 1 error"
     doc = document(rows, machine={}, quick=True, rounds=3, seconds={})
     assert [r["status"] for r in doc["results"]] == ["pass", "fail", "error"]
     json.dumps(doc)  # serialisable as is
@@ -83,13 +84,42 @@ def test_discovery_keeps_the_preferred_order_and_appends_unknown_modules() -> No
     assert command.select(names, "mfu") == ["training_throughput"]
 
 
-def test_a_raising_measure_becomes_an_error_row(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from benchmarks.suite import BenchContext
+def run_with(monkeypatch, importer: Callable[[str], object], *, quick: bool,  # type: ignore[no-untyped-def]
+             name: str) -> Row:
+    """``run_measure`` of ``name`` with ``importer`` standing in for the module import."""
+    monkeypatch.setattr(command.importlib, "import_module", importer)
+    ctx = BenchContext(quick=quick, home=Path("."), work=Path("."), rounds=1, threads=None)
+    (row,) = command.run_measure(name, ctx)
+    return row
 
+
+def test_a_raising_measure_becomes_an_error_row(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def boom(name: str) -> object:
         raise RuntimeError(f"cannot import {name}")
 
-    monkeypatch.setattr(command.importlib, "import_module", boom)
-    ctx = BenchContext(quick=True, home=Path("."), work=Path("."), rounds=1, threads=None)
-    (row,) = command.run_measure("whatever", ctx)
+    row = run_with(monkeypatch, boom, quick=True, name="whatever")
     assert isinstance(row, Failure) and "cannot import" in row.error
+
+
+def test_a_skipped_measure_is_one_skip_row_with_its_reason(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    class Absent:
+        @staticmethod
+        def run(ctx: BenchContext) -> list[Result]:
+            raise Skipped("trl is not installed: pip install -e '.[anchors]'")
+
+    row = run_with(monkeypatch, lambda name: Absent, quick=False, name="anchors")
+    assert isinstance(row, Skip) and status(row) == "skip"
+    text = render([row, result(1.0, 0.95, "at_least")], rounds=1, quick=False)
+    assert "anchors: trl is not installed: pip install -e '.[anchors]'" in text
+    assert text.splitlines()[-1] == "1 pass, 0 fail, 0 report, 1 skip, 0 error"
+    entry = document([row], machine={}, quick=False, rounds=1, seconds={})["results"][0]
+    assert entry["status"] == "skip" and entry["passed"] is None
+
+
+def test_quick_leaves_the_long_measures_out_unless_named(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def must_not_import(name: str) -> object:
+        raise AssertionError(f"{name} imported under --quick")
+
+    row = run_with(monkeypatch, must_not_import, quick=True, name="anchors")
+    assert isinstance(row, Skip) and "--quick --only anchors" in row.reason
+    assert command.select(command.discover(), "learning") == ["anchors"]
