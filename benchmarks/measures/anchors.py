@@ -152,7 +152,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 f"recipe.min_lr_ratio={DPO['min_lr_ratio']}", "recipe.lr_schedule=cosine",
                 f"recipe.dataset.max_length={DPO['max_length']}",
                 f"recipe.dataset.num_pairs={dpo_pairs}", "recipe.eval_every=0",
-                "recipe.save_every=0", "recipe.task_eval_prompts=0", f"seed={SEED}"]
+                "recipe.save_every=0", "recipe.evaluators=[]", f"seed={SEED}"]
 
     sft_rows = trl.sft_rows(model_path, SFT["num_examples"], SFT["eval_examples"],
                             SFT["max_length"], SEED)
