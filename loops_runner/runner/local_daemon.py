@@ -18,9 +18,9 @@ import httpx
 from filelock import FileLock
 
 from loops_runner.sdk.http import tls_context
-from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
 from loops_runner.servers.launch import pid_running, spawn_server
 from loops_runner.storage.atomic import atomic_write_json, read_json
+from loops_runner.wire.placement import DEFAULT_RUNS_PER_TRAINER
 
 STATE_FILE = "control_plane.json"
 KEY_FILE = "api_key"

@@ -23,9 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
-from loops_runner.servers.common import serve_app
+from loops_runner.servers.common import Refusal, serve_app
 from loops_runner.servers.control_plane.auth import ApiKeyMiddleware
-from loops_runner.servers.control_plane.checks import ApiError
 from loops_runner.servers.control_plane.placement import check_runs_per_trainer
 from loops_runner.servers.control_plane.routes import (
     api_error_handler,
@@ -70,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_openapi(app, ErrorBody)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, expected=settings.api_key)
-    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Refusal, api_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(build_router(control_plane))
