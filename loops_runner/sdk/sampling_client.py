@@ -222,13 +222,12 @@ class SamplingClient:
         params = sampling_params or SamplingParams()
         if affinity_key == "":
             raise ValueError("affinity_key must not be empty")
+        # The queue routes by model and adapter; a dedicated sampler gets neither.
+        queued = self._endpoint.queued
         body, prompt_ids = sample_body(prompt, num_samples, params, include_prompt_logprobs,
-                                       topk_prompt_logprobs, include_routed_experts)
-        if self._endpoint.queued:
-            # The queue routes by model and adapter; a dedicated sampler gets neither.
-            body["model"] = self._base_model
-            if self._checkpoint_path is not None:
-                body["lora"] = self._checkpoint_path
+                                       topk_prompt_logprobs, include_routed_experts,
+                                       model=self._base_model if queued else None,
+                                       lora=self._checkpoint_path if queued else None)
         # One key per sample() call, reused by its retries.
         headers = {IDEMPOTENCY_KEY_HEADER: str(uuid.uuid4())}
         if affinity_key is not None:
