@@ -56,7 +56,7 @@ from loops_runner.sdk.http import (
     make_client,
     rejection,
 )
-from loops_runner.sdk.operations import (
+from loops_runner.sdk.operation_protocol import (
     OperationRef,
     PollState,
     operation_id_from,

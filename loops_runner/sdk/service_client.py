@@ -30,7 +30,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from loops_runner.sdk import checkpoints, options
+from loops_runner.sdk import checkpoint_downloads as downloads
+from loops_runner.sdk import options
 from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient, Reconnect
 from loops_runner.sdk.errors import UnsupportedOperationError
 from loops_runner.sdk.provisioners import (
@@ -325,8 +326,8 @@ class ServiceClient:
         ``checkpoint_id`` by keyword (a positional one warns).
         """
         control_plane = self._cp("get_checkpoint_archive_url")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
-        return checkpoints.files_page(control_plane, resolved, page_size, page_token)
+        resolved = downloads.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return downloads.files_page(control_plane, resolved, page_size, page_token)
 
     get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
@@ -340,8 +341,8 @@ class ServiceClient:
         ``progress(bytes_so_far, total_bytes)`` is called as the files arrive.
         """
         control_plane = self._cp("download_checkpoint")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
-        return checkpoints.download(control_plane, resolved, dest_dir, progress)
+        resolved = downloads.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return downloads.download(control_plane, resolved, dest_dir, progress)
 
     download_checkpoint_async = in_thread(download_checkpoint)
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from loops_runner.servers.common import Refusal, bind_socket, server_url
-from loops_runner.servers.operations import (
+from loops_runner.servers.operation_store import (
     Accepted,
     OperationStore,
     idempotency_key,

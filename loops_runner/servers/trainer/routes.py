@@ -20,7 +20,7 @@ from loops_runner.servers.openapi import (
     install_openapi,
     json_body,
 )
-from loops_runner.servers.operations import idempotency_key, install_operation_routes
+from loops_runner.servers.operation_store import idempotency_key, install_operation_routes
 from loops_runner.servers.trainer.service import TrainerService
 from loops_runner.wire.errors import ErrorBody
 from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER, RUN_ID_HEADER

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from loops_runner.models.registry import canonical_model_id
 from loops_runner.servers.common import Refusal, format_validation_errors
-from loops_runner.servers.operations import Accepted, OperationStore
+from loops_runner.servers.operation_store import Accepted, OperationStore
 from loops_runner.servers.trainer.validation import ModelLimits, prepare_forward
 from loops_runner.storage import layout
 from loops_runner.wire.names import check_storage_name
@@ -131,7 +131,7 @@ class TrainerService:
         return TrainerEngine(loaded, self.home, base_model_id=self.base_model_id)
 
     async def _sweep_forever(self) -> None:
-        from loops_runner.servers.trainer.checkpoints import sweep_expired
+        from loops_runner.servers.trainer.checkpoint_folders import sweep_expired
 
         while True:
             await asyncio.sleep(TTL_SWEEP_INTERVAL_S)
