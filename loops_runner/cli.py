@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "allows non-loopback clients)")
     control.add_argument("--port", type=int, default=0, help="0 picks a free port")
     _add_home(control)
-    control.add_argument("--api-key", default=None, help="require this key on every route")
+    # The key is read from a file or the environment, never taken as an argument:
+    # a command line is readable by every local user (ps).
+    control.add_argument("--api-key-file", default=None, metavar="PATH",
+                         help="require the key in this file (mode 0600) on every route "
+                              "(default: $LOOPS_CONTROL_PLANE_API_KEY; neither = no key)")
     control.add_argument("--idle-timeout", type=float, default=1800.0,
                          help="stop servers idle this many seconds (default 1800)")
     control.add_argument("--runs-per-trainer", type=int, default=DEFAULT_RUNS_PER_TRAINER,

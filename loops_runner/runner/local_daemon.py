@@ -87,8 +87,11 @@ def ensure_control_plane(home: Path, idle_timeout_s: float,
         if found is not None:
             return found
         api_key = user_api_key(home)
+        # The daemon reads the key from its 0600 file: on the command line any
+        # local user would see it (ps), and the launch log would record it.
         server = spawn_server(
-            ["control-plane", "--home", str(home), f"--api-key={api_key}",
+            ["control-plane", "--home", str(home),
+             "--api-key-file", str(runner_dir(home) / KEY_FILE),
              "--idle-timeout", str(idle_timeout_s),
              "--runs-per-trainer", str(runs_per_trainer)],
             home / "logs" / "control-plane.log",
