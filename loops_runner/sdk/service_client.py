@@ -65,7 +65,17 @@ _env = options.env
 
 
 class ServiceClient:
-    """A Loops session; makes training and sampling clients."""
+    """A Loops session; makes training and sampling clients.
+
+    ``session_id`` is the control plane's id of this session (``"local"`` for
+    local clients), ``availability_model`` applies to everything it provisions,
+    and ``control_plane`` (this client's own extension) gives the control
+    plane's routes (None for ``local``).
+    """
+
+    session_id: str
+    availability_model: AvailabilityModel
+    control_plane: ControlPlaneClient | None
 
     def __init__(
         self,
@@ -91,14 +101,21 @@ class ServiceClient:
         team = team or _env(options.TEAM_ENV)
         if team is not None:
             control_plane.team_id = control_plane.team_id_of(team)
-        self._provisioner: Provisioner = ControlPlaneProvisioner(
+        self._use(ControlPlaneProvisioner(
             control_plane, training_project_id=training_project_id,
             availability_model=availability,
             reuse_from_run_id=reuse_from_run_id if reuse_from_run_id is not None
             else _env("LOOPS_REUSE_FROM_RUN_ID"),
             reuse_from_session_id=reuse_from_session_id if reuse_from_session_id is not None
             else _env("LOOPS_REUSE_FROM_SESSION_ID"),
-            reconnect=reconnect)
+            reconnect=reconnect))
+
+    def _use(self, provisioner: Provisioner) -> None:
+        """Every create goes through ``provisioner`` from now on (chosen once)."""
+        self._provisioner = provisioner
+        self.session_id = provisioner.session_id
+        self.availability_model = provisioner.availability_model
+        self.control_plane = provisioner.control_plane
 
     @classmethod
     def local(cls, *, trainer_url: str, sampler_url: str) -> ServiceClient:
@@ -110,26 +127,12 @@ class ServiceClient:
         return _DirectServiceClient(DirectProvisioner(trainer_url, sampler_url))
 
     @property
-    def session_id(self) -> str:
-        """The control plane's id of this session (``"local"`` for local clients)."""
-        return self._provisioner.session_id
-
-    @property
     def base_url(self) -> str:
         """The control plane's URL; after a reconnect, where it listens now."""
         return self._provisioner.base_url
 
-    @property
-    def control_plane(self) -> ControlPlaneClient | None:
-        """This client's own extension: the control plane's routes (None for ``local``)."""
-        return self._provisioner.control_plane
-
-    @property
-    def availability_model(self) -> AvailabilityModel:
-        return self._provisioner.availability_model
-
     def _cp(self, what: str) -> ControlPlaneClient:
-        control_plane = self._provisioner.control_plane
+        control_plane = self.control_plane
         if control_plane is None:
             raise UnsupportedOperationError(
                 "not available on ServiceClient.local(...): it has no control plane; use "
@@ -355,4 +358,4 @@ class _DirectServiceClient(ServiceClient):
     :class:`DirectProvisioner`, made without opening a control-plane session."""
 
     def __init__(self, provisioner: DirectProvisioner) -> None:
-        self._provisioner = provisioner
+        self._use(provisioner)
