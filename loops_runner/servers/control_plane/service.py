@@ -2,7 +2,7 @@
 
 Routes parse and hand over: creates and deactivation to ``provisioning``,
 reads to ``views``, checkpoint requests to ``checkpoint_requests``; the checks
-they share (and ``Refusal``, every refusal) are in ``checks``. The
+they share are in ``checks`` (every refusal a ``servers.common.Refusal``). The
 ``ControlPlane`` builds them around one store, one supervisor (processes) and
 one checkpoint registry, starts and stops them, and answers capabilities.
 """
