@@ -18,10 +18,9 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import loops_runner
-
-PACKAGE_DIR = Path(loops_runner.__file__).resolve().parent
-REPO = PACKAGE_DIR.parent
+# The checkout's source, whichever copy of the package an import would find.
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = REPO / "loops_runner"
 
 # Each entry is one layer, lowest first; the names are units: a subpackage of
 # loops_runner, a top-level module, or ``recipes`` (shipped as loops_runner.recipes).
@@ -65,7 +64,7 @@ class Edge:
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if path.parent.resolve() == (REPO / "recipes").resolve():
+    if parts[0] == "recipes":  # shipped as loops_runner.recipes (a symlink)
         parts = ["loops_runner", *parts]
     if parts[-1] == "__init__" and len(parts) > 2:
         parts = parts[:-1]
