@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> Any:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.get("pipeline") is not None:
-            from loops_runner.runner.pipeline import run_pipeline
+            from loops_runner.runner.stages import run_pipeline
 
             overrides = list(HydraConfig.get().overrides.task)
             return sweep_value(cfg, run_pipeline(cfg, run_dir, overrides))

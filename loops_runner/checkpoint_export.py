@@ -50,7 +50,7 @@ def verified_adapter(folder: Path) -> Any:
     """Read and verify the adapter of a checkpoint folder (LoadedCheckpoint)."""
     from safetensors import SafetensorError
 
-    from loops_runner.servers.trainer.checkpoints import read_checkpoint
+    from loops_runner.servers.trainer.checkpoint_folders import read_checkpoint
 
     try:
         return read_checkpoint(folder, with_optimizer=False)

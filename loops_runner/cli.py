@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from loops_runner.home import loops_home
-from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
+from loops_runner.wire.placement import DEFAULT_RUNS_PER_TRAINER
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list or prepare base models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    prepare = model_commands.add_parser("prepare", help="build or locate a model; print its dir")
+    prepare = model_commands.add_parser("prepare",
+                                        help="install or locate a model; print its dir")
     prepare.add_argument("name", help="registry name, directory or HF id")
     _add_home(prepare)
     listing = model_commands.add_parser("list", help="show known models")
     _add_home(listing)
+    build = model_commands.add_parser(
+        "build", help="pretrain tiny from scratch into the data home (minutes on a CPU)")
+    build.add_argument("name", choices=["tiny"], help="the built-in model to build")
+    _add_home(build)
     info = model_commands.add_parser("info", help="how a model was built and what it can do")
     info.add_argument("name", help="registry name, directory or HF id")
     _add_home(info)
@@ -93,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "allows non-loopback clients)")
     control.add_argument("--port", type=int, default=0, help="0 picks a free port")
     _add_home(control)
-    control.add_argument("--api-key", default=None, help="require this key on every route")
+    # The key is read from a file or the environment, never taken as an argument:
+    # a command line is readable by every local user (ps).
+    control.add_argument("--api-key-file", default=None, metavar="PATH",
+                         help="require the key in this file (mode 0600) on every route "
+                              "(default: $LOOPS_CONTROL_PLANE_API_KEY; neither = no key)")
     control.add_argument("--idle-timeout", type=float, default=1800.0,
                          help="stop servers idle this many seconds (default 1800)")
     control.add_argument("--runs-per-trainer", type=int, default=DEFAULT_RUNS_PER_TRAINER,
@@ -108,6 +117,15 @@ def _models_prepare(name: str, home: str | None) -> int:
 
     resolved = resolve_model(name, loops_home(home))
     print(resolved.load_path)
+    return 0
+
+
+def _models_build(home: str | None) -> int:
+    from loops_runner.tiny_build.builder import build_into_home
+
+    # A build of the current recipe version already in the home is kept (it is
+    # what a build would write again on this machine class).
+    print(build_into_home(loops_home(home)))
     return 0
 
 
@@ -235,6 +253,8 @@ def _run_command(argv: Sequence[str] | None) -> int:
             return _models_prepare(args.name, args.home)
         if args.models_command == "info":
             return _models_info(args.name, args.home)
+        if args.models_command == "build":
+            return _models_build(args.home)
         return _models_list(args.home)
     if args.command == "daemon":
         return _daemon(args.action, args.home)

@@ -5,7 +5,7 @@
 
 Deterministic: a machine of the same CPU class with the same library versions
 produces the same bytes (fixed steps, seeds and thread count; see
-loops_runner/models/pretrain.py); another CPU class gives other weights with
+loops_runner/tiny_build/pretrain.py); another CPU class gives other weights with
 about the same loss (docs/tiny-model.md, "Reproducible where"). Takes 7-15
 minutes on 2 CPU cores; the build info it writes records the figures (loss,
 time, held-out accuracy per family) and the CPU class (`machine`) that
@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from loops_runner.models import tiny
+from loops_runner.tiny_build import builder
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     staging = Path(tempfile.mkdtemp(prefix="tiny-pretrain-"))
     try:
-        tiny.build(staging)
+        builder.build(staging)
         if args.out.exists():
             shutil.rmtree(args.out)
         shutil.copytree(staging, args.out)

@@ -1,21 +1,21 @@
-"""The built-in default model ``tiny``: a small pretrained Qwen3, made here, offline.
+"""The built-in default model ``tiny``: where it lives and how it is installed.
 
 No hub access exists on many machines (CI included), so the default model is
-made by this module: a byte-level BPE tokenizer trained on the package's own
-synthetic corpus, with Qwen-style chat special tokens and a chat template that
-marks assistant turns for ``return_assistant_tokens_mask``, and a Qwen3 model
-whose full weights are pretrained on task chats, prose and word facts
-(:mod:`loops_runner.models.pretrain`).
+made by this package, offline: a small Qwen3 with its own byte-level BPE
+tokenizer, pretrained on the task registry's chats. Pretraining takes minutes
+on a CPU, so its result ships with the package (``tiny_pretrained/``, about
+5 MB). This module is the registry's side of it: ``prepare`` copies the shipped
+folder into the data home after checking every file's sha256.
 
-How it reaches a user: pretraining takes minutes on a CPU, so its result is
-shipped with the package (``tiny_pretrained/``, about 5 MB), produced by
-``scripts/pretrain_tiny.py``, which reproduces it bit for bit on a machine of
-the same CPU class with the same library versions, and within measured
-tolerances of loss and accuracy on any other (``pytest -m rebuild`` checks;
-docs/tiny-model.md has the figures). ``prepare`` copies it into the data home and checks
-its hashes; if the shipped folder is missing it builds from scratch instead.
-Everything is a function of ``RECIPE_VERSION``: bump it whenever the recipe
-changes, and homes rebuild on next use.
+The *build* (tokenizer training, architecture, pretraining on the task
+corpus) lives apart, in :mod:`loops_runner.tiny_build`, because it needs the
+task registry and the data layer, and the servers that load models must not
+depend on those. ``scripts/pretrain_tiny.py`` refreshes the shipped folder and
+``loops-runner models build tiny`` builds into a data home; both reproduce the
+bytes on a machine of the same CPU class with the same library versions
+(docs/tiny-model.md has the figures). Everything is a function of
+``RECIPE_VERSION``: bump it whenever the build changes, and homes reinstall on
+next use.
 """
 
 from __future__ import annotations
@@ -25,65 +25,19 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from loops_runner.models.pretrain import PretrainSettings
-
 RECIPE_VERSION = 4
-SEED = 20251129
-VOCAB_TARGET = 4096
-# Full-weight pretraining before the model is saved (see models/pretrain.py and
-# docs/tiny-model.md for the measurements behind these numbers).
-PRETRAIN = PretrainSettings(
-    steps=2000, batch_size=64, max_length=96, learning_rate=5e-3, warmup_steps=50,
-    chats=30000, prose_paragraphs=3000, lexicon_repeats=4, threads=2, seed=SEED,
-)
-# Held-out questions the build scores greedily (per family, in the build info).
-ACCURACY_SAMPLE = 200
-# The random init's embeddings are scaled up: with the usual std 0.02 the tied
-# output embeddings cap every logit near +-2.5 and early training crawls.
-EMBEDDING_INIT_SCALE = 4.0
 SHIPPED_DIR = Path(__file__).parent / "tiny_pretrained"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BUILD_INFO = "loops_tiny_build.json"
 
-ARCHITECTURE = {
-    "hidden_size": 128,
-    "intermediate_size": 384,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "max_position_embeddings": 2048,
-    "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-}
 
-# Qwen-style chat template. The {% generation %} markers let
-# apply_chat_template(..., return_assistant_tokens_mask=True) derive
-# assistant-only loss masks.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- generation -%}"
-    "{{- message['content'] + '<|im_end|>' -}}"
-    "{%- endgeneration -%}"
-    "{{- '\\n' -}}"
-    "{%- else -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
+class TinyNotShippedError(RuntimeError):
+    """No shipped build of this recipe version is installed with the package."""
 
 
 def model_dir(home: Path) -> Path:
@@ -101,9 +55,15 @@ def is_built(directory: Path) -> bool:
 
 
 def prepare(home: Path) -> Path:
-    """Build ``tiny`` into the data home unless it is already there; return its directory.
+    """Install the shipped ``tiny`` into the data home unless it is already there;
+    return its directory."""
+    return install(home, install_shipped)
 
-    Safe under concurrency: a file lock serialises builders, and the build
+
+def install(home: Path, fill: Callable[[Path], None]) -> Path:
+    """Put ``tiny`` into the data home by ``fill(staging_dir)`` unless it is there.
+
+    Safe under concurrency: a file lock serialises installers, and the folder
     lands by an atomic rename, so a reader never sees a half-written model.
     """
     target = model_dir(home)
@@ -115,10 +75,7 @@ def prepare(home: Path) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
         try:
-            if is_built(SHIPPED_DIR):
-                install_shipped(staging)
-            else:
-                build(staging, PRETRAIN)
+            fill(staging)
             staging.chmod(0o755)
             if target.exists():
                 shutil.rmtree(target)
@@ -130,6 +87,11 @@ def prepare(home: Path) -> Path:
 
 def install_shipped(directory: Path) -> None:
     """Copy the shipped pretrained folder into ``directory``, refusing a damaged copy."""
+    if not is_built(SHIPPED_DIR):
+        raise TinyNotShippedError(
+            f"no shipped build of tiny recipe version {RECIPE_VERSION} in {SHIPPED_DIR}; "
+            "build it into the data home with `loops-runner models build tiny` (minutes "
+            "on a CPU) or refresh the shipped copy with scripts/pretrain_tiny.py")
     info = build_info(SHIPPED_DIR)
     for name, digest in info["sha256"].items():
         data = (SHIPPED_DIR / name).read_bytes()
@@ -139,155 +101,6 @@ def install_shipped(directory: Path) -> None:
                                "scripts/pretrain_tiny.py")
         (directory / name).write_bytes(data)
     shutil.copyfile(SHIPPED_DIR / BUILD_INFO, directory / BUILD_INFO)
-
-
-def _train_tokenizer():  # -> PreTrainedTokenizerFast
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from loops_runner.data.synthetic import tokenizer_corpus
-
-    tokenizer = Tokenizer(models.BPE())
-    # Whitespace is its own token and digits are split one by one (as Qwen's
-    # tokenizer does). A word is then the same token wherever it stands (no
-    # "word" vs " word" pair), so copying a word from the question is copying a
-    # token, which a small model learns many times faster; and numbers share
-    # digit tokens instead of being a thousand unrelated ones.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_TARGET,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        additional_special_tokens=["<|im_start|>"],
-        model_max_length=ARCHITECTURE["max_position_embeddings"],
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def _progress_reporter(total: int):  # -> (callback, close)
-    """A rich progress bar on stderr for a build from scratch (it takes minutes)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("pretraining tiny"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]}"),
-                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-    task = progress.add_task("pretrain", total=total, loss="-")
-    progress.start()
-
-    def on_step(step: int, loss: float) -> None:
-        progress.update(task, completed=step + 1, loss=f"{loss:.3f}")
-
-    return on_step, progress.stop
-
-
-def build(directory: Path, settings: PretrainSettings = PRETRAIN) -> None:
-    """Write tokenizer, config and pretrained weights of ``tiny`` into ``directory``."""
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
-    from loops_runner.models.machine import current_machine
-    from loops_runner.models.pretrain import pretrain
-
-    started = time.monotonic()
-    tokenizer = _train_tokenizer()
-    tokenizer.save_pretrained(directory)
-
-    # The embedding is padded to VOCAB_TARGET rows (as Qwen pads its vocabulary):
-    # the trained tokenizer is smaller, and a fixed model vocabulary keeps token-id
-    # limits stable whatever the tokenizer's exact size.
-    config = Qwen3Config(
-        vocab_size=max(VOCAB_TARGET, len(tokenizer)),
-        bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        **ARCHITECTURE,
-    )
-    # Seed a private generator state so the build never disturbs, or depends
-    # on, the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = Qwen3ForCausalLM(config).to(torch.float32)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(EMBEDDING_INIT_SCALE)
-    model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
-    on_step, close = _progress_reporter(settings.steps)
-    pretrain_started = time.monotonic()
-    try:
-        losses = pretrain(model, tokenizer, settings, on_step=on_step)
-    finally:
-        close()
-    pretrain_seconds = time.monotonic() - pretrain_started
-    model.save_pretrained(directory, safe_serialization=True)
-    accuracy = heldout_accuracy(model, tokenizer, settings.threads)
-
-    digests = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.iterdir())
-        if path.is_file()
-    }
-    info = {
-        "name": "tiny",
-        "recipe_version": RECIPE_VERSION,
-        "seed": SEED,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "pretrain": {**asdict(settings), "seconds": round(pretrain_seconds, 1),
-                     "first_loss": round(losses[0], 4), "final_loss": round(losses[-1], 4)},
-        "heldout_accuracy": {name: round(value, 3) for name, value in accuracy.items()},
-        "heldout_sample": ACCURACY_SAMPLE,
-        "build_seconds": round(time.monotonic() - started, 1),
-        "libraries": build_libraries(),
-        # The CPU class decides the weights' bytes as much as the libraries do
-        # (see models/machine.py): a rebuild compares bytes only within it.
-        "machine": current_machine().to_json(),
-        "sha256": digests,
-    }
-    (directory / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-# The libraries whose numerics or file format decide the build's bytes. The
-# same code gives other weights under another torch or transformers (kernels,
-# initialisation order), so a bit-for-bit rebuild needs these exact versions:
-# scripts/constraints.txt pins them for development and CI.
-BUILD_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy")
-
-
-def build_libraries() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in BUILD_LIBRARIES}
-
-
-def heldout_accuracy(model: Any, tokenizer: Any, threads: int) -> dict[str, float]:
-    """Greedy held-out accuracy of every family, the default mix's (``default_mix``) and
-    all families' (``all``), on the same fixed questions."""
-    from loops_runner.models.pretrain import greedy_accuracy
-    from loops_runner.tasks import DEFAULT_FAMILIES, FAMILIES, sample_rows
-
-    rows = sample_rows(ACCURACY_SAMPLE, split="heldout", families=list(FAMILIES), seed=0,
-                       unique=True)
-    accuracy = greedy_accuracy(model, tokenizer, rows, threads=threads)
-    counts = {name: sum(1 for r in rows if r["family"] == name) for name in DEFAULT_FAMILIES}
-    default_mix = sum(accuracy[name] * n for name, n in counts.items()) / sum(counts.values())
-    return {"all": accuracy.pop("all"), "default_mix": default_mix, **accuracy}
 
 
 def build_info(directory: Path) -> dict[str, Any]:

@@ -14,11 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loops_runner.errors import ConfigError, UserInputError
-from loops_runner.servers.control_plane.placement import (
-    DEFAULT_RUNS_PER_TRAINER,
-    MAX_RUNS_PER_TRAINER,
-)
 from loops_runner.wire import AvailabilityModel, TrainerScope
+from loops_runner.wire.placement import DEFAULT_RUNS_PER_TRAINER, MAX_RUNS_PER_TRAINER
 
 
 class ConfigSection(BaseModel):

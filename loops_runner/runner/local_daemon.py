@@ -18,9 +18,9 @@ import httpx
 from filelock import FileLock
 
 from loops_runner.sdk.http import tls_context
-from loops_runner.servers.control_plane.placement import DEFAULT_RUNS_PER_TRAINER
 from loops_runner.servers.launch import pid_running, spawn_server
 from loops_runner.storage.atomic import atomic_write_json, read_json
+from loops_runner.wire.placement import DEFAULT_RUNS_PER_TRAINER
 
 STATE_FILE = "control_plane.json"
 KEY_FILE = "api_key"
@@ -87,8 +87,11 @@ def ensure_control_plane(home: Path, idle_timeout_s: float,
         if found is not None:
             return found
         api_key = user_api_key(home)
+        # The daemon reads the key from its 0600 file: on the command line any
+        # local user would see it (ps), and the launch log would record it.
         server = spawn_server(
-            ["control-plane", "--home", str(home), f"--api-key={api_key}",
+            ["control-plane", "--home", str(home),
+             "--api-key-file", str(runner_dir(home) / KEY_FILE),
              "--idle-timeout", str(idle_timeout_s),
              "--runs-per-trainer", str(runs_per_trainer)],
             home / "logs" / "control-plane.log",

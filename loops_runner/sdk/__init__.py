@@ -12,6 +12,14 @@ import it on first use; transformers and wandb are imported on first use too.
 import logging as _logging
 
 from loops_runner import __version__
+from loops_runner.sdk.deployment_kinds import (
+    DedicatedTrainerDeployment,
+    LocalTrainerDeployment,
+    Operation,
+    SamplerOperationContext,
+    ServerlessTrainerDeployment,
+    TrainerOperationContext,
+)
 from loops_runner.sdk.errors import (
     LoopsError,
     OperationTimeoutError,
@@ -26,14 +34,6 @@ from loops_runner.sdk.errors import (
     UnsupportedOperationError,
 )
 from loops_runner.sdk.futures import APIFuture
-from loops_runner.sdk.operation import (
-    DedicatedTrainerDeployment,
-    LocalTrainerDeployment,
-    Operation,
-    SamplerOperationContext,
-    ServerlessTrainerDeployment,
-    TrainerOperationContext,
-)
 from loops_runner.sdk.options import PositionalOrderWarning
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.service_client import ServiceClient

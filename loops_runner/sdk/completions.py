@@ -14,15 +14,22 @@ from loops_runner.wire import (
     SampleResponse,
     SamplingParams,
 )
-from loops_runner.wire.sampling import MAX_PROMPT_LOGPROBS
+from loops_runner.wire.sampling import MAX_PROMPT_LOGPROBS, SampleRequest
 
 TOKEN_ID_PREFIX = "token_id:"
 
 
 def sample_body(prompt: ModelInput, num_samples: int, params: SamplingParams,
                 include_prompt_logprobs: bool, topk_prompt_logprobs: int,
-                include_routed_experts: bool | None = None) -> tuple[dict[str, Any], list[int]]:
-    """The request body and the prompt ids it carries (empty for image prompts)."""
+                include_routed_experts: bool | None = None, *, model: str | None = None,
+                lora: str | None = None) -> tuple[dict[str, Any], list[int]]:
+    """The request body and the prompt ids it carries (empty for image prompts).
+
+    The body is a :class:`SampleRequest` (the model the sampler parses), dumped
+    with only the fields set here: an option the caller left alone is not sent,
+    so the server's own default applies. ``model`` and ``lora`` route a queued
+    sampler's request; a dedicated sampler gets neither.
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if not 0 <= topk_prompt_logprobs <= MAX_PROMPT_LOGPROBS:
@@ -32,38 +39,24 @@ def sample_body(prompt: ModelInput, num_samples: int, params: SamplingParams,
     prompt_ids = [] if has_images else [t for chunk in prompt.chunks
                                         if isinstance(chunk, EncodedTextChunk)
                                         for t in chunk.tokens]
-    body: dict[str, Any] = {
-        "prompt": prompt_ids,
-        "n": num_samples,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "logprobs": 0,
-        "return_tokens_as_token_ids": True,
-    }
-    if has_images:
+    stop = params.stop
+    stop_ids = isinstance(stop, list) and bool(stop) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in stop)
+    request = SampleRequest(
+        prompt=prompt_ids, n=num_samples, temperature=params.temperature,
+        top_p=params.top_p, logprobs=0, return_tokens_as_token_ids=True,
         # The sampler expands images itself: it knows its placeholder token.
-        body["model_input_chunks"] = [chunk.model_dump(mode="json") for chunk in prompt.chunks]
-        body["return_token_ids"] = True
-    if include_routed_experts is not None:
-        body["include_routed_experts"] = include_routed_experts
-    if include_prompt_logprobs:
-        body["prompt_logprobs"] = topk_prompt_logprobs
-    if params.max_tokens is not None:
-        body["max_tokens"] = params.max_tokens
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.top_k is not None and params.top_k > 0:
-        body["top_k"] = params.top_k
-    if params.stop is not None:
-        stop = params.stop
-        if isinstance(stop, list) and stop and all(
-                isinstance(s, int) and not isinstance(s, bool) for s in stop):
-            body["stop_token_ids"] = list(stop)
-        else:
-            body["stop"] = stop
-    if params.structured_outputs is not None:
-        body["structured_outputs"] = params.structured_outputs
-    return body, prompt_ids
+        model_input_chunks=[chunk.model_dump(mode="json") for chunk in prompt.chunks]
+        if has_images else None,
+        return_token_ids=True if has_images else None,
+        include_routed_experts=include_routed_experts,
+        prompt_logprobs=topk_prompt_logprobs if include_prompt_logprobs else None,
+        max_tokens=params.max_tokens, seed=params.seed,
+        top_k=params.top_k if params.top_k is not None and params.top_k > 0 else None,
+        stop_token_ids=list(stop) if stop_ids else None,  # type: ignore[arg-type]
+        stop=None if stop_ids else stop,  # type: ignore[arg-type]
+        structured_outputs=params.structured_outputs, model=model, lora=lora)
+    return request.model_dump(mode="json", exclude_none=True, exclude_unset=True), prompt_ids
 
 
 def _token_id(token: Any) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 if TYPE_CHECKING:
-    from loops_runner.sdk.operation import Operation
+    from loops_runner.sdk.deployment_kinds import Operation
 
 
 def describe(operation: str | None, run_id: str | None, operation_id: str | None) -> str:
@@ -88,7 +88,7 @@ class RemoteOpError(LoopsError):
     @property
     def descriptor(self) -> Operation:
         # Built from the stored context, so the identity is kept once.
-        from loops_runner.sdk.operation import Operation, TrainerOperationContext
+        from loops_runner.sdk.deployment_kinds import Operation, TrainerOperationContext
 
         return Operation(self.operation_id or "unknown", self.operation or "request",
                          TrainerOperationContext(run_id=self.run_id))

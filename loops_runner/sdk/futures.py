@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel
 
 from loops_runner.sdk.errors import OperationTimeoutError, UnsupportedOperationError, is_final
-from loops_runner.sdk.operations import OperationRef, TrainerConnection
+from loops_runner.sdk.operation_protocol import OperationRef, TrainerConnection
 
 T = TypeVar("T")
 U = TypeVar("U")

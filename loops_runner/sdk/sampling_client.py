@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -56,7 +57,7 @@ from loops_runner.sdk.http import (
     make_client,
     rejection,
 )
-from loops_runner.sdk.operations import (
+from loops_runner.sdk.operation_protocol import (
     OperationRef,
     PollState,
     operation_id_from,
@@ -81,6 +82,29 @@ SAMPLER_LIMITS = httpx.Limits(max_connections=2048, max_keepalive_connections=20
 
 class _Completion(RootModel[dict[str, Any]]):
     """A queued sample's result: the completions body of spec 6.3."""
+
+
+@dataclass(frozen=True)
+class _SampleCall:
+    """One ``sample`` call: its body and headers (the idempotency key reused by every
+    retry), and what reading its answer needs."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    prompt_ids: list[int]
+    include_topk: bool
+    max_tokens: int | None
+
+    @property
+    def key(self) -> str:
+        return self.headers[IDEMPOTENCY_KEY_HEADER]
+
+    def parse(self, payload: Any, version: str | None) -> SampleResponse:
+        result = parse_completions(payload, policy_version=version, prompt_ids=self.prompt_ids,
+                                   include_topk=self.include_topk, max_tokens=self.max_tokens)
+        add_tokens(prompt=len(self.prompt_ids),
+                   sampled=sum(len(sequence.tokens) for sequence in result.sequences))
+        return result
 
 
 class SamplingClient:
@@ -221,25 +245,25 @@ class SamplingClient:
     def _prepare(self, prompt: ModelInput, num_samples: int,
                  sampling_params: SamplingParams | None, include_prompt_logprobs: bool,
                  topk_prompt_logprobs: int, affinity_key: str | None,
-                 include_routed_experts: bool | None,
-                 ) -> tuple[dict[str, Any], list[int], dict[str, str], SamplingParams]:
+                 include_routed_experts: bool | None) -> _SampleCall:
         if not isinstance(prompt, ModelInput):
             prompt = ModelInput.model_validate(prompt)
         params = sampling_params or SamplingParams()
         if affinity_key == "":
             raise ValueError("affinity_key must not be empty")
+        # The queue routes by model and adapter; a dedicated sampler gets neither.
+        queued = self._endpoint.queued
         body, prompt_ids = sample_body(prompt, num_samples, params, include_prompt_logprobs,
-                                       topk_prompt_logprobs, include_routed_experts)
-        if self._endpoint.queued:
-            # The queue routes by model and adapter; a dedicated sampler gets neither.
-            body["model"] = self._base_model
-            if self._checkpoint_path is not None:
-                body["lora"] = self._checkpoint_path
+                                       topk_prompt_logprobs, include_routed_experts,
+                                       model=self._base_model if queued else None,
+                                       lora=self._checkpoint_path if queued else None)
         # One key per sample() call, reused by its retries.
         headers = {IDEMPOTENCY_KEY_HEADER: str(uuid.uuid4())}
         if affinity_key is not None:
             headers[AFFINITY_HEADER] = affinity_key
-        return body, prompt_ids, headers, params
+        return _SampleCall(body, headers, prompt_ids,
+                           include_prompt_logprobs and topk_prompt_logprobs > 0,
+                           params.max_tokens)
 
     def _context(self, key: str | None = None) -> dict[str, str | None]:
         return {"run_id": self._run_id, "operation": "sample", "operation_id": key}
@@ -250,25 +274,15 @@ class SamplingClient:
             "may still be generating (not retried, to avoid paying twice); raise timeout= "
             "or lower max_tokens", timeout=self._timeout, **self._context(key))
 
-    def _read(self, outcome: retry.Outcome, key: str, prompt_ids: list[int],
-              include_topk: bool, max_tokens: int | None) -> SampleResponse:
+    def _read(self, outcome: retry.Outcome, call: _SampleCall) -> SampleResponse:
         response = outcome.response
         if response.is_error:
-            raise rejection(response, note=outcome.note(), **self._context(key))
+            raise rejection(response, note=outcome.note(), **self._context(call.key))
         if response.status_code != 200:
             raise LoopsError(f"unexpected HTTP {response.status_code} from /sample: "
-                             f"{response.text[:300]}", **self._context(key))
-        return self._parse(response.json(), response.headers.get(POLICY_VERSION_RESPONSE_HEADER),
-                           prompt_ids, include_topk, max_tokens)
-
-    @staticmethod
-    def _parse(payload: Any, version: str | None, prompt_ids: list[int], include_topk: bool,
-               max_tokens: int | None) -> SampleResponse:
-        result = parse_completions(payload, policy_version=version, prompt_ids=prompt_ids,
-                                   include_topk=include_topk, max_tokens=max_tokens)
-        add_tokens(prompt=len(prompt_ids),
-                   sampled=sum(len(sequence.tokens) for sequence in result.sequences))
-        return result
+                             f"{response.text[:300]}", **self._context(call.key))
+        return call.parse(response.json(),
+                          response.headers.get(POLICY_VERSION_RESPONSE_HEADER))
 
     def sample(
         self,
@@ -287,23 +301,19 @@ class SamplingClient:
         ``topk_prompt_logprobs`` alternatives per position). ``affinity_key``
         asks replicated samplers to route related requests to one replica.
         """
-        body, prompt_ids, headers, params = self._prepare(
-            prompt, num_samples, sampling_params, include_prompt_logprobs,
-            topk_prompt_logprobs, affinity_key, include_routed_experts)
-        include_topk = include_prompt_logprobs and topk_prompt_logprobs > 0
-        key = headers[IDEMPOTENCY_KEY_HEADER]
+        call = self._prepare(prompt, num_samples, sampling_params, include_prompt_logprobs,
+                             topk_prompt_logprobs, affinity_key, include_routed_experts)
         self._gate.pass_through()
         url = f"{self._endpoint.base_url}/sample"
         if self._endpoint.queued:
-            payload = self._sample_queued(url, body, headers, key)
-            return self._parse(payload, None, prompt_ids, include_topk, params.max_tokens)
+            return call.parse(self._sample_queued(url, call.body, call.headers, call.key), None)
         try:
-            outcome = retry.send(lambda: self._client.post(url, json=body, headers=headers),
-                                 retry.SAMPLE, self._ready_timeout, what="sample",
-                                 context=self._context(key))
+            outcome = retry.send(
+                lambda: self._client.post(url, json=call.body, headers=call.headers),
+                retry.SAMPLE, self._ready_timeout, what="sample", context=self._context(call.key))
         except httpx.TimeoutException as exc:
-            raise self._timed_out(key) from exc
-        return self._read(outcome, key, prompt_ids, include_topk, params.max_tokens)
+            raise self._timed_out(call.key) from exc
+        return self._read(outcome, call)
 
     async def sample_async(
         self,
@@ -316,25 +326,22 @@ class SamplingClient:
         affinity_key: str | None = None,
         include_routed_experts: bool | None = None,
     ) -> SampleResponse:
-        body, prompt_ids, headers, params = self._prepare(
-            prompt, num_samples, sampling_params, include_prompt_logprobs,
-            topk_prompt_logprobs, affinity_key, include_routed_experts)
-        include_topk = include_prompt_logprobs and topk_prompt_logprobs > 0
-        key = headers[IDEMPOTENCY_KEY_HEADER]
+        call = self._prepare(prompt, num_samples, sampling_params, include_prompt_logprobs,
+                             topk_prompt_logprobs, affinity_key, include_routed_experts)
         if self._gate.armed:
             await asyncio.to_thread(self._gate.pass_through)
         url = f"{self._endpoint.base_url}/sample"
         client = self._async_clients.get()
         if self._endpoint.queued:
-            payload = await self._sample_queued_async(client, url, body, headers, key)
-            return self._parse(payload, None, prompt_ids, include_topk, params.max_tokens)
+            return call.parse(await self._sample_queued_async(
+                client, url, call.body, call.headers, call.key), None)
         try:
             outcome = await retry.send_async(
-                lambda: client.post(url, json=body, headers=headers), retry.SAMPLE,
-                self._ready_timeout, what="sample", context=self._context(key))
+                lambda: client.post(url, json=call.body, headers=call.headers), retry.SAMPLE,
+                self._ready_timeout, what="sample", context=self._context(call.key))
         except httpx.TimeoutException as exc:
-            raise self._timed_out(key) from exc
-        return self._read(outcome, key, prompt_ids, include_topk, params.max_tokens)
+            raise self._timed_out(call.key) from exc
+        return self._read(outcome, call)
 
     # -- the queued (serverless) variant, spec 6.6 ------------------------------------
 

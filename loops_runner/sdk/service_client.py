@@ -30,15 +30,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from loops_runner.sdk import checkpoints, options
+from loops_runner.sdk import checkpoint_downloads as downloads
+from loops_runner.sdk import options
 from loops_runner.sdk.control_plane import DEFAULT_BASE_URL, ControlPlaneClient, Reconnect
-from loops_runner.sdk.deployments import (
-    SamplerEndpoint,
-    TrainerEndpoint,
-    wait_for_sampler,
-    wait_for_trainer,
+from loops_runner.sdk.errors import UnsupportedOperationError
+from loops_runner.sdk.provisioners import (
+    ControlPlaneProvisioner,
+    DirectProvisioner,
+    Provisioner,
+    SamplerSpec,
+    TrainerSpec,
 )
-from loops_runner.sdk.errors import LoopsError, UnsupportedOperationError
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.training_client import TrainingClient
 from loops_runner.sdk.twins import in_thread
@@ -48,8 +50,6 @@ from loops_runner.wire import (
     Checkpoint,
     CheckpointFilesResponse,
     CheckpointTarget,
-    CreateSamplerRequest,
-    CreateTrainerRequest,
     SamplerScope,
     ServerCapabilities,
     TrainerScope,
@@ -57,8 +57,6 @@ from loops_runner.wire import (
 )
 
 logger = logging.getLogger("loops_runner.sdk")
-
-LOCAL_SESSION_ID = "local"
 # The create_lora_training_client options a from-state create also takes.
 _FROM_STATE_OPTIONS = frozenset({"seed", "timeout", "ready_timeout", "wandb_config",
                                  "max_seq_len", "sampler_timeout", "with_sampler", "name",
@@ -67,7 +65,17 @@ _env = options.env
 
 
 class ServiceClient:
-    """A Loops session; makes training and sampling clients."""
+    """A Loops session; makes training and sampling clients.
+
+    ``session_id`` is the control plane's id of this session (``"local"`` for
+    local clients), ``availability_model`` applies to everything it provisions,
+    and ``control_plane`` (this client's own extension) gives the control
+    plane's routes (None for ``local``).
+    """
+
+    session_id: str
+    availability_model: AvailabilityModel
+    control_plane: ControlPlaneClient | None
 
     def __init__(
         self,
@@ -81,28 +89,33 @@ class ServiceClient:
         availability_model: AvailabilityModel | str | None = None,
         reconnect: Reconnect | None = None,
     ) -> None:
-        self._api_key = api_key if api_key is not None else _env("BASETEN_API_KEY")
-        self._base_url = (base_url or _env("LOOPS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._reuse_from_run_id = reuse_from_run_id if reuse_from_run_id is not None \
-            else _env("LOOPS_REUSE_FROM_RUN_ID")
-        self._reuse_from_session_id = reuse_from_session_id \
-            if reuse_from_session_id is not None else _env("LOOPS_REUSE_FROM_SESSION_ID")
-        self._training_project_id = training_project_id
+        api_key = api_key if api_key is not None else _env("BASETEN_API_KEY")
+        base_url = (base_url or _env("LOOPS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         # One availability for the whole script: it applies to every trainer
         # and sampler this client provisions.
-        self._availability_model = options.availability_model(availability_model)
-        if self._availability_model is AvailabilityModel.spot:
+        availability = options.availability_model(availability_model)
+        if availability is AvailabilityModel.spot:
             logger.warning("trainers and samplers of this client run on spot capacity: a spot "
                            "run stops when its GPUs are reclaimed; save checkpoints")
-        self._local: tuple[str, str] | None = None
-        self._reconnect = reconnect
-        self._control_plane: ControlPlaneClient | None = ControlPlaneClient(
-            self._base_url, self._api_key, reconnect=reconnect)
+        control_plane = ControlPlaneClient(base_url, api_key, reconnect=reconnect)
         team = team or _env(options.TEAM_ENV)
         if team is not None:
-            self._control_plane.team_id = self._control_plane.team_id_of(team)
-        self._session_id = self._control_plane.create_session(training_project_id)
-        logger.info("Loops session %s on %s", self._session_id, self._base_url)
+            control_plane.team_id = control_plane.team_id_of(team)
+        self._use(ControlPlaneProvisioner(
+            control_plane, training_project_id=training_project_id,
+            availability_model=availability,
+            reuse_from_run_id=reuse_from_run_id if reuse_from_run_id is not None
+            else _env("LOOPS_REUSE_FROM_RUN_ID"),
+            reuse_from_session_id=reuse_from_session_id if reuse_from_session_id is not None
+            else _env("LOOPS_REUSE_FROM_SESSION_ID"),
+            reconnect=reconnect))
+
+    def _use(self, provisioner: Provisioner) -> None:
+        """Every create goes through ``provisioner`` from now on (chosen once)."""
+        self._provisioner = provisioner
+        self.session_id = provisioner.session_id
+        self.availability_model = provisioner.availability_model
+        self.control_plane = provisioner.control_plane
 
     @classmethod
     def local(cls, *, trainer_url: str, sampler_url: str) -> ServiceClient:
@@ -111,47 +124,21 @@ class ServiceClient:
         Training and sampling work; saving, loading, publishing and the
         checkpoint registry need a run and a control plane, and are refused.
         """
-        client = cls.__new__(cls)
-        client._api_key = None
-        client._base_url = ""
-        client._reuse_from_run_id = None
-        client._reuse_from_session_id = None
-        client._training_project_id = None
-        client._availability_model = AvailabilityModel.dedicated
-        client._local = (trainer_url.rstrip("/"), sampler_url.rstrip("/"))
-        client._reconnect = None
-        client._control_plane = None
-        client._session_id = LOCAL_SESSION_ID
-        return client
-
-    @property
-    def session_id(self) -> str:
-        """The control plane's id of this session (``"local"`` for local clients)."""
-        return self._session_id
+        return _DirectServiceClient(DirectProvisioner(trainer_url, sampler_url))
 
     @property
     def base_url(self) -> str:
         """The control plane's URL; after a reconnect, where it listens now."""
-        if self._control_plane is not None:
-            return self._control_plane.base_url
-        return self._base_url
-
-    @property
-    def control_plane(self) -> ControlPlaneClient | None:
-        """This client's own extension: the control plane's routes (None for ``local``)."""
-        return self._control_plane
-
-    @property
-    def availability_model(self) -> AvailabilityModel:
-        return self._availability_model
+        return self._provisioner.base_url
 
     def _cp(self, what: str) -> ControlPlaneClient:
-        if self._control_plane is None:
+        control_plane = self.control_plane
+        if control_plane is None:
             raise UnsupportedOperationError(
                 "not available on ServiceClient.local(...): it has no control plane; use "
                 "ServiceClient(base_url=...) for checkpoints, capabilities and resumes",
                 operation=what)
-        return self._control_plane
+        return control_plane
 
     # -- training clients ------------------------------------------------------------
 
@@ -220,73 +207,13 @@ class ServiceClient:
             raise ValueError(f"rank must be >= 1, got {rank}")
         options.check_count(replicas, "replicas")
         options.check_count(sampler_num_replicas, "sampler_num_replicas")
-        resolved_scope = options.trainer_scope(scope)
-        if base_checkpoint is not None and (self._reuse_from_run_id is not None
-                                            or self._reuse_from_session_id is not None):
-            raise ValueError("base_checkpoint cannot be combined with trainer reuse: create the "
-                             "ServiceClient without reuse_from_run_id / reuse_from_session_id")
-        if self._local is not None:
-            return self._local_training_client(
-                base_model, rank=rank, seed=seed, timeout=timeout, ready_timeout=ready_timeout,
-                wandb_config=wandb_config, max_seq_len=max_seq_len,
-                sampler_timeout=sampler_timeout, unsupported={
-                    "replicas": replicas if replicas != 1 else None,
-                    "scope": resolved_scope, "base_checkpoint": base_checkpoint,
-                    "sampler_num_replicas": sampler_num_replicas})
-        control_plane = self._cp("create_lora_training_client")
-        request = CreateTrainerRequest(
-            session_id=self._session_id, base_model=base_model, lora_rank=rank,
-            replicas=replicas, availability_model=self._availability_model, seed=seed,
-            max_seq_len=max_seq_len, name=name, path=checkpoint_path,
-            base_checkpoint=base_checkpoint, scope=resolved_scope,
-            reuse_from_run_id=self._reuse_from_run_id,
-            reuse_from_session_id=None if self._reuse_from_run_id is not None
-            else self._reuse_from_session_id)
-        run = control_plane.create_trainer(request)
-        endpoint = TrainerEndpoint.from_run(run)
-        logger.info("Loops run %s (%s trainer at %s, model %s)", run.id, endpoint.kind,
-                    endpoint.base_url, run.base_model)
-        paired = None
-        if run.sampler is not None and run.sampler.base_url:
-            paired = SamplerEndpoint.from_info(run.sampler)
-        elif with_sampler:
-            try:
-                paired = SamplerEndpoint.from_info(control_plane.create_sampler(
-                    CreateSamplerRequest(session_id=self._session_id, run_id=run.id,
-                                         num_replicas=sampler_num_replicas)))
-            except LoopsError as exc:
-                logger.warning("creating the paired sampler of run %s failed (%s); it will "
-                               "be created at the first sampling request", run.id, exc)
-        # Everything after this uses the name the control plane answered with.
-        wait_for_trainer(control_plane, endpoint, base_model=run.base_model, run_id=run.id,
-                         ready_timeout=ready_timeout)
-        return TrainingClient(
-            endpoint, lora_rank=rank, base_model=run.base_model, run_id=run.id,
-            api_key=control_plane.api_key, timeout=timeout, ready_timeout=ready_timeout,
-            sampler_timeout=sampler_timeout, api_base_url=control_plane.base_url,
-            control_plane_reconnect=self._reconnect,
-            session_id=self._session_id, paired_sampling_deployment=paired,
-            wandb_config=wandb_config, max_seq_len=max_seq_len,
-            base_checkpoint=run.base_checkpoint, seed=seed,
-            sampler_num_replicas=sampler_num_replicas)
-
-    def _local_training_client(self, base_model: str, *, rank: int, seed: int | None,
-                               timeout: float, ready_timeout: float,
-                               wandb_config: WandbConfig | None, max_seq_len: int | None,
-                               sampler_timeout: float | None,
-                               unsupported: dict[str, Any]) -> TrainingClient:
-        for option, value in unsupported.items():
-            if value is not None:
-                raise ValueError(
-                    f"{option}={value!r} is chosen when a control plane provisions the "
-                    "trainer; ServiceClient.local(...) talks to servers that already run")
-        assert self._local is not None
-        trainer_url, sampler_url = self._local
-        return TrainingClient(
-            trainer_url, lora_rank=rank, base_model=base_model, timeout=timeout,
-            ready_timeout=ready_timeout, sampler_timeout=sampler_timeout,
-            paired_sampling_deployment=SamplerEndpoint(sampler_url),
-            wandb_config=wandb_config, max_seq_len=max_seq_len, seed=seed)
+        return self._provisioner.training_client(TrainerSpec(
+            base_model=base_model, rank=rank, seed=seed, timeout=timeout,
+            ready_timeout=ready_timeout, wandb_config=wandb_config, max_seq_len=max_seq_len,
+            name=name, with_sampler=with_sampler, sampler_timeout=sampler_timeout,
+            replicas=replicas, sampler_num_replicas=sampler_num_replicas,
+            scope=options.trainer_scope(scope), base_checkpoint=base_checkpoint,
+            checkpoint_path=checkpoint_path))
 
     def create_training_client_from_state(self, path: str,
                                           user_metadata: dict[str, Any] | None = None,
@@ -363,38 +290,10 @@ class ServiceClient:
         if base_model is not None and not base_model:
             raise ValueError("base_model must name a model")
         options.check_count(num_replicas, "num_replicas")
-        resolved_scope = options.sampler_scope(scope)
-        if self._local is not None:
-            if model_path is not None:
-                raise ValueError("model_path needs a control plane to find the checkpoint; "
-                                 "ServiceClient.local(...) talks to a sampler that already runs")
-            for option, value in {"max_seq_len": max_seq_len, "num_replicas": num_replicas,
-                                  "scope": resolved_scope}.items():
-                if value is not None:
-                    raise ValueError(f"{option}={value!r} is chosen when a control plane "
-                                     "provisions the sampler; ServiceClient.local(...) talks "
-                                     "to a sampler that already runs")
-            assert base_model is not None
-            return SamplingClient(base_model=base_model, endpoint=SamplerEndpoint(self._local[1]),
-                                  timeout=timeout, ready_timeout=ready_timeout)
-        control_plane = self._cp("create_sampling_client")
-        if model_path is not None:
-            base_model = control_plane.checkpoint_by_path(model_path).base_model
-        assert base_model is not None
-        request = CreateSamplerRequest(
-            session_id=self._session_id, availability_model=self._availability_model,
-            base_model=None if model_path is not None else base_model, model_path=model_path,
-            max_seq_length=max_seq_len, num_replicas=num_replicas,
-            scope=resolved_scope, reuse_from_session_id=self._reuse_from_session_id)
-        sampler = control_plane.create_sampler(request)
-        endpoint = SamplerEndpoint.from_info(sampler)
-        logger.info("Loops sampler %s (%s) at %s", endpoint.sampler_id, endpoint.kind,
-                    endpoint.base_url)
-        wait_for_sampler(control_plane, endpoint, ready_timeout)
-        return SamplingClient(base_model=base_model, endpoint=endpoint,
-                              api_key=control_plane.api_key,
-                              timeout=timeout, ready_timeout=ready_timeout,
-                              session_id=self._session_id, checkpoint_path=model_path)
+        return self._provisioner.sampling_client(SamplerSpec(
+            base_model=base_model, model_path=model_path, timeout=timeout,
+            ready_timeout=ready_timeout, max_seq_len=max_seq_len, num_replicas=num_replicas,
+            scope=options.sampler_scope(scope)))
 
     create_sampling_client_async = in_thread(create_sampling_client)
 
@@ -430,8 +329,8 @@ class ServiceClient:
         ``checkpoint_id`` by keyword (a positional one warns).
         """
         control_plane = self._cp("get_checkpoint_archive_url")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
-        return checkpoints.files_page(control_plane, resolved, page_size, page_token)
+        resolved = downloads.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return downloads.files_page(control_plane, resolved, page_size, page_token)
 
     get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
@@ -445,11 +344,18 @@ class ServiceClient:
         ``progress(bytes_so_far, total_bytes)`` is called as the files arrive.
         """
         control_plane = self._cp("download_checkpoint")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, run_id, target)
-        return checkpoints.download(control_plane, resolved, dest_dir, progress)
+        resolved = downloads.resolve_id(control_plane, checkpoint_id, name, run_id, target)
+        return downloads.download(control_plane, resolved, dest_dir, progress)
 
     download_checkpoint_async = in_thread(download_checkpoint)
 
     def __repr__(self) -> str:
-        where = f"local trainer={self._local[0]}" if self._local else self.base_url
-        return f"<ServiceClient session={self._session_id} {where}>"
+        return f"<ServiceClient session={self.session_id} {self._provisioner.describe()}>"
+
+
+class _DirectServiceClient(ServiceClient):
+    """What ``ServiceClient.local`` returns: the same client over a
+    :class:`DirectProvisioner`, made without opening a control-plane session."""
+
+    def __init__(self, provisioner: DirectProvisioner) -> None:
+        self._use(provisioner)

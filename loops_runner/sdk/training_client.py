@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from loops_runner.sdk import checkpoints, chunking, custom_loss, publishing
+from loops_runner.sdk import checkpoint_downloads, chunking, custom_loss, publishing
 from loops_runner.sdk import heartbeat as heartbeat_module
 from loops_runner.sdk.control_plane import ControlPlaneClient, Reconnect
 from loops_runner.sdk.deployments import SamplerEndpoint, TrainerEndpoint, health_url
@@ -49,7 +49,7 @@ from loops_runner.sdk.http import (
     base_headers,
     raise_for_status,
 )
-from loops_runner.sdk.operations import OperationRef, TrainerConnection
+from loops_runner.sdk.operation_protocol import OperationRef, TrainerConnection
 from loops_runner.sdk.ordering import Turnstile
 from loops_runner.sdk.sampling_client import SamplingClient
 from loops_runner.sdk.tokenizer import get_tokenizer
@@ -714,9 +714,9 @@ class TrainingClient:
             target: CheckpointTarget | str | None = None) -> CheckpointFilesResponse:
         """Signed URLs of a checkpoint's files (by id, or by ``name`` in this run)."""
         control_plane = self._checkpoint_api("get_checkpoint_archive_url")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, self._run_id,
+        resolved = checkpoint_downloads.resolve_id(control_plane, checkpoint_id, name, self._run_id,
                                           target)
-        return checkpoints.files_page(control_plane, resolved, page_size, page_token)
+        return checkpoint_downloads.files_page(control_plane, resolved, page_size, page_token)
 
     get_checkpoint_archive_url_async = in_thread(get_checkpoint_archive_url)
 
@@ -725,9 +725,9 @@ class TrainingClient:
                             target: CheckpointTarget | str | None = None) -> CheckpointDownload:
         """Write a checkpoint's files into the empty directory ``dest_dir``."""
         control_plane = self._checkpoint_api("download_checkpoint")
-        resolved = checkpoints.resolve_id(control_plane, checkpoint_id, name, self._run_id,
+        resolved = checkpoint_downloads.resolve_id(control_plane, checkpoint_id, name, self._run_id,
                                           target)
-        return checkpoints.download(control_plane, resolved, dest_dir)
+        return checkpoint_downloads.download(control_plane, resolved, dest_dir)
 
     download_checkpoint_async = in_thread(download_checkpoint)
 

@@ -18,16 +18,37 @@ GATEWAY_SOURCE_HEADER = ERROR_SOURCE_HEADER
 GATEWAY_CODE_HEADER = ERROR_CODE_HEADER
 
 
-class InvalidRequest(ValueError):
-    """A request that can never succeed, refused before it changes any state.
+class Refusal(Exception):
+    """A request refused before it changes any state, answered ``status`` with the
+    error shape of spec 2.2 (``detail`` and ``details.reason``).
 
-    The message names the field and the limit. The trainer answers it 422 with
-    the error shape of spec 2.2, the sampler a vLLM-style 400 (``param`` names
-    the offending field there); a client retries neither.
+    The one refusal type of every server: the control plane's route checks, the
+    trainer's operation submits (raised by ``prepare``, so nothing is accepted)
+    and request validation all raise it.
+    """
+
+    def __init__(self, status: int, detail: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.reason = reason
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.detail, self.reason, self.headers)
+
+
+class InvalidRequest(Refusal, ValueError):
+    """A request that can never succeed: the message names the field and the limit.
+
+    The trainer answers it 422 with the error shape of spec 2.2, the sampler a
+    vLLM-style 400 (``param`` names the offending field there); a client
+    retries neither.
     """
 
     def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(422, message, "INVALID_REQUEST")
         self.param = param
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from loops_runner.servers.control_plane.auth import API_KEY_ENV
 from loops_runner.servers.launch import ServerProcess, spawn_server, tail
 from loops_runner.storage import atomic, layout, manifests
 from loops_runner.wire.paths import CheckpointKind
@@ -56,7 +57,8 @@ def start_control_plane(home: Path, *, api_key: str | None = None,
                         env: dict[str, str] | None = None) -> ControlPlaneProcess:
     args = ["control-plane", "--home", str(home), "--port", "0", *(extra or [])]
     if api_key:
-        args += [f"--api-key={api_key}"]
+        # The key goes in the environment, never on the command line (ps shows that).
+        env = {**(env or {}), API_KEY_ENV: api_key}
     server = spawn_server(args, home / "logs" / "control-plane-test.log", env=env,
                           start_timeout=60)
     return ControlPlaneProcess(server, home, api_key, args)

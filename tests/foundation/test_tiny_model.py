@@ -15,6 +15,7 @@ import pytest
 
 from loops_runner.models import tiny
 from loops_runner.models.machine import recorded_machine
+from loops_runner.tiny_build import builder
 
 CLI = [sys.executable, "-m", "loops_runner.cli"]
 
@@ -41,17 +42,23 @@ def test_prepare_twice_reuses_the_build(tmp_path: Path) -> None:
         assert hashlib.sha256((Path(first) / name).read_bytes()).hexdigest() == digest
 
 
-def test_recipe_version_change_triggers_rebuild(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recipe_version_change_needs_a_build(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     built = tiny.prepare(tmp_path)
     monkeypatch.setattr(tiny, "RECIPE_VERSION", tiny.RECIPE_VERSION + 1)
     assert not tiny.is_built(tiny.model_dir(tmp_path))
-    # The shipped copy is of the old version, so prepare builds from scratch: the
-    # same code path with a few steps (the full build is the reproduction test's).
-    monkeypatch.setattr(tiny, "PRETRAIN", dataclasses.replace(
-        tiny.PRETRAIN, steps=3, chats=64, prose_paragraphs=8, lexicon_repeats=1))
-    rebuilt = tiny.prepare(tmp_path)
+    # The shipped copy is of the old version: prepare refuses (naming the command
+    # that builds) and installs nothing, instead of silently pretraining for minutes.
+    with pytest.raises(tiny.TinyNotShippedError, match="loops-runner models build tiny"):
+        tiny.prepare(tmp_path)
+    assert not tiny.model_dir(tmp_path).exists()
+    # The build from scratch, the code path `models build tiny` runs, with a few steps
+    # (the full build is the reproduction test's).
+    settings = dataclasses.replace(builder.PRETRAIN, steps=3, chats=64, prose_paragraphs=8,
+                                   lexicon_repeats=1)
+    rebuilt = builder.build_into_home(tmp_path, settings)
     assert rebuilt != built and tiny.is_built(rebuilt)
+    assert tiny.prepare(tmp_path) == rebuilt
     info = tiny.build_info(rebuilt)
     assert info["recipe_version"] == tiny.RECIPE_VERSION and info["pretrain"]["steps"] == 3
     assert 0.0 <= info["heldout_accuracy"]["default_mix"] <= 1.0
@@ -76,8 +83,8 @@ def test_base_accuracy_is_inside_the_band(tiny_model_dir: Path) -> None:
     pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loops_runner.models.pretrain import greedy_accuracy
     from loops_runner.tasks import sample_rows
+    from loops_runner.tiny_build.pretrain import greedy_accuracy
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -110,7 +117,7 @@ def test_model_loads_and_generates_offline(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert type(model).__name__ == "Qwen3ForCausalLM"
-    assert len(tokenizer) <= model.config.vocab_size == tiny.VOCAB_TARGET
+    assert len(tokenizer) <= model.config.vocab_size == builder.VOCAB_TARGET
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Reverse the word: apple"}],
         add_generation_prompt=True, return_tensors="pt", return_dict=True,

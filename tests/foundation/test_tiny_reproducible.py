@@ -17,6 +17,7 @@ import pytest
 
 from loops_runner.models import tiny
 from loops_runner.models.machine import MachineClass, current_machine, recorded_machine
+from loops_runner.tiny_build import builder
 from tests.foundation.tiny_rebuild import (
     ACCURACY_TOLERANCE,
     LOSS_RELATIVE_TOLERANCE,
@@ -40,7 +41,7 @@ def test_a_slice_of_the_recipe_rebuilds_byte_for_byte(tmp_path: Path) -> None:
     second = tiny.build_info(slice_build(tmp_path / "second", timeout=400))
     assert first["pretrain"]["steps"] == SLICE["steps"], first["pretrain"]
     assert first["pretrain"] == {**first["pretrain"], **dataclasses.asdict(
-        dataclasses.replace(tiny.PRETRAIN, **SLICE))}
+        dataclasses.replace(builder.PRETRAIN, **SLICE))}
     # It learned something (so the bytes compared are trained weights, not the init).
     assert first["pretrain"]["final_loss"] < first["pretrain"]["first_loss"] - 2.0, first
     assert set(first["sha256"]) == set(_shipped()["sha256"])
@@ -64,7 +65,7 @@ def test_shipped_model_scores_its_recorded_heldout_accuracy(tiny_model_dir: Path
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     scored = {name: round(value, 3) for name, value in
-              tiny.heldout_accuracy(model, tokenizer, tiny.PRETRAIN.threads).items()}
+              builder.heldout_accuracy(model, tokenizer, builder.PRETRAIN.threads).items()}
     recorded, here = info["heldout_accuracy"], current_machine()
     built_on = recorded_machine(info)
     assert built_on is not None, "the shipped build info records no machine class"

@@ -1,6 +1,6 @@
 """Rebuilding ``tiny``: the builds the tests run and what a rebuild must agree on.
 
-Two checks of one recipe (scripts/pretrain_tiny.py = models/tiny.py + pretrain.py):
+Two checks of one recipe (scripts/pretrain_tiny.py = tiny_build/builder.py + pretrain.py):
 
 * a *slice* (``SLICE``: 40 steps on a small corpus, otherwise the same recipe),
   built in two fresh processes under different thread and hash-seed settings,
@@ -52,8 +52,9 @@ WEIGHTS = "model.safetensors"
 def libraries_match() -> bool:
     """Whether this environment has the library versions the shipped tiny was built with."""
     from loops_runner.models import tiny
+    from loops_runner.tiny_build import builder
 
-    return tiny.build_libraries() == tiny.build_info(tiny.SHIPPED_DIR)["libraries"]
+    return builder.build_libraries() == tiny.build_info(tiny.SHIPPED_DIR)["libraries"]
 
 
 def _lowest_priority_child() -> None:
@@ -97,8 +98,9 @@ def slice_build(workdir: Path, timeout: float) -> Path:
     """The same recipe cut to ``SLICE``, built into ``<workdir>/tiny`` by a fresh process."""
     out = workdir / "tiny"
     code = ("import dataclasses, sys\nfrom pathlib import Path\n"
-            "from loops_runner.models import tiny\n"
-            f"tiny.build(Path(sys.argv[1]), dataclasses.replace(tiny.PRETRAIN, **{SLICE!r}))\n")
+            "from loops_runner.tiny_build import builder\n"
+            "builder.build(Path(sys.argv[1]),\n"
+            f"              dataclasses.replace(builder.PRETRAIN, **{SLICE!r}))\n")
     out.mkdir(parents=True)
     return _run_build(["-c", code, str(out)], out, workdir / "build.log", timeout)
 

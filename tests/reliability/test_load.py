@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from loops_runner.servers.operations import Accepted, OperationStore
+from loops_runner.servers.operation_store import Accepted, OperationStore
 from tests.reliability.load import rss_bytes, sampler_load, sequential_replay, trainer_load
 
 CLIENTS = 8

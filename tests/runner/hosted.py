@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from loops_runner.servers.control_plane.auth import API_KEY_ENV
 from loops_runner.servers.launch import ServerProcess, spawn_server
 
 API_KEY = "stand-in-key"
@@ -56,8 +57,8 @@ def stand_in_control_plane(home: Path) -> Iterator[StandIn]:
     from loops_runner.models import tiny
 
     tiny.prepare(home)
-    process = spawn_server(["control-plane", "--port", "0", "--home", str(home),
-                            f"--api-key={API_KEY}"], home / "logs" / "stand-in.log")
+    process = spawn_server(["control-plane", "--port", "0", "--home", str(home)],
+                           home / "logs" / "stand-in.log", env={API_KEY_ENV: API_KEY})
     stand_in = StandIn(process.url, home, process)
     try:
         deadline = time.monotonic() + 120

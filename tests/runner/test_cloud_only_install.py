@@ -7,7 +7,7 @@ into a fresh virtualenv with no access to the repository (the commands run
 from a folder outside it, with no PYTHONPATH), so top-level ``conf``/
 ``recipes`` folders cannot mask a broken wheel. Our control plane, started
 from the project environment, stands in for Baseten's. Every command that
-docs/baseten.md and the README's "On Baseten" section show is run here, with
+docs/baseten.md and the README's "Backends" section show is run here, with
 the stand-in's URL for Baseten's, the built-in tiny model for Qwen and a few
 steps each.
 """
@@ -42,9 +42,9 @@ QUICK = {"sft": ["recipe.dataset.num_examples=64", "recipe.dataset.eval_examples
 
 
 def documented_commands() -> list[str]:
-    """The shell commands of docs/baseten.md and the README's "On Baseten" section."""
+    """The shell commands of docs/baseten.md and the README's "Backends" section."""
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## On Baseten", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## Backends", 1)[1].split("\n## ", 1)[0]
     commands: list[str] = []
     for text in ((REPO / "docs" / "baseten.md").read_text(), section):
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):

@@ -107,7 +107,7 @@ def test_checkpoint_files_manifest_and_checksums(trainer_server, run_id: str,
 _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from loops_runner.servers.trainer import checkpoints
+    from loops_runner.servers.trainer import checkpoint_folders
 
     class Config:  # stands in for peft.LoraConfig (saves importing peft here)
         def __init__(self, r):
@@ -120,8 +120,8 @@ _CHILD = textwrap.dedent("""
 
     home, run_id, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     folder = home / "runs" / run_id / "weights" / "snap"
-    old = checkpoints.read_checkpoint(folder, with_optimizer=True)
-    real_write = checkpoints._write_bytes
+    old = checkpoint_folders.read_checkpoint(folder, with_optimizer=True)
+    real_write = checkpoint_folders._write_bytes
     calls = []
 
     def write_then_hang(path, data):
@@ -133,11 +133,11 @@ _CHILD = textwrap.dedent("""
             time.sleep(600)
         return real_write(path, data)
 
-    checkpoints._write_bytes = write_then_hang
+    checkpoint_folders._write_bytes = write_then_hang
     config = Config(old.rank)
-    payload = checkpoints.AdapterPayload({k: v + 1 for k, v in old.tensors.items()}, config,
+    payload = checkpoint_folders.AdapterPayload({k: v + 1 for k, v in old.tensors.items()}, config,
                                          old.rank, 32, old.base_model)
-    checkpoints.write_checkpoint(home, run_id, "weights", "snap", payload, step=999,
+    checkpoint_folders.write_checkpoint(home, run_id, "weights", "snap", payload, step=999,
                                  ttl_seconds=None, optimizer=old.optimizer)
 """)
 
@@ -274,7 +274,7 @@ def test_publish_updates_live_pointer_and_notifies_the_paired_sampler(
 def test_expired_checkpoints_are_swept(trainer_server, run_id: str, loops_home: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from loops_runner.servers.trainer.checkpoints import sweep_expired
+    from loops_runner.servers.trainer.checkpoint_folders import sweep_expired
 
     trainer = Trainer(trainer_server.url, run_id)
     trainer.init(rank=4)

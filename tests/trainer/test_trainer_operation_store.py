@@ -19,10 +19,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from loops_runner.servers.common import bind_socket, server_url
-from loops_runner.servers.operations import (
+from loops_runner.servers.common import Refusal, bind_socket, server_url
+from loops_runner.servers.operation_store import (
     Accepted,
-    OperationRejected,
     OperationStore,
     idempotency_key,
     install_operation_routes,
@@ -46,7 +45,7 @@ class ToyServer:
 
             async def prepare() -> Accepted:
                 if reject:
-                    raise OperationRejected(422, "refused at submit", "INVALID_REQUEST")
+                    raise Refusal(422, "refused at submit", "INVALID_REQUEST")
 
                 def job() -> dict[str, Any]:
                     time.sleep(seconds)

@@ -1,6 +1,6 @@
 """Refusals of the control plane, and the checks every request handler shares.
 
-Every refusal is an ``ApiError`` (422 for bad input, 404 for unknown ids on
+Every refusal is a ``servers.common.Refusal`` (422 for bad input, 404 for unknown ids on
 read routes, 501 for what the local control plane cannot honour, 503 when a
 server could not be started) so clients never retry a permanent error. The
 checks read the store and the checkpoint registry and change nothing.
@@ -18,6 +18,7 @@ from loops_runner.models.registry import (
     max_context_length,
     resolve_model,
 )
+from loops_runner.servers.common import Refusal
 from loops_runner.servers.control_plane.checkpoint_registry import CheckpointRegistry
 from loops_runner.servers.control_plane.store import Store
 from loops_runner.servers.control_plane.tables import CheckpointRow, DeploymentRow, SessionRow
@@ -29,24 +30,16 @@ LOCAL_TEAM = Team(id="team-local", name="local")
 LOCAL_SCOPES = frozenset({None, "default", "deployment"})
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, reason: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.reason = reason
+def invalid(detail: str, reason: str = "INVALID_REQUEST") -> Refusal:
+    return Refusal(422, detail, reason)
 
 
-def invalid(detail: str, reason: str = "INVALID_REQUEST") -> ApiError:
-    return ApiError(422, detail, reason)
+def not_found(detail: str) -> Refusal:
+    return Refusal(404, detail, "NOT_FOUND")
 
 
-def not_found(detail: str) -> ApiError:
-    return ApiError(404, detail, "NOT_FOUND")
-
-
-def deployment_failure(row: DeploymentRow) -> ApiError:
-    return ApiError(503, f"{row.kind} deployment {row.id} is {row.status}: {row.reason}",
+def deployment_failure(row: DeploymentRow) -> Refusal:
+    return Refusal(503, f"{row.kind} deployment {row.id} is {row.status}: {row.reason}",
                     "DEPLOYMENT_FAILED")
 
 
@@ -75,7 +68,7 @@ class Checks:
         # Every local trainer and sampler is a deployment of its own on this
         # machine; a pool it cannot reach is refused rather than ignored.
         if scope not in LOCAL_SCOPES:
-            raise ApiError(501, f"scope {scope!r} cannot be honoured by the local control "
+            raise Refusal(501, f"scope {scope!r} cannot be honoured by the local control "
                                 "plane: it runs every trainer and sampler as its own "
                                 "deployment on this machine (use 'default' or 'deployment')",
                            "NOT_SUPPORTED")

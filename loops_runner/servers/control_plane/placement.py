@@ -24,16 +24,13 @@ from loops_runner.servers.control_plane.deployment_states import (
     OPEN_RUN_STATUSES,
     TRAINER,
 )
+from loops_runner.wire.placement import MAX_RUNS_PER_TRAINER
 
 if TYPE_CHECKING:  # the CLI and the runner read the default without the store's imports
     from loops_runner.servers.control_plane.store import Store
     from loops_runner.servers.control_plane.supervisor import Supervisor
     from loops_runner.servers.control_plane.tables import DeploymentRow, RunRow
 
-DEFAULT_RUNS_PER_TRAINER = 8
-# The largest cap accepted: more runs than this on one process would mostly
-# evict each other's state (see the trainer's max resident runs).
-MAX_RUNS_PER_TRAINER = 1024
 
 
 def check_runs_per_trainer(value: int, field: str = "runs_per_trainer") -> int:

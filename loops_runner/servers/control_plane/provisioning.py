@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loops_runner.models.registry import REGISTRY, ResolvedModel, canonical_model_id
+from loops_runner.servers.common import Refusal
 from loops_runner.servers.control_plane import deployment_states as states
 from loops_runner.servers.control_plane.checks import (
-    ApiError,
     Checks,
     deployment_failure,
     invalid,
@@ -108,7 +108,7 @@ class Provisioning:
         if body.reuse_from_run_id and body.reuse_from_session_id:
             raise invalid("pass at most one of reuse_from_run_id and reuse_from_session_id")
         if body.base_checkpoint is not None:
-            raise ApiError(501, "base_checkpoint is not supported by the local control plane: "
+            raise Refusal(501, "base_checkpoint is not supported by the local control plane: "
                                 "pass the merged model as base_model (a local directory or "
                                 "Hugging Face id) instead", "NOT_SUPPORTED")
         resolved = await self.checks.resolved_model(body.base_model, "base_model")
@@ -189,7 +189,7 @@ class Provisioning:
                 self.supervisor.wait_ready(deployment.id, self.create_wait))
             try:
                 sampler = await self.create_paired_sampler(run.id, session.id)
-            except ApiError as exc:
+            except Refusal as exc:
                 logger.warning("eager paired sampler for run %s failed: %s", run.id, exc)
             deployment = await trainer_wait
         else:
@@ -368,7 +368,7 @@ class Provisioning:
                 return self.views.deployment_info(self.checks.deployment(row.id))
         elif len(hosted) > 1 and not force:
             names = ", ".join(other.id for other in hosted)
-            raise ApiError(409, f"deployment {row.id} is a trainer shared by {len(hosted)} open "
+            raise Refusal(409, f"deployment {row.id} is a trainer shared by {len(hosted)} open "
                                 f"runs ({names}): pass run_id=<run> to stop one run (the "
                                 "process stops with its last run), or force=true to stop the "
                                 "process and all of them", "DEPLOYMENT_SHARED")
@@ -396,7 +396,7 @@ class Provisioning:
             hosted = open_runs(self.store.list_runs(deployment_id=row.trainer_deployment_id))
             if hosted:
                 names = ", ".join(run.id for run in hosted)
-                raise ApiError(409, f"sampler deployment {row.id} is paired with trainer "
+                raise Refusal(409, f"sampler deployment {row.id} is paired with trainer "
                                     f"{row.trainer_deployment_id}, which still hosts open runs "
                                     f"({names}); deactivate the runs and it stops with them",
                                "DEPLOYMENT_SHARED")

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from loops_runner.servers.common import error_response, format_validation_errors
+from loops_runner.servers.common import Refusal, error_response, format_validation_errors
 from loops_runner.servers.control_plane.checkpoint_requests import MAX_FILE_PAGE_SIZE
-from loops_runner.servers.control_plane.checks import LOCAL_TEAM, ApiError, invalid
+from loops_runner.servers.control_plane.checks import LOCAL_TEAM, invalid
 from loops_runner.servers.control_plane.files import FileTokenError, resolve_file
 from loops_runner.servers.control_plane.service import ControlPlane
 from loops_runner.servers.openapi import answers, json_body
@@ -264,8 +264,8 @@ def build_router(cp: ControlPlane) -> APIRouter:
 
 
 def api_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.detail, exc.reason)
+    assert isinstance(exc, Refusal)
+    return exc.response()
 
 
 def request_validation_handler(_: Request, exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """``loops-runner serve control-plane``: the local Loops control plane.
 
 Binds 127.0.0.1 unless ``--host`` is given explicitly (then it also listens
-for other machines, which is only sensible with ``--api-key``). One control
+for other machines, which is only sensible with an API key: ``--api-key-file``
+or ``$LOOPS_CONTROL_PLANE_API_KEY``, never the command line). One control
 plane per data home: a lock file refuses a second one, and
 ``<home>/control_plane.json`` tells launchers (the runner's local backend)
 where the running one listens.
@@ -23,9 +24,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
-from loops_runner.servers.common import serve_app
-from loops_runner.servers.control_plane.auth import ApiKeyMiddleware
-from loops_runner.servers.control_plane.checks import ApiError
+from loops_runner.servers.common import Refusal, serve_app
+from loops_runner.servers.control_plane.auth import ApiKeyMiddleware, configured_key
 from loops_runner.servers.control_plane.placement import check_runs_per_trainer
 from loops_runner.servers.control_plane.routes import (
     api_error_handler,
@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_openapi(app, ErrorBody)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, expected=settings.api_key)
-    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Refusal, api_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(build_router(control_plane))
@@ -96,11 +96,15 @@ def serve(args: argparse.Namespace) -> None:
                                                    "%(message)s")
     # One line per health probe would drown the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        api_key = configured_key(Path(args.api_key_file) if args.api_key_file else None)
+    except ValueError as exc:
+        sys.exit(str(exc))
     home = loops_home(args.home)
     home.mkdir(parents=True, exist_ok=True)
     host = args.host or "127.0.0.1"
-    if args.host and args.host not in _LOOPBACK and not args.api_key:
-        logger.warning("listening on %s without --api-key: anyone who can reach this port "
+    if args.host and args.host not in _LOOPBACK and not api_key:
+        logger.warning("listening on %s without an API key: anyone who can reach this port "
                        "can start servers and read checkpoints", args.host)
     if args.idle_timeout <= 0:
         sys.exit("--idle-timeout must be > 0 seconds")
@@ -110,7 +114,7 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(str(exc))
     lock = _hold_home_lock(home)
     settings = Settings(
-        home=home, api_key=args.api_key or None, idle_timeout=float(args.idle_timeout),
+        home=home, api_key=api_key, idle_timeout=float(args.idle_timeout),
         create_wait=float(os.environ.get("LOOPS_CP_CREATE_WAIT", 240.0)),
         deploy_timeout=float(os.environ.get("LOOPS_CP_DEPLOY_TIMEOUT", 1800.0)),
         runs_per_trainer=args.runs_per_trainer,

@@ -2,7 +2,7 @@
 
 Routes parse and hand over: creates and deactivation to ``provisioning``,
 reads to ``views``, checkpoint requests to ``checkpoint_requests``; the checks
-they share (and ``ApiError``, every refusal) are in ``checks``. The
+they share are in ``checks`` (every refusal a ``servers.common.Refusal``). The
 ``ControlPlane`` builds them around one store, one supervisor (processes) and
 one checkpoint registry, starts and stops them, and answers capabilities.
 """
@@ -24,16 +24,13 @@ from loops_runner.servers.control_plane.checkpoint_registry import CheckpointReg
 from loops_runner.servers.control_plane.checkpoint_requests import CheckpointRequests
 from loops_runner.servers.control_plane.checks import Checks
 from loops_runner.servers.control_plane.files import FileSigner, load_or_create_secret
-from loops_runner.servers.control_plane.placement import (
-    DEFAULT_RUNS_PER_TRAINER,
-    Placement,
-    check_runs_per_trainer,
-)
+from loops_runner.servers.control_plane.placement import Placement, check_runs_per_trainer
 from loops_runner.servers.control_plane.provisioning import Provisioning
 from loops_runner.servers.control_plane.store import Store
 from loops_runner.servers.control_plane.supervisor import Supervisor
 from loops_runner.servers.control_plane.views import Views
 from loops_runner.wire.control_plane import ServerCapabilities, SupportedModel
+from loops_runner.wire.placement import DEFAULT_RUNS_PER_TRAINER
 
 logger = logging.getLogger(__name__)
 

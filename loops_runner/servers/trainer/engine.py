@@ -29,7 +29,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from loops_runner.models.loading import LoadedModel
-from loops_runner.servers.trainer import checkpoints, forward_pass, publish, residency
+from loops_runner.servers.trainer import checkpoint_folders, forward_pass, publish, residency
 from loops_runner.servers.trainer.batching import (
     CUDA_BATCH_OVERHEAD_TOKENS,
     DEFAULT_BATCH_OVERHEAD_TOKENS,
@@ -354,14 +354,14 @@ class TrainerEngine:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def _payload(self, run: RunState) -> checkpoints.AdapterPayload:
+    def _payload(self, run: RunState) -> checkpoint_folders.AdapterPayload:
         tensors = {key: param.detach().to("cpu").clone() for key, param in run.params.items()}
-        return checkpoints.AdapterPayload(tensors, run.lora_config, run.rank, run.alpha,
+        return checkpoint_folders.AdapterPayload(tensors, run.lora_config, run.rank, run.alpha,
                                           self.base_model_id)
 
     def save_state(self, run_id: str, name: str, ttl_seconds: int | None) -> SaveWeightsResponse:
         run = self.run(run_id)
-        checkpoints.write_checkpoint(self.home, run_id, "weights", name, self._payload(run),
+        checkpoint_folders.write_checkpoint(self.home, run_id, "weights", name, self._payload(run),
                                      step=run.step, ttl_seconds=ttl_seconds,
                                      optimizer=run.optimizer)
         return SaveWeightsResponse(mode="state", path=bt_path(run_id, "weights", name))
@@ -369,7 +369,7 @@ class TrainerEngine:
     def save_weights_for_sampler(self, run_id: str, name: str, ttl_seconds: int | None,
                                  bump_version: bool) -> SaveWeightsForSamplerResponse:
         run = self.run(run_id)
-        checkpoints.write_checkpoint(self.home, run_id, "sampler_weights", name,
+        checkpoint_folders.write_checkpoint(self.home, run_id, "sampler_weights", name,
                                      self._payload(run), step=run.step, ttl_seconds=ttl_seconds)
         if bump_version:
             publish.set_live(self.home, run_id, run.step, name)
@@ -382,16 +382,16 @@ class TrainerEngine:
             parsed = parse_bt_path(path)
             atomic.restore_moved_aside(layout.run_dir(self.home, parsed.run_id) / parsed.kind)
         directory = layout.resolve_checkpoint_path(self.home, path)
-        loaded = checkpoints.read_checkpoint(directory, with_optimizer=with_optimizer)
+        loaded = checkpoint_folders.read_checkpoint(directory, with_optimizer=with_optimizer)
         if loaded.base_model is not None and not self._same_base(loaded.base_model):
             raise ValueError(f"checkpoint {path} was trained on base model {loaded.base_model!r}, "
                              f"but this trainer serves {self.base_model_id!r}")
         if loaded.rank != run.rank:
             raise ValueError(f"checkpoint {path} has LoRA rank {loaded.rank}, but run "
                              f"{run_id!r} was created with rank {run.rank}")
-        checkpoints.check_layout(path, "adapter weights", loaded.tensors, run.params)
+        checkpoint_folders.check_layout(path, "adapter weights", loaded.tensors, run.params)
         if loaded.optimizer is not None:
-            checkpoints.check_layout(path, "optimizer moments", loaded.optimizer.exp_avg,
+            checkpoint_folders.check_layout(path, "optimizer moments", loaded.optimizer.exp_avg,
                                      run.params)
         with torch.no_grad():
             for key, param in run.params.items():

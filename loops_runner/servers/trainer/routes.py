@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from loops_runner.servers.common import error_response, gateway_rejection
+from loops_runner.servers.common import Refusal, error_response, gateway_rejection
 from loops_runner.servers.openapi import (
     allowed_methods,
     answers,
@@ -20,11 +20,7 @@ from loops_runner.servers.openapi import (
     install_openapi,
     json_body,
 )
-from loops_runner.servers.operations import (
-    OperationRejected,
-    idempotency_key,
-    install_operation_routes,
-)
+from loops_runner.servers.operation_store import idempotency_key, install_operation_routes
 from loops_runner.servers.trainer.service import TrainerService
 from loops_runner.wire.errors import ErrorBody
 from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER, RUN_ID_HEADER
@@ -58,7 +54,7 @@ ERRORS = {"4XX": ErrorBody, 503: ErrorBody}
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refusing (413) anything over ``limit`` without buffering it all."""
-    too_large = OperationRejected(
+    too_large = Refusal(
         413, f"request body exceeds {limit} bytes ({limit // (1024 * 1024)} MiB); split the "
         "data over several requests", "BODY_TOO_LARGE")
     declared = request.headers.get("content-length")
@@ -90,7 +86,7 @@ def create_app(service: TrainerService) -> FastAPI:
         async def submit(request: Request) -> Response:
             try:
                 body = await read_body(request)
-            except OperationRejected as rejection:
+            except Refusal as rejection:
                 return rejection.response()
             header_run = request.headers.get(RUN_HEADER)
 
@@ -133,7 +129,7 @@ def create_app(service: TrainerService) -> FastAPI:
     async def policy_version(request: Request) -> Response:
         try:
             version = service.policy_version(request.headers.get(RUN_HEADER))
-        except OperationRejected as rejection:
+        except Refusal as rejection:
             return rejection.response()
         return JSONResponse(PolicyVersionResponse(policy_version=version).model_dump())
 
@@ -173,7 +169,7 @@ async def _debug_tensors(service: TrainerService, run_id: str, method: str) -> R
 
     try:
         service.require_run(run_id)
-    except OperationRejected as rejection:
+    except Refusal as rejection:
         return rejection.response()
     await service.limits()
 

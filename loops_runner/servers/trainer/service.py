@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from loops_runner.models.registry import canonical_model_id
-from loops_runner.servers.common import InvalidRequest, format_validation_errors
-from loops_runner.servers.operations import Accepted, OperationRejected, OperationStore
+from loops_runner.servers.common import Refusal, format_validation_errors
+from loops_runner.servers.operation_store import Accepted, OperationStore
 from loops_runner.servers.trainer.validation import ModelLimits, prepare_forward
 from loops_runner.storage import layout
 from loops_runner.wire.names import check_storage_name
@@ -62,8 +62,8 @@ class TrainerOptions:
     dtype: str = "auto"
 
 
-def _reject(detail: str, reason: str = "INVALID_REQUEST", status: int = 422) -> OperationRejected:
-    return OperationRejected(status, detail, reason)
+def _reject(detail: str, reason: str = "INVALID_REQUEST", status: int = 422) -> Refusal:
+    return Refusal(status, detail, reason)
 
 
 async def _off_loop(body: bytes, work: Callable[[], T]) -> T:
@@ -131,7 +131,7 @@ class TrainerService:
         return TrainerEngine(loaded, self.home, base_model_id=self.base_model_id)
 
     async def _sweep_forever(self) -> None:
-        from loops_runner.servers.trainer.checkpoints import sweep_expired
+        from loops_runner.servers.trainer.checkpoint_folders import sweep_expired
 
         while True:
             await asyncio.sleep(TTL_SWEEP_INTERVAL_S)
@@ -247,10 +247,8 @@ class TrainerService:
             request = _parse(ForwardBackwardRequest, body)
             run_id = self.resolve_run(request.run_id, header_run)
             self.require_run(run_id)
-            try:
-                return prepare_forward(request, limits), run_id
-            except InvalidRequest as exc:
-                raise _reject(str(exc)) from exc
+            # prepare_forward raises InvalidRequest, itself a 422 Refusal.
+            return prepare_forward(request, limits), run_id
 
         batch, run_id = await _off_loop(body, parse_and_validate)
         return Accepted(job=lambda: self._engine().forward_backward(run_id, batch,

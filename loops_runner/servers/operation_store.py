@@ -47,7 +47,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from loops_runner.servers.common import error_response
+from loops_runner.servers.common import Refusal, error_response
 from loops_runner.servers.openapi import answers
 from loops_runner.wire.headers import IDEMPOTENCY_KEY_HEADER
 from loops_runner.wire.operations import OperationAccepted, OperationDone, OperationFailed
@@ -68,21 +68,6 @@ DEFAULT_LANE = "default"
 _DEFAULT_GROUP = "\0default"  # cannot collide with a run id (those are storage names)
 
 Job = Callable[[], Any]
-
-
-class OperationRejected(Exception):
-    """Raised by a submit's ``prepare`` step: answer ``status`` and accept nothing."""
-
-    def __init__(self, status: int, detail: str, reason: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.reason = reason
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.detail, self.reason, self.headers)
 
 
 class OpState(enum.StrEnum):
@@ -271,7 +256,7 @@ class OperationStore:
             return replay
         try:
             accepted = await prepare()
-        except OperationRejected as rejection:
+        except Refusal as rejection:
             return rejection.response()
         if self._shutting_down:
             return error_response(503, "server is shutting down", "SHUTTING_DOWN")
