@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loops_runner.runner.backends import (
-    build_service_client,
+    backend_of,
     provision_options,
     provisioning_turn,
     remember_session,
@@ -36,7 +36,6 @@ from loops_runner.runner.checkpoint_refs import (
 )
 from loops_runner.runner.config import (
     ConfigError,
-    LocalBackend,
     RunnerConfig,
     validate_config,
     validate_section,
@@ -57,7 +56,6 @@ from loops_runner.runner.metrics import (
     truncate_after,
 )
 from loops_runner.runner.recipes import Recipe, builtin_recipe_names, load_recipe
-from loops_runner.runner.retention import remove_from_home
 from loops_runner.runner.run_dirs import CLAIM_FILE, claim_run_dir
 from loops_runner.runner.run_files import RESOLVED_CONFIG_FILE
 from loops_runner.runner.run_record import (
@@ -100,7 +98,7 @@ def prepare(cfg: DictConfig) -> tuple[RunnerConfig, Recipe, Any, dict[str, Any]]
 def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: Console) -> None:
     from loops_runner.models.registry import resolve_model
 
-    resolved = resolve_model(config.model.base_model, _home(config))
+    resolved = resolve_model(config.model.base_model, backend_of(config).model_home())
     table = Table(title="dry run: plan", show_header=False)
     table.add_row("recipe", recipe.target)
     table.add_row("backend", config.backend.kind)
@@ -125,13 +123,6 @@ def _print_plan(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any, console: 
         for key, value in plan.items():
             table.add_row(key, str(value))
     console.print(table)
-
-
-def _home(config: RunnerConfig) -> Path | None:
-    from loops_runner.home import loops_home
-
-    home = getattr(config.backend, "home", None)
-    return loops_home(home)
 
 
 def _resume_point(run_dir: Path, config: RunnerConfig, digest: str,
@@ -160,7 +151,7 @@ def _resume_point(run_dir: Path, config: RunnerConfig, digest: str,
 def _init_from(config: RunnerConfig, service: Any) -> CheckpointInfo | None:
     if not config.init_from:
         return None
-    home = _home(config) if isinstance(config.backend, LocalBackend) else None
+    home = backend_of(config).data_home
     try:
         info = describe(config.init_from, home=home, service=service)
         if home is not None:
@@ -283,8 +274,9 @@ def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_na
     """
     init = None
     options = provision_options(config, run_name)
-    with provisioning_turn(config):
-        service = build_service_client(config)
+    backend = backend_of(config)
+    with provisioning_turn(backend):
+        service = backend.service_client()
         try:
             if checkpoint is None:
                 # Refused here, before a trainer is provisioned or a step is taken.
@@ -293,7 +285,7 @@ def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_na
                     config.model.base_model, rank=config.model.rank,
                     replicas=config.service.replicas, **options)
                 if init is not None:
-                    if not isinstance(config.backend, LocalBackend):
+                    if backend.data_home is None:
                         _check_init_model(init, training, config)
                     console.print(f"Initialising from {init.reference} ({init.path}); "
                                   "fresh optimizer")
@@ -305,7 +297,7 @@ def _provision(config: RunnerConfig, checkpoint: CheckpointRecord | None, run_na
         except BaseException:
             release(config, service, console, current_sweep_dir())
             raise
-        remember_session(config, service.session_id)
+        remember_session(backend, service.session_id)
     return service, training, init
 
 
@@ -362,14 +354,12 @@ def _run_in_claimed_dir(config: RunnerConfig, recipe: Recipe, recipe_cfg: Any,
         release(config, service, console, current_sweep_dir())
         raise
     record.wandb_id = metrics.wandb_id
-    remover = remove_from_home(_home(config)) if isinstance(config.backend, LocalBackend) \
-        else None
     ctx = RunContext(
         config=config, service_client=service, training_client=training, run_dir=run_dir,
         metrics=metrics, record=record, budget=Budget(config.max_steps, config.time_budget_s),
         start_step=checkpoint.step if checkpoint else 0,
         cursor=dict(checkpoint.cursor) if checkpoint else {}, data=data,
-        remove_checkpoint=remover,
+        remove_checkpoint=backend_of(config).checkpoint_remover(),
         no_delete_note=f"the {config.backend.kind} service offers no checkpoint delete",
     )
     try:

@@ -22,6 +22,7 @@ from loops_runner.eval import (
     run_evaluators,
     sampler_for_current_weights,
 )
+from loops_runner.runner.backends import backend_of
 from loops_runner.runner.budget import Budget, BudgetGuard
 from loops_runner.runner.config import RunnerConfig
 from loops_runner.runner.loop import Cadence, TrainingLoop
@@ -137,11 +138,9 @@ class RunContext:
         name = self.training_client.base_model
         if name not in REGISTRY:
             return self.training_client.get_tokenizer()
-        from loops_runner.home import loops_home
         from loops_runner.sdk.tokenizer import load_tokenizer
 
-        home = loops_home(getattr(self.config.backend, "home", None))
-        return load_tokenizer(resolve_model(name, home).load_path)
+        return load_tokenizer(resolve_model(name, backend_of(self.config).model_home()).load_path)
 
     @property
     def max_context(self) -> int:
@@ -154,10 +153,7 @@ class RunContext:
     @property
     def data_home(self) -> Path | None:
         """The data home this process shares with the servers (local backend), else None."""
-        from loops_runner.home import loops_home
-
-        home = getattr(self.config.backend, "home", None)
-        return loops_home(home) if self.config.backend.kind == "local" else None
+        return backend_of(self.config).data_home
 
     @property
     def sampling_client(self) -> Any:

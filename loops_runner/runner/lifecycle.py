@@ -27,13 +27,8 @@ from filelock import FileLock
 from rich.console import Console
 from rich.table import Table
 
-from loops_runner.runner.config import (
-    BasetenBackend,
-    ExternalBackend,
-    LocalBackend,
-    PricesSection,
-    RunnerConfig,
-)
+from loops_runner.runner.backends import backend_of
+from loops_runner.runner.config import PricesSection, RunnerConfig
 from loops_runner.runner.hosted_runs import Stopped, stop_session
 from loops_runner.sdk.control_plane import ControlPlaneClient
 from loops_runner.sdk.errors import LoopsError
@@ -45,7 +40,7 @@ SWEEP_SESSIONS_FILE = "service_sessions.jsonl"  # in the sweep dir: sessions to 
 def keeps_warm(config: RunnerConfig) -> bool:
     if config.session.keep_warm is not None:
         return config.session.keep_warm
-    return isinstance(config.backend, LocalBackend)
+    return backend_of(config).keeps_warm_by_default
 
 
 @dataclass
@@ -76,11 +71,11 @@ def release(config: RunnerConfig, service: Any, console: Console,
     """Stop the job's session, or keep it and say how to reuse and stop it."""
     session_id = getattr(service, "session_id", None)
     control_plane = getattr(service, "control_plane", None)
-    if isinstance(config.backend, ExternalBackend) or control_plane is None or not session_id:
+    if not backend_of(config).provisions or control_plane is None or not session_id:
         console.print("Service: servers you started yourself (backend=external); "
                       "nothing to stop.")
         return []
-    stop_hint = f"loops-runner runs stop --session {session_id}{_backend_flags(config)}"
+    stop_hint = f"loops-runner runs stop --session {session_id}{backend_of(config).cli_flags()}"
     if keeps_warm(config):
         console.print(f"Service: kept warm (session.keep_warm). Reuse it with "
                       f"session.reuse_from_session_id={session_id}; stop it with: "
@@ -124,18 +119,6 @@ def print_use(record: Any, console: Console, prices: PricesSection | None = None
         f"{record.trainer_seconds * record.replicas:.1f} replica-seconds; tokens trained "
         f"{tokens.get('trained', 0)}, prompt {tokens.get('prompt', 0)}, sampled "
         f"{tokens.get('sampled', 0)}{cost} (run.json)")
-
-
-def _backend_flags(config: RunnerConfig) -> str:
-    backend = config.backend
-    if isinstance(backend, BasetenBackend):
-        flags = f" --base-url {backend.base_url}" if backend.base_url else ""
-        if backend.api_key_env != "BASETEN_API_KEY":
-            flags += f" --api-key-env {backend.api_key_env}"
-        return flags
-    if isinstance(backend, LocalBackend) and backend.home:
-        return f" --home {backend.home}"
-    return ""
 
 
 # -- sweeps --------------------------------------------------------------------------
