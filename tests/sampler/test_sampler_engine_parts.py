@@ -203,3 +203,46 @@ def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
     # Whatever did not ride with the urgent delivery waited for the interval.
     late = [when for when, items in arrivals if 0 not in items]
     assert all(when >= 0.3 for when in late)
+
+
+def test_mailbox_keeps_one_timer_when_an_urgent_post_overtakes_it() -> None:
+    """An urgent delivery carries the posts a timed one was waiting for; the
+    timed one must die with it. If it lived on, it would deliver again before
+    the interval and from then on two timers would take turns, halving the
+    interval for good (which doubled the events of 32 streams)."""
+    import asyncio
+    import threading
+    import time
+
+    from loops_runner.servers.sampler.openai_stream import Mailbox
+
+    interval = 0.3
+
+    async def scenario() -> list[tuple[float, list[str]]]:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop, interval_s=interval)
+        inbox: asyncio.Queue[str] = asyncio.Queue()
+        start = loop.time()
+
+        def engine() -> None:
+            mailbox.post(inbox, "first", urgent=True)  # delivered at once
+            time.sleep(0.05)
+            mailbox.post(inbox, "paced")  # a timed delivery, one interval after "first"
+            time.sleep(0.05)
+            mailbox.post(inbox, "urgent", urgent=True)  # overtakes it, takes "paced" along
+            time.sleep(0.05)
+            mailbox.post(inbox, "next")  # due one interval after the urgent delivery
+
+        threading.Thread(target=engine).start()
+        arrivals: list[tuple[float, list[str]]] = []
+        while sum(len(items) for _, items in arrivals) < 4:
+            items = [await inbox.get()]
+            while not inbox.empty():
+                items.append(inbox.get_nowait())
+            arrivals.append((loop.time() - start, items))
+        return arrivals
+
+    arrivals = asyncio.run(scenario())
+    assert [items for _, items in arrivals] == [["first"], ["paced", "urgent"], ["next"]]
+    # 10 ms of slack for the clock's granularity; lateness never fails this.
+    assert arrivals[2][0] - arrivals[1][0] >= interval - 0.01

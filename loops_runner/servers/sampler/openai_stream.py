@@ -24,7 +24,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,6 +40,9 @@ from loops_runner.servers.sampler.engine import (
 logger = logging.getLogger("loops_runner.sampler.stream")
 
 DONE_LINE = "data: [DONE]\n\n"
+# One encoder for every chunk: ``json.dumps`` with any non-default argument
+# builds a new ``JSONEncoder`` per call, which cost more than the encoding.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -58,47 +60,64 @@ class _Finished:
 class Mailbox:
     """Hands the engine thread's events to the event loop, at most once per interval.
 
-    The engine and the event loop share one interpreter lock, so every moment
-    the loop spends on a stream is taken from the engine's step. Waking the
-    loop per stream per step (a ``call_soon_threadsafe`` each) and writing one
-    event per token made 32 streams cost the engine half its throughput here.
-    So posts collect here and are delivered together: at once when the last
-    delivery is older than ``interval_s``, else when it is that old. A stream's
-    first tokens are urgent and leave without delay (time to first token is
-    not paced); later ones leave in chunks of whatever the engine made
-    meanwhile, at most ``interval_s`` late.
+    The engine and the event loop share one interpreter lock (and, on a small
+    machine, the cores torch computes on), so every moment the loop spends on
+    a stream is taken from the engine's step. Waking the loop per stream per
+    step (a ``call_soon_threadsafe`` each) and writing one event per token made
+    32 streams cost the engine half its throughput here. So posts collect here
+    and are delivered together: at once when the last delivery is older than
+    ``interval_s``, else when it is that old. A stream's first tokens are
+    urgent and leave without delay (time to first token is not paced); later
+    ones leave in chunks of whatever the engine made meanwhile, at most
+    ``interval_s`` late.
+
+    At most one timed delivery is pending at any moment: an urgent delivery
+    cancels it (it carried its posts already). Two timers alive at once would
+    each re-arm after its own delivery and halve the interval for good, which
+    doubled the events of 32 streams.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> None:
         self._loop = loop
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._pending: deque[tuple[asyncio.Queue[Any], Any]] = deque()
-        self._scheduled = False
+        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
+        # One wake-up of the loop in flight at a time (and one more for an
+        # urgent post that arrives while a paced one is in flight).
+        self._woken = False
+        self._woken_urgent = False
+        self._timer: asyncio.TimerHandle | None = None  # the loop's thread only
         self._last = float("-inf")
 
     def post(self, inbox: asyncio.Queue[Any], item: Any, urgent: bool = False) -> None:
         """Called from the engine's thread."""
         with self._lock:
             self._pending.append((inbox, item))
-            if self._scheduled and not urgent:
+            if self._woken_urgent or (self._woken and not urgent):
                 return
-            self._scheduled = True
+            self._woken = True
+            self._woken_urgent = urgent
         self._loop.call_soon_threadsafe(self._arm, urgent)
 
     def _arm(self, urgent: bool) -> None:
+        if not urgent and self._timer is not None:
+            return  # the pending timed delivery takes these posts too
         delay = 0.0 if urgent else self._last + self.interval_s - self._loop.time()
         if delay > 0:
-            self._loop.call_later(delay, self._deliver)
+            self._timer = self._loop.call_later(delay, self._deliver)
         else:
             self._deliver()
 
     def _deliver(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with self._lock:
-            pending, self._pending = self._pending, deque()
-            self._scheduled = False
-        if pending:  # an urgent delivery may have taken a timed one's posts
-            self._last = self._loop.time()
+            pending, self._pending = self._pending, []
+            self._woken = self._woken_urgent = False
+        if not pending:
+            return
+        self._last = self._loop.time()
         for inbox, item in pending:
             inbox.put_nowait(item)
 
@@ -168,7 +187,7 @@ class StreamPlan:
 
 
 def _line(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    return f"data: {_encode(payload)}\n\n"
 
 
 def _remaining(sequence: SequenceOutput, sent: int) -> list[TokenEvent]:
@@ -183,15 +202,12 @@ async def sse_events(engine: Engine, jobs: list[GenerationJob], plan: StreamPlan
     """The ``text/event-stream`` body: chunks, an optional usage chunk, ``[DONE]``."""
 
     # Every chunk shares its envelope; only "choices" (and the last "usage") vary.
-    envelope = json.dumps({"id": plan.completion_id, "object": form.object_name,
-                           "created": plan.created, "model": plan.model},
-                          separators=(",", ":"))[:-1]
+    envelope = _encode({"id": plan.completion_id, "object": form.object_name,
+                        "created": plan.created, "model": plan.model})[:-1]
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-        tail = f',"usage":{json.dumps(usage, separators=(",", ":"))}' \
-            if plan.include_usage else ""
-        return (f'data: {envelope},"choices":{json.dumps(choices, separators=(",", ":"))}'
-                f"{tail}}}\n\n")
+        tail = f',"usage":{_encode(usage)}' if plan.include_usage else ""
+        return f'data: {envelope},"choices":{_encode(choices)}{tail}}}\n\n'
 
     total = len(jobs) * plan.n
     texts = [TextStream(plan.tokenizer, plan.stops) for _ in range(total)]
