@@ -251,6 +251,8 @@ def _classify(code: int, timed_out: bool, violation: dict | None,
             return "memory", f"out of memory at the {limits.memory_mb} MB address-space limit"
         if kind == "processes":
             return "processes", f"refused: {message} (limit {limits.max_processes})"
+        if kind == "output":
+            return "output", f"wrote past the {limits.file_size_mb} MB file-size limit"
         return kind, f"refused: {message}"
     if timed_out:
         return "timeout", f"still running after the {limits.wall_s:g} s wall-clock limit"
