@@ -85,26 +85,27 @@ _FENCE = re.compile(r"```(?:python)?\n?(.*?)(?:```|$)", re.DOTALL)
 _RUNNER = '''import json, sys
 tests = json.loads(open("tests.json").read())
 passed = 0
+loaded = False
 try:
     import solution
-    space = vars(solution)
+    space, loaded = vars(solution), True
 except MemoryError:
     raise
 except BaseException as error:
     print(f"solution: {type(error).__name__}: {error}", file=sys.stderr)
-    space = None
-if space is not None:
-    for test in tests:
-        try:
-            if eval(test, dict(space)):
-                passed += 1
-            else:
-                print(f"failed: {test}", file=sys.stderr)
-        except MemoryError:
-            raise
-        except BaseException as error:
-            print(f"{test}: {type(error).__name__}: {error}", file=sys.stderr)
-print(NONCE + json.dumps({"passed": passed, "total": len(tests), "loaded": space is not None}))
+    space = {}
+# Every test runs, loaded or not: a test may hold more than a call of the function.
+for test in tests:
+    try:
+        if eval(test, dict(space)):
+            passed += 1
+        else:
+            print(f"failed: {test}", file=sys.stderr)
+    except MemoryError:
+        raise
+    except BaseException as error:
+        print(f"{test}: {type(error).__name__}: {error}", file=sys.stderr)
+print(NONCE + json.dumps({"passed": passed, "total": len(tests), "loaded": loaded}))
 '''
 
 
