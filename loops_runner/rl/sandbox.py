@@ -31,6 +31,7 @@ escape: ``make_sandbox("docker:python:3.11-slim")``. See docs/rl.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -215,7 +216,8 @@ class ProcessSandbox(Sandbox):
                 process.communicate(stdin.encode(), timeout=limits.wall_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may have just ended
+                    os.killpg(process.pid, signal.SIGKILL)
             finally:
                 process.wait()
                 _kill_group(process.pid)  # whatever it left behind

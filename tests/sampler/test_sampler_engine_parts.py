@@ -246,3 +246,41 @@ def test_mailbox_keeps_one_timer_when_an_urgent_post_overtakes_it() -> None:
     assert [items for _, items in arrivals] == [["first"], ["paced", "urgent"], ["next"]]
     # 10 ms of slack for the clock's granularity; lateness never fails this.
     assert arrivals[2][0] - arrivals[1][0] >= interval - 0.01
+
+
+def test_mailbox_stretches_its_pace_to_the_event_budget_of_the_open_streams() -> None:
+    """With more streams than interval x budget, deliveries come streams/budget apart."""
+    import asyncio
+    import threading
+    import time
+
+    from loops_runner.servers.sampler.openai_stream import Mailbox
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop, interval_s=0.05, events_per_s=20)
+        paces = []
+        for streams in (0, 1, 4):
+            mailbox.open_streams = streams
+            paces.append(mailbox.pace())
+        inbox: asyncio.Queue[int] = asyncio.Queue()
+        start = loop.time()
+
+        def engine() -> None:
+            mailbox.post(inbox, 0, urgent=True)
+            time.sleep(0.02)  # after the urgent delivery: this one waits for the pace
+            mailbox.post(inbox, 1)
+
+        threading.Thread(target=engine).start()
+        arrivals = []
+        while len(arrivals) < 2:
+            await inbox.get()
+            arrivals.append(loop.time() - start)
+        return paces, arrivals
+
+    paces, arrivals = asyncio.run(scenario())
+    assert paces == [0.05, 0.05, 0.2]
+    assert arrivals[1] - arrivals[0] >= 0.2 - 0.01
+    unbudgeted = Mailbox(asyncio.new_event_loop(), interval_s=0.05, events_per_s=0)
+    unbudgeted.open_streams = 100
+    assert unbudgeted.pace() == 0.05

@@ -2,10 +2,11 @@
 
 Tokens leave as the engine produces them, not at the end: each job's
 listener hands the engine's per-step events to the event loop (through the
-``Mailbox``, which wakes the loop at most every ``stream_interval_s``, 100 ms by
-default), and every wake-up of a stream sends one chunk per choice with
-everything that arrived since the last one (a slow reader gets fewer, larger
-chunks, never a backlog of tiny ones).
+``Mailbox``, which delivers at most every ``stream_interval_s``, 100 ms by
+default, stretched so that all open streams together get at most
+``stream_events_per_s`` chunks a second, 100 by default), and every delivery
+sends each stream one chunk with everything that arrived since the last one (a
+slow reader gets fewer, larger chunks, never a backlog of tiny ones).
 
 The job's final output stays the source of truth: when it arrives, any token
 the events have not delivered yet is sent from it, and each choice's text is
@@ -62,28 +63,37 @@ class _Finished:
 
 
 class Mailbox:
-    """Hands the engine thread's events to the event loop, at most once per interval.
+    """Hands the engine thread's events to the event loop, paced.
 
     The engine and the event loop share one interpreter lock (and, on a small
-    machine, the cores torch computes on), so every moment the loop spends on
-    a stream is taken from the engine's step. Waking the loop per stream per
-    step (a ``call_soon_threadsafe`` each) and writing one event per token made
-    32 streams cost the engine half its throughput here. So posts collect here
-    and are delivered together: at once when the last delivery is older than
-    ``interval_s``, else when it is that old. A stream's first tokens are
-    urgent and leave without delay (time to first token is not paced); later
-    ones leave in chunks of whatever the engine made meanwhile, at most
-    ``interval_s`` late.
+    machine, the cores), so every moment the loop spends on a stream is taken
+    from the engine's step. Waking the loop per stream per step (a
+    ``call_soon_threadsafe`` each) and writing one event per token made 32
+    streams cost the engine half its throughput here. So posts collect here and
+    are delivered together, one wake-up for all streams: at once when the last
+    delivery is older than the pace, else when it is that old. A stream's first
+    tokens are urgent and leave without delay (time to first token is not
+    paced); later ones leave in chunks of whatever the engine made meanwhile.
+
+    The pace is ``interval_s``, stretched to ``open streams / events_per_s``
+    when that is longer: each delivery costs a socket write per open stream
+    (and the reader a read), so the cost of streaming grows with the number of
+    streams times deliveries per second; the budget holds it flat (32 streams
+    at 100 events/s: a chunk every 0.32 s; up to 10 streams: every 0.1 s).
+    ``events_per_s`` 0 = no budget.
 
     At most one timed delivery is pending at any moment: an urgent delivery
     cancels it (it carried its posts already). Two timers alive at once would
-    each re-arm after its own delivery and halve the interval for good, which
+    each re-arm after its own delivery and halve the pace for good, which
     doubled the events of 32 streams.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float,
+                 events_per_s: float = 0.0) -> None:
         self._loop = loop
         self.interval_s = interval_s
+        self.events_per_s = events_per_s
+        self.open_streams = 0  # the loop's thread only (``follow``)
         self._lock = threading.Lock()
         self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
         # One wake-up of the loop in flight at a time (and one more for an
@@ -92,6 +102,12 @@ class Mailbox:
         self._woken_urgent = False
         self._timer: asyncio.TimerHandle | None = None  # the loop's thread only
         self._last = float("-inf")
+
+    def pace(self) -> float:
+        """Seconds between two deliveries, for the streams open now."""
+        if self.events_per_s <= 0:
+            return self.interval_s
+        return max(self.interval_s, self.open_streams / self.events_per_s)
 
     def post(self, inbox: asyncio.Queue[Any], item: Any, urgent: bool = False) -> None:
         """Called from the engine's thread."""
@@ -106,7 +122,7 @@ class Mailbox:
     def _arm(self, urgent: bool) -> None:
         if not urgent and self._timer is not None:
             return  # the pending timed delivery takes these posts too
-        delay = 0.0 if urgent else self._last + self.interval_s - self._loop.time()
+        delay = 0.0 if urgent else self._last + self.pace() - self._loop.time()
         if delay > 0:
             self._timer = self._loop.call_later(delay, self._deliver)
         else:
@@ -146,6 +162,7 @@ async def follow(engine: Engine, jobs: list[GenerationJob], mailbox: Mailbox,
 
     for index, job in enumerate(jobs):
         job.listener = listener(index)
+    mailbox.open_streams += 1
     tasks = [asyncio.ensure_future(engine.generate(job)) for job in jobs]
     for index, task in enumerate(tasks):
         task.add_done_callback(lambda done, job=index: inbox.put_nowait(_Finished(job, done)))
@@ -158,6 +175,7 @@ async def follow(engine: Engine, jobs: list[GenerationJob], mailbox: Mailbox,
             remaining -= sum(isinstance(item, _Finished) for item in batch)
             yield batch
     finally:
+        mailbox.open_streams -= 1
         for task in tasks:
             if not task.done():
                 task.cancel()
