@@ -108,11 +108,22 @@ class SandboxError(RuntimeError):
 class Sandbox(ABC):
     """Runs one Python program, contained; implementations share this API."""
 
-    @abstractmethod
     def run(self, program: str, *, limits: SandboxLimits | None = None,
             files: dict[str, str] | None = None, stdin: str = "") -> SandboxResult:
         """Run ``program`` (Python source) with ``files`` (relative path -> text) beside
         it in a fresh scratch directory, which is removed afterwards."""
+        files = files or {}
+        _check_files(files)
+        root = Path(tempfile.mkdtemp(prefix="loops-sandbox-"))
+        try:
+            return self.execute(root, program, limits or SandboxLimits(), files, stdin)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    @abstractmethod
+    def execute(self, root: Path, program: str, limits: SandboxLimits, files: dict[str, str],
+                stdin: str) -> SandboxResult:
+        """Run it in ``root`` (a fresh directory that ``run`` removes afterwards)."""
 
 
 def _check_files(files: dict[str, str]) -> None:
@@ -174,19 +185,8 @@ class ProcessSandbox(Sandbox):
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
 
-    def run(self, program: str, *, limits: SandboxLimits | None = None,
-            files: dict[str, str] | None = None, stdin: str = "") -> SandboxResult:
-        limits = limits or SandboxLimits()
-        files = files or {}
-        _check_files(files)
-        root = Path(tempfile.mkdtemp(prefix="loops-sandbox-"))
-        try:
-            return self._run(root, program, limits, files, stdin)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-    def _run(self, root: Path, program: str, limits: SandboxLimits, files: dict[str, str],
-             stdin: str) -> SandboxResult:
+    def execute(self, root: Path, program: str, limits: SandboxLimits, files: dict[str, str],
+                stdin: str) -> SandboxResult:
         work, control = root / "work", root / "control"
         for folder in (work, work / "home", work / "tmp", control):
             folder.mkdir()
@@ -297,33 +297,27 @@ class ContainerSandbox(Sandbox):
                 "-v", f"{work}:/work:rw", "-w", "/work", "-e", "HOME=/work/home",
                 self.image, "python", "-I", "-B", PROGRAM_NAME]
 
-    def run(self, program: str, *, limits: SandboxLimits | None = None,
-            files: dict[str, str] | None = None, stdin: str = "") -> SandboxResult:
-        limits = limits or SandboxLimits()
-        files = files or {}
-        _check_files(files)
-        root = Path(tempfile.mkdtemp(prefix="loops-sandbox-"))
+    def execute(self, root: Path, program: str, limits: SandboxLimits, files: dict[str, str],
+                stdin: str) -> SandboxResult:
         name = f"loops-sandbox-{uuid.uuid4().hex[:12]}"
+        work = root / "work"
+        (work / "home").mkdir(parents=True)
+        _write_files(work, program, files)
+        # The container runs as nobody: it must read the files and write the folder.
+        os.chmod(root, 0o755)
+        for path in [work, *work.rglob("*")]:
+            os.chmod(path, 0o777 if path.is_dir() else 0o666)
+        started = time.monotonic()
+        timed_out = False
         try:
-            work = root / "work"
-            (work / "home").mkdir(parents=True)
-            _write_files(work, program, files)
-            os.chmod(root, 0o755)
-            for path in [work, *work.rglob("*")]:
-                os.chmod(path, 0o777 if path.is_dir() else 0o666)
-            started = time.monotonic()
-            timed_out = False
-            try:
-                done = subprocess.run(self.command(work, name, limits), input=stdin.encode(),
-                                      capture_output=True, timeout=limits.wall_s)
-                code, out, err = done.returncode, done.stdout, done.stderr
-            except subprocess.TimeoutExpired as expired:
-                timed_out, code = True, -signal.SIGKILL
-                out, err = expired.stdout or b"", expired.stderr or b""
-                subprocess.run([self.runtime, "kill", name], capture_output=True, timeout=30)
-            wall = time.monotonic() - started
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+            done = subprocess.run(self.command(work, name, limits), input=stdin.encode(),
+                                  capture_output=True, timeout=limits.wall_s)
+            code, out, err = done.returncode, done.stdout, done.stderr
+        except subprocess.TimeoutExpired as expired:
+            timed_out, code = True, -signal.SIGKILL
+            out, err = expired.stdout or b"", expired.stderr or b""
+            subprocess.run([self.runtime, "kill", name], capture_output=True, timeout=30)
+        wall = time.monotonic() - started
         if timed_out:
             outcome, reason = "timeout", f"still running after the {limits.wall_s:g} s limit"
         elif code == 137:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,6 +170,18 @@ def test_one_batch_serves_base_and_two_adapters(tmp_path: Path, tiny_model_dir,
                                        abs=1e-4)
 
 
+async def deliveries(inbox: Any, count: int, start: float) -> list[tuple[float, list[Any]]]:
+    """(seconds since ``start``, the items that arrived together), until ``count`` came."""
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, list[Any]]] = []
+    while sum(len(items) for _, items in arrivals) < count:
+        items = [await inbox.get()]
+        while not inbox.empty():
+            items.append(inbox.get_nowait())
+        arrivals.append((loop.time() - start, items))
+    return arrivals
+
+
 def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
     """Posts from another thread: an urgent one wakes the loop at once; the others
     that follow within the interval arrive together, one interval later."""
@@ -189,13 +202,7 @@ def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
                 mailbox.post(inbox, item)
 
         threading.Thread(target=engine).start()
-        arrivals: list[tuple[float, list[int]]] = []
-        while sum(len(items) for _, items in arrivals) < 4:
-            items = [await inbox.get()]
-            while not inbox.empty():
-                items.append(inbox.get_nowait())
-            arrivals.append((loop.time() - start, items))
-        return arrivals
+        return await deliveries(inbox, 4, start)
 
     arrivals = asyncio.run(scenario())
     assert arrivals[0][1][0] == 0 and arrivals[0][0] < 0.3
@@ -234,13 +241,7 @@ def test_mailbox_keeps_one_timer_when_an_urgent_post_overtakes_it() -> None:
             mailbox.post(inbox, "next")  # due one interval after the urgent delivery
 
         threading.Thread(target=engine).start()
-        arrivals: list[tuple[float, list[str]]] = []
-        while sum(len(items) for _, items in arrivals) < 4:
-            items = [await inbox.get()]
-            while not inbox.empty():
-                items.append(inbox.get_nowait())
-            arrivals.append((loop.time() - start, items))
-        return arrivals
+        return await deliveries(inbox, 4, start)
 
     arrivals = asyncio.run(scenario())
     assert [items for _, items in arrivals] == [["first"], ["paced", "urgent"], ["next"]]
