@@ -258,8 +258,11 @@ def _classify(code: int, timed_out: bool, violation: dict | None,
         return kind, f"refused: {message}"
     if timed_out:
         return "timeout", f"still running after the {limits.wall_s:g} s wall-clock limit"
-    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and not timed_out):
+    if code == -signal.SIGXCPU:
         return "cpu", f"used the {limits.cpu_s} s CPU limit"
+    if code == -signal.SIGKILL:  # the hard CPU limit, one second past the soft one
+        return "cpu", (f"killed at the {limits.cpu_s + 1} s hard CPU limit (or by the "
+                       "kernel's out-of-memory killer)")
     if code == -signal.SIGXFSZ:  # Python ignores it; a program that re-enables it
         return "output", f"wrote past the {limits.file_size_mb} MB file-size limit"
     if code == 0:
