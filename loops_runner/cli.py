@@ -90,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--threads", type=int, default=None,
                          help="CPU threads of the engine (default: 1 for small models)")
     sampler.add_argument("--stream-interval", type=float, default=None,
-                         help="seconds between a stream's chunks at most (default "
+                         help="seconds between a stream's chunks at least (default "
                               "$LOOPS_SAMPLER_STREAM_INTERVAL_S or 0.1; 0 = every step)")
+    sampler.add_argument("--stream-events-per-s", type=float, default=None,
+                         help="chunks a second for all open streams together: more streams "
+                              "stretch the interval (default $LOOPS_SAMPLER_STREAM_EVENTS_PER_S "
+                              "or 100; 0 = no budget)")
     control = servers.add_parser("control-plane", help="sessions, runs, samplers, checkpoints")
     control.add_argument("--host", default=None,
                          help="bind address (default 127.0.0.1; setting it explicitly "

@@ -53,7 +53,8 @@ def interleave(rounds: int, runs: dict[str, Callable[[], float]], *,
 
 
 def paired(measure: str, ours: list[float], anchor: list[float], *, unit: str,
-           goal: float, direction: Direction, note: str, invert: bool = False) -> Result:
+           goal: float | None, direction: Direction, note: str,
+           invert: bool = False) -> Result:
     """``value`` = median of ours/anchor per round (anchor/ours with ``invert``)."""
     ratios = [(a / o) if invert else (o / a) for o, a in zip(ours, anchor, strict=True)]
     return Result(measure=measure, ours=median(ours), anchor=median(anchor), unit=unit,

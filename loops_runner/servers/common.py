@@ -132,8 +132,14 @@ def serve_app(
 
     sock = bind_socket(host, port)
     url = server_url(sock)
+    # httptools, not uvicorn's pure-Python h11: the event loop shares the
+    # interpreter lock with the sampler's engine thread, and h11's per-write
+    # bookkeeping cost 32 streams a measurable share of the engine's throughput
+    # (docs/performance.md, streaming). Named here so a missing install fails
+    # loudly instead of falling back silently ("auto").
     config = uvicorn.Config(ActivityTracker(app), log_level=log_level, timeout_keep_alive=75,
-                            access_log=False, timeout_graceful_shutdown=graceful_timeout)
+                            access_log=False, timeout_graceful_shutdown=graceful_timeout,
+                            http="httptools")
     server = uvicorn.Server(config)
     app.state.public_url = url
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,6 +170,18 @@ def test_one_batch_serves_base_and_two_adapters(tmp_path: Path, tiny_model_dir,
                                        abs=1e-4)
 
 
+async def deliveries(inbox: Any, count: int, start: float) -> list[tuple[float, list[Any]]]:
+    """(seconds since ``start``, the items that arrived together), until ``count`` came."""
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, list[Any]]] = []
+    while sum(len(items) for _, items in arrivals) < count:
+        items = [await inbox.get()]
+        while not inbox.empty():
+            items.append(inbox.get_nowait())
+        arrivals.append((loop.time() - start, items))
+    return arrivals
+
+
 def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
     """Posts from another thread: an urgent one wakes the loop at once; the others
     that follow within the interval arrive together, one interval later."""
@@ -189,13 +202,7 @@ def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
                 mailbox.post(inbox, item)
 
         threading.Thread(target=engine).start()
-        arrivals: list[tuple[float, list[int]]] = []
-        while sum(len(items) for _, items in arrivals) < 4:
-            items = [await inbox.get()]
-            while not inbox.empty():
-                items.append(inbox.get_nowait())
-            arrivals.append((loop.time() - start, items))
-        return arrivals
+        return await deliveries(inbox, 4, start)
 
     arrivals = asyncio.run(scenario())
     assert arrivals[0][1][0] == 0 and arrivals[0][0] < 0.3
@@ -203,3 +210,78 @@ def test_mailbox_delivers_first_tokens_at_once_and_paces_the_rest() -> None:
     # Whatever did not ride with the urgent delivery waited for the interval.
     late = [when for when, items in arrivals if 0 not in items]
     assert all(when >= 0.3 for when in late)
+
+
+def test_mailbox_keeps_one_timer_when_an_urgent_post_overtakes_it() -> None:
+    """An urgent delivery carries the posts a timed one was waiting for; the
+    timed one must die with it. If it lived on, it would deliver again before
+    the interval and from then on two timers would take turns, halving the
+    interval for good (which doubled the events of 32 streams)."""
+    import asyncio
+    import threading
+    import time
+
+    from loops_runner.servers.sampler.openai_stream import Mailbox
+
+    interval = 0.3
+
+    async def scenario() -> list[tuple[float, list[str]]]:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop, interval_s=interval)
+        inbox: asyncio.Queue[str] = asyncio.Queue()
+        start = loop.time()
+
+        def engine() -> None:
+            mailbox.post(inbox, "first", urgent=True)  # delivered at once
+            time.sleep(0.05)
+            mailbox.post(inbox, "paced")  # a timed delivery, one interval after "first"
+            time.sleep(0.05)
+            mailbox.post(inbox, "urgent", urgent=True)  # overtakes it, takes "paced" along
+            time.sleep(0.05)
+            mailbox.post(inbox, "next")  # due one interval after the urgent delivery
+
+        threading.Thread(target=engine).start()
+        return await deliveries(inbox, 4, start)
+
+    arrivals = asyncio.run(scenario())
+    assert [items for _, items in arrivals] == [["first"], ["paced", "urgent"], ["next"]]
+    # 10 ms of slack for the clock's granularity; lateness never fails this.
+    assert arrivals[2][0] - arrivals[1][0] >= interval - 0.01
+
+
+def test_mailbox_stretches_its_pace_to_the_event_budget_of_the_open_streams() -> None:
+    """With more streams than interval x budget, deliveries come streams/budget apart."""
+    import asyncio
+    import threading
+    import time
+
+    from loops_runner.servers.sampler.openai_stream import Mailbox
+
+    async def scenario() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop, interval_s=0.05, events_per_s=20)
+        paces = []
+        for streams in (0, 1, 4):
+            mailbox.open_streams = streams
+            paces.append(mailbox.pace())
+        inbox: asyncio.Queue[int] = asyncio.Queue()
+        start = loop.time()
+
+        def engine() -> None:
+            mailbox.post(inbox, 0, urgent=True)
+            time.sleep(0.02)  # after the urgent delivery: this one waits for the pace
+            mailbox.post(inbox, 1)
+
+        threading.Thread(target=engine).start()
+        arrivals = []
+        while len(arrivals) < 2:
+            await inbox.get()
+            arrivals.append(loop.time() - start)
+        return paces, arrivals
+
+    paces, arrivals = asyncio.run(scenario())
+    assert paces == [0.05, 0.05, 0.2]
+    assert arrivals[1] - arrivals[0] >= 0.2 - 0.01
+    unbudgeted = Mailbox(asyncio.new_event_loop(), interval_s=0.05, events_per_s=0)
+    unbudgeted.open_streams = 100
+    assert unbudgeted.pace() == 0.05

@@ -16,7 +16,7 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 FinishReason = Literal["stop", "length"]
 
@@ -43,10 +43,13 @@ class SamplingSpec:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
-@dataclass(frozen=True)
-class TokenEvent:
+class TokenEvent(NamedTuple):
     """One new token of one choice, handed to a streaming job's listener as the
-    engine produces it. How a choice ends is told by the job's final output."""
+    engine produces it. How a choice ends is told by the job's final output.
+
+    A named tuple, not a frozen dataclass: the engine builds one per streamed
+    token inside its step, and a frozen dataclass's ``__init__`` cost 2% of the
+    step with 32 streams."""
 
     index: int
     token_id: int

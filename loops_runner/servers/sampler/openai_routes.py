@@ -20,7 +20,7 @@ import uuid
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from loops_runner.servers.common import InvalidRequest
@@ -44,7 +44,11 @@ from loops_runner.servers.sampler.openai_schemas import (
     check_completions,
     openai_error,
 )
-from loops_runner.servers.sampler.openai_stream import StreamPlan, sse_events
+from loops_runner.servers.sampler.openai_stream import (
+    EventStreamResponse,
+    StreamPlan,
+    sse_events,
+)
 from loops_runner.servers.sampler.protocol import (
     check_token_ids,
     constraint_pattern,
@@ -164,11 +168,10 @@ def _best(output: GenerationOutput, n: int) -> GenerationOutput:
 
 
 def _event_stream(state: SamplerState, jobs: list[GenerationJob], plan: StreamPlan,
-                  form: Any, weights: ServedWeights) -> StreamingResponse:
+                  form: Any, weights: ServedWeights) -> EventStreamResponse:
     assert state.mailbox is not None  # set at start-up
-    return StreamingResponse(
+    return EventStreamResponse(
         sse_events(state.engine, jobs, plan, form, state.mailbox),
-        media_type="text/event-stream",
         headers={POLICY_VERSION_HEADER: str(weights.version), "Cache-Control": "no-cache",
                  "X-Accel-Buffering": "no"})
 

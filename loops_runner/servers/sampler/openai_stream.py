@@ -2,10 +2,11 @@
 
 Tokens leave as the engine produces them, not at the end: each job's
 listener hands the engine's per-step events to the event loop (through the
-``Mailbox``, which wakes the loop at most every ``stream_interval_s``, 100 ms by
-default), and every wake-up of a stream sends one chunk per choice with
-everything that arrived since the last one (a slow reader gets fewer, larger
-chunks, never a backlog of tiny ones).
+``Mailbox``, which delivers at most every ``stream_interval_s``, 100 ms by
+default, stretched so that all open streams together get at most
+``stream_events_per_s`` chunks a second, 100 by default), and every delivery
+sends each stream one chunk with everything that arrived since the last one (a
+slow reader gets fewer, larger chunks, never a backlog of tiny ones).
 
 The job's final output stays the source of truth: when it arrives, any token
 the events have not delivered yet is sent from it, and each choice's text is
@@ -24,10 +25,12 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from loops_runner.servers.sampler.detokenize import TextStream
 from loops_runner.servers.sampler.engine import (
@@ -41,6 +44,10 @@ from loops_runner.servers.sampler.engine import (
 logger = logging.getLogger("loops_runner.sampler.stream")
 
 DONE_LINE = "data: [DONE]\n\n"
+DONE_BYTES = DONE_LINE.encode()
+# One encoder for every chunk: ``json.dumps`` with any non-default argument
+# builds a new ``JSONEncoder`` per call, which cost more than the encoding.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -56,49 +63,81 @@ class _Finished:
 
 
 class Mailbox:
-    """Hands the engine thread's events to the event loop, at most once per interval.
+    """Hands the engine thread's events to the event loop, paced.
 
-    The engine and the event loop share one interpreter lock, so every moment
-    the loop spends on a stream is taken from the engine's step. Waking the
-    loop per stream per step (a ``call_soon_threadsafe`` each) and writing one
-    event per token made 32 streams cost the engine half its throughput here.
-    So posts collect here and are delivered together: at once when the last
-    delivery is older than ``interval_s``, else when it is that old. A stream's
-    first tokens are urgent and leave without delay (time to first token is
-    not paced); later ones leave in chunks of whatever the engine made
-    meanwhile, at most ``interval_s`` late.
+    The engine and the event loop share one interpreter lock (and, on a small
+    machine, the cores), so every moment the loop spends on a stream is taken
+    from the engine's step. Waking the loop per stream per step (a
+    ``call_soon_threadsafe`` each) and writing one event per token made 32
+    streams cost the engine half its throughput here. So posts collect here and
+    are delivered together, one wake-up for all streams: at once when the last
+    delivery is older than the pace, else when it is that old. A stream's first
+    tokens are urgent and leave without delay (time to first token is not
+    paced); later ones leave in chunks of whatever the engine made meanwhile.
+
+    The pace is ``interval_s``, stretched to ``open streams / events_per_s``
+    when that is longer: each delivery costs a socket write per open stream
+    (and the reader a read), so the cost of streaming grows with the number of
+    streams times deliveries per second; the budget holds it flat (32 streams
+    at 100 events/s: a chunk every 0.32 s; up to 10 streams: every 0.1 s).
+    ``events_per_s`` 0 = no budget.
+
+    At most one timed delivery is pending at any moment: an urgent delivery
+    cancels it (it carried its posts already). Two timers alive at once would
+    each re-arm after its own delivery and halve the pace for good, which
+    doubled the events of 32 streams.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float,
+                 events_per_s: float = 0.0) -> None:
         self._loop = loop
         self.interval_s = interval_s
+        self.events_per_s = events_per_s
+        self.open_streams = 0  # the loop's thread only (``follow``)
         self._lock = threading.Lock()
-        self._pending: deque[tuple[asyncio.Queue[Any], Any]] = deque()
-        self._scheduled = False
+        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
+        # One wake-up of the loop in flight at a time (and one more for an
+        # urgent post that arrives while a paced one is in flight).
+        self._woken = False
+        self._woken_urgent = False
+        self._timer: asyncio.TimerHandle | None = None  # the loop's thread only
         self._last = float("-inf")
+
+    def pace(self) -> float:
+        """Seconds between two deliveries, for the streams open now."""
+        if self.events_per_s <= 0:
+            return self.interval_s
+        return max(self.interval_s, self.open_streams / self.events_per_s)
 
     def post(self, inbox: asyncio.Queue[Any], item: Any, urgent: bool = False) -> None:
         """Called from the engine's thread."""
         with self._lock:
             self._pending.append((inbox, item))
-            if self._scheduled and not urgent:
+            if self._woken_urgent or (self._woken and not urgent):
                 return
-            self._scheduled = True
+            self._woken = True
+            self._woken_urgent = urgent
         self._loop.call_soon_threadsafe(self._arm, urgent)
 
     def _arm(self, urgent: bool) -> None:
-        delay = 0.0 if urgent else self._last + self.interval_s - self._loop.time()
+        if not urgent and self._timer is not None:
+            return  # the pending timed delivery takes these posts too
+        delay = 0.0 if urgent else self._last + self.pace() - self._loop.time()
         if delay > 0:
-            self._loop.call_later(delay, self._deliver)
+            self._timer = self._loop.call_later(delay, self._deliver)
         else:
             self._deliver()
 
     def _deliver(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with self._lock:
-            pending, self._pending = self._pending, deque()
-            self._scheduled = False
-        if pending:  # an urgent delivery may have taken a timed one's posts
-            self._last = self._loop.time()
+            pending, self._pending = self._pending, []
+            self._woken = self._woken_urgent = False
+        if not pending:
+            return
+        self._last = self._loop.time()
         for inbox, item in pending:
             inbox.put_nowait(item)
 
@@ -123,6 +162,7 @@ async def follow(engine: Engine, jobs: list[GenerationJob], mailbox: Mailbox,
 
     for index, job in enumerate(jobs):
         job.listener = listener(index)
+    mailbox.open_streams += 1
     tasks = [asyncio.ensure_future(engine.generate(job)) for job in jobs]
     for index, task in enumerate(tasks):
         task.add_done_callback(lambda done, job=index: inbox.put_nowait(_Finished(job, done)))
@@ -135,6 +175,7 @@ async def follow(engine: Engine, jobs: list[GenerationJob], mailbox: Mailbox,
             remaining -= sum(isinstance(item, _Finished) for item in batch)
             yield batch
     finally:
+        mailbox.open_streams -= 1
         for task in tasks:
             if not task.done():
                 task.cancel()
@@ -168,7 +209,7 @@ class StreamPlan:
 
 
 def _line(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    return f"data: {_encode(payload)}\n\n"
 
 
 def _remaining(sequence: SequenceOutput, sent: int) -> list[TokenEvent]:
@@ -183,15 +224,12 @@ async def sse_events(engine: Engine, jobs: list[GenerationJob], plan: StreamPlan
     """The ``text/event-stream`` body: chunks, an optional usage chunk, ``[DONE]``."""
 
     # Every chunk shares its envelope; only "choices" (and the last "usage") vary.
-    envelope = json.dumps({"id": plan.completion_id, "object": form.object_name,
-                           "created": plan.created, "model": plan.model},
-                          separators=(",", ":"))[:-1]
+    envelope = _encode({"id": plan.completion_id, "object": form.object_name,
+                        "created": plan.created, "model": plan.model})[:-1]
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-        tail = f',"usage":{json.dumps(usage, separators=(",", ":"))}' \
-            if plan.include_usage else ""
-        return (f'data: {envelope},"choices":{json.dumps(choices, separators=(",", ":"))}'
-                f"{tail}}}\n\n")
+        tail = f',"usage":{_encode(usage)}' if plan.include_usage else ""
+        return f'data: {envelope},"choices":{_encode(choices)}{tail}}}\n\n'
 
     total = len(jobs) * plan.n
     texts = [TextStream(plan.tokenizer, plan.stops) for _ in range(total)]
@@ -231,17 +269,47 @@ async def sse_events(engine: Engine, jobs: list[GenerationJob], plan: StreamPlan
                     text += texts[index].finish(ended.text)
                 entries.append(form.entry(index, text, events,
                                           ended.finish_reason if ended else None))
-            if entries:
-                yield chunk(entries)
+            piece = chunk(entries) if entries else ""
+            if len(outputs) == len(jobs):
+                # The last chunk, the usage and [DONE] leave in one write.
+                yield piece + _usage_chunk(chunk, plan, jobs, outputs) + DONE_LINE
+                return
+            if piece:
+                yield piece
     except Exception as exc:  # the engine failed mid-stream: say so in the stream
         logger.exception("streamed generation failed")
         yield _line({"error": {"message": f"generation failed: {exc}", "type": "server_error",
-                               "param": None, "code": None}})
-        yield DONE_LINE
-        return
-    if plan.include_usage:
-        prompt_tokens = sum(len(job.prompt) for job in jobs)
-        completion = sum(len(s.token_ids) for o in outputs.values() for s in o.sequences)
-        yield chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                         "total_tokens": prompt_tokens + completion})
-    yield DONE_LINE
+                               "param": None, "code": None}}) + DONE_LINE
+
+
+def _usage_chunk(chunk: Callable[..., str], plan: StreamPlan, jobs: list[GenerationJob],
+                 outputs: dict[int, GenerationOutput]) -> str:
+    if not plan.include_usage:
+        return ""
+    prompt_tokens = sum(len(job.prompt) for job in jobs)
+    completion = sum(len(s.token_ids) for o in outputs.values() for s in o.sequences)
+    return chunk([], {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": prompt_tokens + completion})
+
+
+class EventStreamResponse(StreamingResponse):
+    """``text/event-stream`` whose ``[DONE]`` piece also ends the body.
+
+    Starlette's ``StreamingResponse`` ends every body with one more, empty
+    write (the chunked encoding's terminator); here the piece that ends with
+    ``[DONE]`` carries it, so a stream's end costs the server one socket write
+    and the client one read instead of two each (32 streams end together).
+    """
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        async for piece in self.body_iterator:
+            data = piece.encode() if isinstance(piece, str) else bytes(piece)
+            last = data.endswith(DONE_BYTES)
+            await send({"type": "http.response.body", "body": data, "more_body": not last})
+            if last:
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -154,6 +154,7 @@ async def health(request: Request) -> Response:
         "default_run": state.store.default_run,
         "paired_run": state.settings.run_id,
         "stream_interval_s": state.settings.stream_interval_s,
+        "stream_events_per_s": state.settings.stream_events_per_s,
         "engine": {**state.engine.stats(), "device": state.engine.info.device,
                    "dtype": state.engine.info.dtype},
     })

@@ -14,8 +14,11 @@ Tunables (CLI option if the CLI defines it, else the environment):
 * ``LOOPS_SAMPLER_PINNED_CACHE`` (4): pinned checkpoints kept loaded.
 * ``LOOPS_SAMPLER_THREADS``: CPU threads of the engine (default: 1 for models
   under 100M parameters, else torch's default).
-* ``LOOPS_SAMPLER_STREAM_INTERVAL_S`` (0.1): at most this long between the
+* ``LOOPS_SAMPLER_STREAM_INTERVAL_S`` (0.1): the shortest time between the
   deliveries of streamed tokens (``openai_stream.Mailbox``); 0 = every step.
+* ``LOOPS_SAMPLER_STREAM_EVENTS_PER_S`` (100): chunks a second for all open
+  streams together; with more streams than ``interval × this`` the time
+  between deliveries stretches to ``streams / this``; 0 = no budget.
 """
 
 from __future__ import annotations
@@ -59,6 +62,13 @@ def _env_number(name: str, default: float | None) -> float | None:
         raise SystemExit(f"{name}={value!r} is not a number") from None
 
 
+def _pacing(value: float | None, flag: str, env: str) -> float:
+    """A stream pacing setting: 0 or more (0 turns it off)."""
+    if value is not None and value < 0:
+        raise SystemExit(f"{flag} / {env}: {value:g} must be 0 or more")
+    return float(value or 0.0)
+
+
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     def option(name: str, env: str, default: float | None) -> float | None:
         value = getattr(args, name, None)
@@ -80,8 +90,12 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
         pinned_cache_size=int(option("pinned_cache", "LOOPS_SAMPLER_PINNED_CACHE", 4) or 4),
         threads=int(option("threads", "LOOPS_SAMPLER_THREADS", 0) or 0) or None,
         live_names=tuple(getattr(args, "live_names", None) or ()),
-        stream_interval_s=float(option("stream_interval", "LOOPS_SAMPLER_STREAM_INTERVAL_S",
-                                       0.1) or 0.0),
+        stream_interval_s=_pacing(
+            option("stream_interval", "LOOPS_SAMPLER_STREAM_INTERVAL_S", 0.1),
+            "--stream-interval", "LOOPS_SAMPLER_STREAM_INTERVAL_S"),
+        stream_events_per_s=_pacing(
+            option("stream_events_per_s", "LOOPS_SAMPLER_STREAM_EVENTS_PER_S", 100.0),
+            "--stream-events-per-s", "LOOPS_SAMPLER_STREAM_EVENTS_PER_S"),
     )
 
 
@@ -121,7 +135,8 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
-        state.mailbox = Mailbox(asyncio.get_running_loop(), settings.stream_interval_s)
+        state.mailbox = Mailbox(asyncio.get_running_loop(), settings.stream_interval_s,
+                                settings.stream_events_per_s)
         await store.prime()
         state.tasks.append(asyncio.create_task(store.watch(), name="live-watcher"))
         public_url = getattr(app.state, "public_url", None)

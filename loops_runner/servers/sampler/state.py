@@ -31,8 +31,11 @@ class SamplerSettings:
     pinned_cache_size: int = 4
     poll_interval_s: float = 0.2
     threads: int | None = None  # CPU threads of the engine (None: automatic)
-    # Streams get their tokens in deliveries at most this far apart (openai_stream.Mailbox).
+    # Streams get their tokens in deliveries at least this far apart, stretched so
+    # that all open streams get at most stream_events_per_s chunks a second
+    # together (openai_stream.Mailbox; 0 = no budget).
     stream_interval_s: float = 0.1
+    stream_events_per_s: float = 100.0
     # Names of the default run's live adapter; the first is listed (``serve-checkpoint``).
     live_names: tuple[str, ...] = ()
 
