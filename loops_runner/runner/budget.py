@@ -53,6 +53,7 @@ _STEP_CALLS = ("forward_backward", "forward_backward_custom", "forward_backward_
                "forward_backward_custom_async")
 
 
+@dataclass
 class BudgetGuard:
     """A training client that stops a bare recipe at the step boundary after the budget.
 
@@ -65,37 +66,36 @@ class BudgetGuard:
     :class:`TrainingLoop` is running) the loop stops the run instead.
     """
 
-    def __init__(self, inner: Any, budget: Budget, start_step: int,
-                 stop: Callable[[int], None], owned: Callable[[], bool]) -> None:
-        self._inner = inner
-        self._budget = budget
-        self._steps = start_step
-        self._start_step = start_step
-        self._stop = stop
-        self._owned = owned
-        self._last_update: Any = None
+    # Private names: every other attribute is the wrapped client's.
+    _inner: Any
+    _budget: Budget
+    _steps: int  # optimizer steps done: the resume's start, then one per optim_step
+    _stop: Callable[[int], None]
+    _owned: Callable[[], bool]
+    _last_update: Any = None
 
-    @property
-    def inner(self) -> Any:
-        return self._inner
+    def __post_init__(self) -> None:
+        self._start_step = self._steps
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
+        # Only names the dataclass does not hold reach here: the client's own.
+        if "_inner" not in self.__dict__:  # not built yet (copy, pickle)
+            raise AttributeError(name)
+        attribute = getattr(self.__dict__["_inner"], name)
         if name in _STEP_CALLS:
             self._at_step_boundary()
         return attribute
 
     def optim_step(self, *args: Any, **kwargs: Any) -> Any:
-        future = self._inner.optim_step(*args, **kwargs)
-        self._steps += 1
-        self._last_update = future
-        return future
+        return self._counted(self._inner.optim_step(*args, **kwargs))
 
     async def optim_step_async(self, *args: Any, **kwargs: Any) -> Any:
-        future = await self._inner.optim_step_async(*args, **kwargs)
+        return self._counted(await self._inner.optim_step_async(*args, **kwargs))
+
+    def _counted(self, update: Any) -> Any:
         self._steps += 1
-        self._last_update = future
-        return future
+        self._last_update = update
+        return update
 
     def _at_step_boundary(self) -> None:
         if (self._budget.time_budget_s is None or self._owned()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -72,16 +72,20 @@ class Finished(Generic[W]):
     evaluates: bool
 
 
+@dataclass
 class TrainingLoop(Generic[W]):
-    def __init__(self, ctx: RunContext, cadence: Cadence, ahead: int = 0) -> None:
-        self._ctx = ctx
-        self.cadence = cadence
-        self.ahead = ahead
-        self._queue: deque[tuple[int, W]] = deque()
-        self._last_logged_at = time.monotonic()
-        self.step = ctx.start_step  # optimizer steps done and logged
-        self.last: dict[str, Any] = dict(ctx.logged)  # a resumed run's metrics so far
-        self.stopped_early = False
+    _ctx: RunContext
+    cadence: Cadence
+    ahead: int = 0  # steps in flight beyond the one just submitted
+    _queue: deque[tuple[int, W]] = field(default_factory=deque, init=False)
+    _last_logged_at: float = field(default_factory=time.monotonic, init=False)
+    step: int = field(init=False)  # optimizer steps done and logged
+    last: dict[str, Any] = field(init=False)  # the last value of every metric logged
+    stopped_early: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.step = self._ctx.start_step
+        self.last = dict(self._ctx.logged)  # a resumed run's metrics so far
 
     @property
     def steps(self) -> int:
