@@ -22,10 +22,17 @@ def test_each_steps_table_sits_beside_that_steps_metrics(tmp_path: Path,
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = MetricsLogger(tmp_path, WandbSection(mode="offline", project="rl-tests"),
                            run_name="divergence", config={}, console=Console(quiet=True))
-    for step in (1, 2):
-        log_divergent_tokens(tmp_path, logger, step, [ROW] if step == 1 else [])
-        logger.log(step, {"kl/sample_train_k3": 0.1 * step})
-    logger.close()
+    try:
+        for step in (1, 2):
+            log_divergent_tokens(tmp_path, logger, step, [ROW] if step == 1 else [])
+            logger.log(step, {"kl/sample_train_k3": 0.1 * step})
+    finally:
+        logger.close()
+        # wandb keeps process-wide settings (its directory among them) from its first
+        # init; tear them down so later tests in this process read their own WANDB_DIR.
+        import wandb
+
+        wandb.teardown()
 
     [line] = [json.loads(x) for x in (tmp_path / DIVERGENCE_FILE).read_text().splitlines()]
     assert line == {"step": 1, "tokens": [ROW]}  # a step with nothing trained writes none
