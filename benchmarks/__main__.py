@@ -41,12 +41,12 @@ from loops_runner.servers.launch import CHILD_ENV_DEFAULTS
 PREFERRED_ORDER = (
     "op_overhead", "training_throughput", "variable_lengths", "memory",
     "startup", "sampling", "streaming", "group_sampling", "weight_sync", "rl_step", "many_runs",
-    "anchors",
+    "report_build", "anchors", "soak", "sweep_parallel",
 )
 # Names that select another module with --only (rows that share a module's run).
 ALIASES = {"mfu": "training_throughput", "learning": "anchors"}
 # Measures too long for --quick's ~3 minutes: they run there only when --only names them.
-FULL_ONLY = {"anchors"}
+FULL_ONLY = {"anchors", "soak", "sweep_parallel"}
 QUICK_ROUNDS = 3
 FULL_ROUNDS = 7
 
@@ -73,7 +73,7 @@ def run_measure(name: str, ctx: BenchContext, *, named: bool = False) -> list[Ro
     """One module's rows; an exception (or a wrong return) becomes an error row,
     ``Skipped`` a skip row with its one line."""
     if ctx.quick and name in FULL_ONLY and not named:
-        return [Skip(name, f"left out of --quick (minutes of training); "
+        return [Skip(name, f"left out of --quick (minutes of load); "
                            f"--quick --only {name} runs a short version")]
     try:
         module = importlib.import_module(f"{measures.__name__}.{name}")

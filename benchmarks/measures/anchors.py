@@ -95,7 +95,7 @@ def late_mean(values: list[float]) -> float:
 
 def ours(work: Path, home: Path, recipe: str, overrides: list[str], name: str, key: str,
          threads: int | None) -> Run:
-    from benchmarks.rl_common import run_recipe
+    from benchmarks.recipe_runs import run_recipe
 
     metrics = run_recipe(work, home, recipe, [*COMMON, *overrides], name, threads=threads)
     steps = [m for m in metrics if m.get("step", 0) >= 1 and "time/step_s" in m]
@@ -115,8 +115,8 @@ def theirs(trace: Any) -> Run:
 def run(ctx: BenchContext) -> list[Result]:
     if importlib.util.find_spec("trl") is None:
         raise Skipped("trl is not installed: pip install -e '.[anchors]' to compare with TRL")
-    from benchmarks import trl_anchors as trl
-    from benchmarks.rl_common import stop_daemon
+    from benchmarks.measures import _trl as trl
+    from benchmarks.recipe_runs import stop_daemon
     from loops_runner import tasks
     from loops_runner.data.preferences import task_pairs
     from loops_runner.models import tiny
@@ -262,8 +262,8 @@ class BareRL:
 
     def __init__(self, model_path: str, rows: list[dict[str, Any]], group_size: int,
                  max_tokens: int) -> None:
-        from benchmarks.trainer_bench import PeftLoop
-        from benchmarks.trl_anchors import RANK, _tokenizer
+        from benchmarks.measures._trainer import PeftLoop
+        from benchmarks.measures._trl import RANK, _tokenizer
         from loops_runner import tasks
 
         self.loop = PeftLoop(model_path, RANK)

@@ -3,7 +3,7 @@
 * **ours**: a fresh ``loops-runner serve trainer`` driven through the SDK for
   ``steps`` of ``forward_backward`` + ``optim_step``; then its peak resident
   set (``VmHWM`` of ``/proc/<pid>/status``).
-* **anchor**: ``trainer_bench.PeftLoop`` in its own fresh Python process
+* **anchor**: ``_trainer.PeftLoop`` in its own fresh Python process
   (``python -m benchmarks.measures.memory --anchor ...``), the same steps,
   the same figure.
 
@@ -28,8 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.suite import BenchContext, Result, median
-from benchmarks.trainer_bench import (
+from benchmarks.measures._trainer import (
     LEARNING_RATE,
     RANK,
     PeftLoop,
@@ -39,6 +38,7 @@ from benchmarks.trainer_bench import (
     shared_trainer,
     start_trainer,
 )
+from benchmarks.suite import BenchContext, Result, median
 
 GOAL = 1.2
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def run(ctx: BenchContext) -> list[Result]:
         label, model_path, base_model = "tiny", str(tiny.prepare(ctx.home)), "tiny"
         rows, length, steps, rounds = 8, 128, 3, 1
     else:
-        from benchmarks.models import prepare_qwen3_40m
+        from benchmarks.measures._models import prepare_qwen3_40m
 
         model_path = str(prepare_qwen3_40m(ctx.home))
         label, base_model = "qwen3-40m", model_path

@@ -22,8 +22,8 @@ import statistics
 import time
 from typing import Any
 
+from benchmarks.measures._trainer import RANK, datums, shared_trainer
 from benchmarks.suite import BenchContext, Result, median
-from benchmarks.trainer_bench import RANK, datums, shared_trainer
 
 GOAL_MS = 3.0
 WARMUP_CALLS = 20

@@ -48,7 +48,7 @@ def steps_per_second(metrics: list[dict]) -> float:
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    from benchmarks.rl_common import run_rl, stop_daemon, write_scratch_task
+    from benchmarks.recipe_runs import run_rl, stop_daemon, write_scratch_task
     from loops_runner.models import tiny
 
     threads = ctx.threads or 1

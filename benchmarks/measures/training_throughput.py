@@ -7,7 +7,7 @@ Rows ``training_throughput[<model>]`` (goal ours/anchor >= 0.95, tokens/s):
   operations of a step submitted back to back, and the next step submitted
   before the previous step's futures are read (one step ahead);
 * **anchor**: the same LoRA update in this process with a hand-written PEFT +
-  ``torch.optim.AdamW`` loop (``trainer_bench.PeftLoop``), same rank, alpha,
+  ``torch.optim.AdamW`` loop (``_trainer.PeftLoop``), same rank, alpha,
   projections, hyper-parameters and clipping, same batch.
 
 Both use the same torch thread count (the trainer inherits this process's
@@ -47,8 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.suite import BenchContext, Result, median
-from benchmarks.trainer_bench import (
+from benchmarks.measures._trainer import (
     LEARNING_RATE,
     RANK,
     PeftLoop,
@@ -57,6 +56,7 @@ from benchmarks.trainer_bench import (
     shared_trainer,
     start_trainer,
 )
+from benchmarks.suite import BenchContext, Result, median
 
 GOAL_RATIO = 0.95
 MFU_GOAL_RATIO = 0.95  # ours' MFU over the plain PEFT loop's
@@ -83,7 +83,7 @@ def cases(quick: bool) -> list[Case]:
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    from benchmarks.models import prepare_qwen3_40m
+    from benchmarks.measures._models import prepare_qwen3_40m
     from loops_runner.models import tiny
 
     paths = {"tiny": str(tiny.prepare(ctx.home)), "qwen3-40m": str(prepare_qwen3_40m(ctx.home))}

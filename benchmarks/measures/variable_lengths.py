@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.measures._trainer import RANK, wire_datum
 from benchmarks.suite import BenchContext, Result, median
-from benchmarks.trainer_bench import RANK, wire_datum
 
 GOAL = 1.5
 MIN_LEN = 16

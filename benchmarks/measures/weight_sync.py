@@ -31,8 +31,8 @@ import uuid
 from pathlib import Path
 
 from benchmarks.measures._support import interleave, paired, shared_sampler, standalone
+from benchmarks.measures._trainer import shared_trainer
 from benchmarks.suite import BenchContext, Result
-from benchmarks.trainer_bench import shared_trainer
 
 RANK = 32
 PER_ROUND = 5

@@ -1,4 +1,4 @@
-"""Load drivers shared by tests/reliability/test_load.py and benchmarks/soak.py.
+"""Load drivers shared by tests/reliability/test_load.py and benchmarks/measures/soak.py.
 
 Raw HTTP (httpx, asyncio) so the wire is what is measured: many clients, each
 with its own run on one trainer, submit a mixed stream of operations pipelined

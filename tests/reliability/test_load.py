@@ -1,7 +1,7 @@
 """Load: many clients on one trainer, many concurrent samples, bounded memory.
 
-Short versions of benchmarks/soak.py (which runs 8 x 200 ops and 2 minutes of
-64 concurrent samples and prints the figures).
+Short versions of the ``soak`` benchmark (``python -m benchmarks --only soak``: 8 x 200
+ops and 2 minutes of 64 concurrent samples, figures against absolute goals).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.trainer_bench import LORA_ALPHA, PROJECTIONS
+from benchmarks.measures._trainer import LORA_ALPHA, PROJECTIONS
 
 RANK = 16  # conf/model/tiny.yaml: the rank our recipes train with on tiny
 

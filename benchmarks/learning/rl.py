@@ -7,7 +7,7 @@ one-sided p-value (scipy when installed, else the normal approximation, which is
 close at these sample sizes). Acceptance: last > first with p < 0.01, within 3 minutes
 of wall time per run on 2 cores.
 
-    .venv/bin/python benchmarks/rl_learning.py [--home DIR] [--modes 0,1]
+    .venv/bin/python -m benchmarks.learning.rl [--home DIR] [--modes 0,1]
         [--task arithmetic|digits] [overrides...]
 
 Extra arguments are passed to the CLI (e.g. ``recipe.learning_rate=1e-3``).
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_common import run_rl, stop_daemon, write_scratch_task
+from benchmarks.recipe_runs import run_rl, stop_daemon, write_scratch_task
 
 WINDOW = 5
 

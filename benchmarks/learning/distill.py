@@ -1,6 +1,6 @@
 """Distillation learning check: held-out reverse KL and task accuracy, real CLI.
 
-    python benchmarks/distill_learning.py --teacher outputs/sft/default [--home DIR] [overrides...]
+    python -m benchmarks.learning.distill --teacher outputs/sft/default [--home DIR] [overrides...]
 
 Acceptance (issue 12, pretrained ``tiny``): ``distill/reverse_kl`` on held-out
 prompts falls >= 50% and the student's ``eval/accuracy`` moves toward the
@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from learning_common import read_metrics, run_cli, series
+from benchmarks.recipe_runs import read_metrics, run_cli, series
 
 
 def main() -> None:
@@ -26,13 +26,15 @@ def main() -> None:
     teacher = args.teacher
     if teacher is None:
         sft_dir = Path(tempfile.mkdtemp(prefix="distill-teacher-"))
-        sft_wall, teacher_run = run_cli(["+recipe=sft", "recipe.num_final_samples=0"], sft_dir,
-                                        args.home)
+        teacher_run = sft_dir / "run"
+        sft_wall = run_cli(["+recipe=sft", "recipe.num_final_samples=0"], teacher_run,
+                           cwd=sft_dir, home=args.home)
         teacher = str(teacher_run)
         print(f"teacher: SFT run in {teacher} ({sft_wall:.0f} s)")
     workdir = Path(tempfile.mkdtemp(prefix="distill-learning-"))
-    wall, run_dir = run_cli(["+recipe=distill", f"recipe.teacher={teacher}", *args.overrides],
-                            workdir, args.home)
+    run_dir = workdir / "run"
+    wall = run_cli(["+recipe=distill", f"recipe.teacher={teacher}", *args.overrides], run_dir,
+                   cwd=workdir, home=args.home)
     lines = read_metrics(run_dir)
     for name in ("distill/reverse_kl", "distill/teacher_logprob", "eval/accuracy"):
         print(f"{name:24s} " + "  ".join(f"{step}:{value:.3f}"

@@ -1,6 +1,6 @@
 """DPO learning check: held-out preference accuracy and greedy task accuracy, real CLI.
 
-    python benchmarks/dpo_learning.py [--home DIR] [overrides...]
+    python -m benchmarks.learning.dpo [--home DIR] [overrides...]
 
 Acceptance (issue 12, pretrained ``tiny``): ``eval/dpo/accuracy`` rises to
 >= 0.8 from the base's, ``eval/accuracy`` does not fall, within 3 minutes
@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from learning_common import read_metrics, run_cli, series
+from benchmarks.recipe_runs import read_metrics, run_cli, series
 
 
 def main() -> None:
@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dpo-learning-"))
-    wall, run_dir = run_cli(["+recipe=dpo", *args.overrides], workdir, args.home)
+    run_dir = workdir / "run"
+    wall = run_cli(["+recipe=dpo", *args.overrides], run_dir, cwd=workdir, home=args.home)
     lines = read_metrics(run_dir)
     for name in ("eval/dpo/accuracy", "eval/dpo/margin", "eval/dpo/loss", "eval/accuracy"):
         print(f"{name:22s} " + "  ".join(f"{step}:{value:.3f}"

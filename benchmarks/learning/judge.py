@@ -7,7 +7,7 @@ held-out prompt, which no step trains on) before the first step and after the la
 with its std and episode count; Welch's t of after vs before and the one-sided
 p-value (scipy). Acceptance: after > before with p < 0.01 on every seed.
 
-    .venv/bin/python benchmarks/judge_learning.py [--home DIR] [--seeds 0,1,2] [overrides...]
+    .venv/bin/python -m benchmarks.learning.judge [--home DIR] [--seeds 0,1,2] [overrides...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rl_common import run_rl, stop_daemon
+from benchmarks.recipe_runs import run_rl, stop_daemon
 
 PROMPTS = ["Tell me about the {}.", "What do you know about {}?", "Describe {} briefly.",
            "Is {} interesting?", "Say something kind about {}."]
