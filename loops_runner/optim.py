@@ -28,6 +28,19 @@ class OptimConfig(BaseModel):
     beta2: float = Field(default=0.95, ge=0, lt=1)
 
 
+class OnPolicyOptimConfig(OptimConfig):
+    """The defaults of the recipes that train on samples from the policy itself (rl, distill).
+
+    Each step's batch is fresh from the current weights, so these recipes start
+    at a lower, constant rate with no warmup; one class keeps their defaults
+    (and the YAML files that state them) from drifting apart.
+    """
+
+    learning_rate: float = Field(default=1e-3, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+
+
 # Warmup never takes more than this share of a run: 10 warmup steps of a 12-step run
 # on small data would train at a fraction of the rate almost throughout.
 MAX_WARMUP_FRACTION = 0.2

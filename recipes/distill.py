@@ -35,7 +35,7 @@ from loops_runner.data.checks import DataSummary, check_rows, held_out_count
 from loops_runner.data.prompts import prompt_messages
 from loops_runner.data.sources import SourceConfig, read_source
 from loops_runner.eval import EvaluatorConfig, SamplingEvaluator
-from loops_runner.optim import OptimConfig, adam_params, learning_rate
+from loops_runner.optim import OnPolicyOptimConfig, adam_params, learning_rate
 from loops_runner.rl.datums import TokenSequence, trajectory_sequences
 from loops_runner.rl.envs.tasks import task_builder
 from loops_runner.rl.message_env import MessageEnvGroupBuilder, ProblemEnv
@@ -68,7 +68,7 @@ class PromptsConfig(SourceConfig):  # source, split and column mapping come from
     eval_prompts: int = Field(default=32, ge=1)
 
 
-class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from OptimConfig
+class Config(OnPolicyOptimConfig):  # learning rate, schedule, AdamW knobs: optim.py
     teacher: str = Field(default="outputs/sft/default", min_length=1)
     mode: Literal["on_policy", "off_policy"] = "on_policy"
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
@@ -77,9 +77,6 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     max_tokens: int = Field(default=12, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=40, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(default=0, ge=0)
     eval_every: int = Field(default=10, ge=0)
     save_every: int = Field(default=20, ge=0)
     # greedy eval/accuracy on held-out task questions: the student's, and the teacher's once

@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from loops_runner.data.checks import MAX_HELD_OUT_FRACTION, DataSummary
 from loops_runner.data.sources import BadRowPolicy
 from loops_runner.eval import EvaluatorConfig
-from loops_runner.optim import OptimConfig, adam_params, learning_rate
+from loops_runner.optim import OnPolicyOptimConfig, adam_params, learning_rate
 from loops_runner.rl import plugins
 from loops_runner.rl.advantages import group_advantages, is_constant
 from loops_runner.rl.datasets import DatasetSetup
@@ -83,7 +83,7 @@ POLICY_NAME = "rl-policy"
 #    is provisioned) --------------------------------------------------------------------
 
 
-class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from OptimConfig
+class Config(OnPolicyOptimConfig):  # learning rate, schedule, AdamW knobs: optim.py
     env: str | None = None
     env_args: dict[str, Any] = Field(default_factory=dict)
     reward: str | None = None
@@ -114,10 +114,6 @@ class Config(OptimConfig):  # learning rate, schedule and AdamW knobs come from 
     loss_fn_config: dict[str, float] = Field(default_factory=dict)
     normalize_advantages_by_std: bool = False
     kl_penalty_coef: float = Field(default=0.0, ge=0)
-
-    learning_rate: float = Field(default=1e-3, gt=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(default=0, ge=0)
 
     max_rollout_error_frac: float = Field(default=0.5, ge=0, le=1)
     num_groups_to_log: int = Field(default=2, ge=0)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -81,6 +81,18 @@ def _dump(request: BaseModel) -> dict[str, Any]:
     return request.model_dump(mode="json", exclude_none=True)
 
 
+_Created = TypeVar("_Created", RunInfo, SamplerInfo)
+
+
+def _reachable(created: _Created, url_name: str, *, run_id: str | None,
+               operation: str) -> _Created:
+    """``created`` as the create call returns it, refused while it has no URL to call yet."""
+    if created.base_url is None:
+        raise LoopsError(f"{url_name} is not yet available", run_id=run_id,
+                         operation=operation)
+    return created
+
+
 def _parse(model: type[BaseModel], response: httpx.Response, what: str) -> Any:
     try:
         return model.model_validate(response.json())
@@ -115,9 +127,13 @@ class ControlPlaneClient:
         """Where creates go: the team's root when a team is named (spec 3)."""
         return "/v1/loops" if self.team_id is None else f"/v1/teams/{self.team_id}/loops"
 
-    def _create_path(self, resource: str, scoped: bool) -> str:
-        return f"{self.create_root}/debug/{resource}" if scoped \
+    def _post_create(self, resource: str, request: CreateTrainerRequest | CreateSamplerRequest,
+                     *, what: str, run_id: str | None = None) -> httpx.Response:
+        # A request that names a scope goes through /debug/, as the Baseten SDK does.
+        path = f"{self.create_root}/debug/{resource}" if request.scope is not None \
             else f"{self.create_root}/{resource}"
+        return self._request("POST", path, json=_dump(request), what=what,
+                             timeout=CREATE_TIMEOUT, run_id=run_id)
 
     def _send(self, method: str, path: str, *, what: str, timeout: float,
               json: Any = None, params: dict[str, Any] | None = None,
@@ -193,25 +209,17 @@ class ControlPlaneClient:
         return _parse(SessionResponse, response, "create_session").session.id
 
     def create_trainer(self, request: CreateTrainerRequest) -> RunInfo:
-        path = self._create_path("trainers", request.scope is not None)
-        response = self._request("POST", path, json=_dump(request),
-                                 what="create_trainer", timeout=CREATE_TIMEOUT)
+        response = self._post_create("trainers", request, what="create_trainer")
         run = _parse(RunResponse, response, "create_trainer").run
-        if run.base_url is None:
-            raise LoopsError("the run's trainer URL is not yet available",
-                             run_id=run.id, operation="create_trainer")
-        return run
+        return _reachable(run, "the run's trainer URL", run_id=run.id,
+                          operation="create_trainer")
 
     def create_sampler(self, request: CreateSamplerRequest) -> SamplerInfo:
-        path = self._create_path("samplers", request.scope is not None)
-        response = self._request("POST", path, json=_dump(request),
-                                 what="create_sampler", timeout=CREATE_TIMEOUT,
-                                 run_id=request.run_id)
+        response = self._post_create("samplers", request, what="create_sampler",
+                                     run_id=request.run_id)
         sampler = _parse(SamplerResponse, response, "create_sampler").sampler
-        if sampler.base_url is None:
-            raise LoopsError("the sampler's URL is not yet available",
-                             run_id=request.run_id, operation="create_sampler")
-        return sampler
+        return _reachable(sampler, "the sampler's URL", run_id=request.run_id,
+                          operation="create_sampler")
 
     def trainer_status(self, deployment_id: str) -> str:
         response = self._request("GET", f"/v1/loops/deployments/{deployment_id}",

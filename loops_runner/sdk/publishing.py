@@ -32,45 +32,58 @@ def _answer(response: httpx.Response, target: int) -> str:
     return "ready" if version >= target else f"version {version}"
 
 
-def _timeout(target: int, last: str, run_id: str | None) -> OperationTimeoutError:
-    return OperationTimeoutError(
-        f"the paired sampler did not reach version {target} within {WAIT:.0f}s "
-        f"(last answer: {last})", run_id=run_id, operation="wait_for_sampler")
+class _Wait:
+    """The deadline and backoff of one wait, shared by its sync and async poll loops."""
+
+    def __init__(self, target: int, run_id: str | None) -> None:
+        self.target = target
+        self.run_id = run_id
+        self.deadline = time.monotonic() + WAIT
+        self.pause = FIRST_PAUSE
+
+    def after(self, last: str) -> float | None:
+        """How long to sleep after the answer ``last``: None once it is ``"ready"``.
+
+        Raises ``OperationTimeoutError`` when that sleep would end past the deadline.
+        """
+        if last == "ready":
+            return None
+        pause = self.pause
+        if time.monotonic() + pause > self.deadline:
+            raise OperationTimeoutError(
+                f"the paired sampler did not reach version {self.target} within {WAIT:.0f}s "
+                f"(last answer: {last})", run_id=self.run_id, operation="wait_for_sampler")
+        self.pause = min(pause * 2, MAX_PAUSE)
+        return pause
+
+
+def _poll(client: httpx.Client, url: str, target: int) -> str:
+    try:
+        return _answer(client.get(url), target)
+    except httpx.TransportError as exc:
+        return repr(exc)
+
+
+async def _poll_async(client: httpx.AsyncClient, url: str, target: int) -> str:
+    try:
+        return _answer(await client.get(url), target)
+    except httpx.TransportError as exc:
+        return repr(exc)
 
 
 def wait_for_version(sampler_url: str, headers: dict[str, str], target: int,
                      run_id: str | None) -> None:
     url = f"{sampler_url}/trainers_policy_version"
-    deadline = time.monotonic() + WAIT
-    pause = FIRST_PAUSE
+    wait = _Wait(target, run_id)
     with make_client(headers=headers, timeout=10.0) as client:
-        while True:
-            try:
-                last = _answer(client.get(url), target)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            if last == "ready":
-                return
-            if time.monotonic() + pause > deadline:
-                raise _timeout(target, last, run_id)
+        while (pause := wait.after(_poll(client, url, target))) is not None:
             time.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)
 
 
 async def wait_for_version_async(sampler_url: str, headers: dict[str, str], target: int,
                                  run_id: str | None) -> None:
     url = f"{sampler_url}/trainers_policy_version"
-    deadline = time.monotonic() + WAIT
-    pause = FIRST_PAUSE
+    wait = _Wait(target, run_id)
     async with make_async_client(headers=headers, timeout=10.0) as client:
-        while True:
-            try:
-                last = _answer(await client.get(url), target)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            if last == "ready":
-                return
-            if time.monotonic() + pause > deadline:
-                raise _timeout(target, last, run_id)
+        while (pause := wait.after(await _poll_async(client, url, target))) is not None:
             await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)

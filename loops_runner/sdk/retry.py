@@ -156,11 +156,46 @@ def _tenacity_args(policy: RetryPolicy, budget: float | None, what: str) -> dict
     }
 
 
-def _unavailable(what: str, exc: Exception, elapsed: float, attempts: int,
-                 context: dict) -> ServerUnavailableError:
-    return ServerUnavailableError(
-        f"could not reach the server after {attempts} attempts over {elapsed:.1f}s "
-        f"({type(exc).__name__}: {exc or 'no detail'}) while sending {what}", **context)
+class _Tries:
+    """The count and the clock of one retried call, and what each way it ends returns.
+
+    ``send`` and ``send_async`` differ only in how they call and wait; tenacity
+    calls ``attempt`` (or ``attempt_async``) until the policy stops it.
+    """
+
+    def __init__(self, policy: RetryPolicy, what: str, context: dict | None) -> None:
+        self.policy = policy
+        self.what = what
+        self.context = context or {}
+        self.started = time.monotonic()
+        self.attempts = 0
+
+    def _judge(self, response: httpx.Response) -> Outcome:
+        if self.policy.retries_response(response):
+            raise RetryableStatus(response)
+        return Outcome(response, self.attempts, time.monotonic() - self.started, False)
+
+    def attempt(self, request: Callable[[], httpx.Response]) -> Outcome:
+        self.attempts += 1
+        return self._judge(request())
+
+    async def attempt_async(self, request: Callable[[], Awaitable[httpx.Response]]) -> Outcome:
+        self.attempts += 1
+        return self._judge(await request())
+
+    def ended(self, exc: Exception) -> Outcome:
+        """The outcome of a call that retried until ``exc`` stopped it.
+
+        A retryable status is returned with ``exhausted`` set; a transport
+        error becomes ``ServerUnavailableError`` (raised from ``exc``).
+        """
+        elapsed = time.monotonic() - self.started
+        if isinstance(exc, RetryableStatus):
+            return Outcome(exc.response, self.attempts, elapsed, True)
+        raise ServerUnavailableError(
+            f"could not reach the server after {self.attempts} attempts over {elapsed:.1f}s "
+            f"({type(exc).__name__}: {exc or 'no detail'}) while sending {self.what}",
+            **self.context) from exc
 
 
 def send(
@@ -178,22 +213,11 @@ def send(
     outlast the budget become ``ServerUnavailableError``; other exceptions
     propagate unchanged.
     """
-    started = time.monotonic()
-    attempts = 0
+    tries = _Tries(policy, what, context)
     try:
-        for attempt in Retrying(**_tenacity_args(policy, budget, what)):
-            with attempt:
-                attempts += 1
-                response = request()
-                if policy.retries_response(response):
-                    raise RetryableStatus(response)
-                return Outcome(response, attempts, time.monotonic() - started, False)
-    except RetryableStatus as exc:
-        return Outcome(exc.response, attempts, time.monotonic() - started, True)
-    except policy.transport_errors as exc:
-        raise _unavailable(what, exc, time.monotonic() - started, attempts,
-                           context or {}) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+        return Retrying(**_tenacity_args(policy, budget, what))(tries.attempt, request)
+    except (RetryableStatus, *policy.transport_errors) as exc:
+        return tries.ended(exc)
 
 
 async def send_async(
@@ -205,19 +229,9 @@ async def send_async(
     context: dict | None = None,
 ) -> Outcome:
     """``send`` for coroutines: the waits use ``asyncio.sleep``."""
-    started = time.monotonic()
-    attempts = 0
+    tries = _Tries(policy, what, context)
     try:
-        async for attempt in AsyncRetrying(**_tenacity_args(policy, budget, what)):
-            with attempt:
-                attempts += 1
-                response = await request()
-                if policy.retries_response(response):
-                    raise RetryableStatus(response)
-                return Outcome(response, attempts, time.monotonic() - started, False)
-    except RetryableStatus as exc:
-        return Outcome(exc.response, attempts, time.monotonic() - started, True)
-    except policy.transport_errors as exc:
-        raise _unavailable(what, exc, time.monotonic() - started, attempts,
-                           context or {}) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+        return await AsyncRetrying(**_tenacity_args(policy, budget, what))(
+            tries.attempt_async, request)
+    except (RetryableStatus, *policy.transport_errors) as exc:
+        return tries.ended(exc)

@@ -13,10 +13,12 @@ what the servers do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.routing import Match
 
@@ -134,3 +136,24 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
         if any(route.matches(scope)[0] is Match.FULL for route in routes):
             allowed.append(method)
     return allowed
+
+
+def add_catch_all(app: FastAPI, *, wrong_method: Callable[[str, dict[str, str]], Response],
+                  unknown_path: Callable[[str, str], Response]) -> None:
+    """Answer every request no other route takes, in the server's own error shape.
+
+    A path another route serves with other methods gets
+    ``wrong_method(message, headers)`` (the server's 405, with ``Allow``); any
+    other path gets ``unknown_path(method, path)``. Add it after the other
+    routes: it matches everything.
+    """
+
+    @app.api_route(CATCH_ALL_PATH, methods=list(PROBED_METHODS), include_in_schema=False)
+    async def catch_all(path: str, request: Request) -> Response:
+        allowed = allowed_methods(app, request)
+        if allowed:
+            return wrong_method(f"{request.method} is not allowed on /{path} (allowed: "
+                                f"{', '.join(allowed)})", {"Allow": ", ".join(allowed)})
+        return unknown_path(request.method, path)
+
+    _ = catch_all

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from loops_runner.servers.control_plane.auth import API_KEY_ENV
 from loops_runner.servers.launch import ServerProcess, spawn_server, tail
@@ -62,6 +65,29 @@ def start_control_plane(home: Path, *, api_key: str | None = None,
     server = spawn_server(args, home / "logs" / "control-plane-test.log", env=env,
                           start_timeout=60)
     return ControlPlaneProcess(server, home, api_key, args)
+
+
+def copy_tiny(source: Path, home: Path) -> None:
+    """Give a fresh data home the already built tiny model (building it takes ~8 s)."""
+    target = home / "models" / source.name
+    if not target.exists():
+        shutil.copytree(source, target)
+
+
+@contextmanager
+def tiny_control_plane(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
+                       home_name: str, **options: Any) -> Iterator[ControlPlaneProcess]:
+    """A control plane on a fresh data home that has the tiny model, stopped on exit.
+
+    ``options`` go to :func:`start_control_plane` (api_key, extra, env).
+    """
+    home = tmp_path_factory.mktemp(home_name)
+    copy_tiny(tiny_model_dir, home)
+    process = start_control_plane(home, **options)
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,

@@ -26,10 +26,10 @@ from tests.control_plane.helpers import (
     ControlPlaneProcess,
     pid_alive,
     server_pids,
-    start_control_plane,
+    tiny_control_plane,
     wait_for,
 )
-from tests.control_plane.test_cp_provisioning import copy_tiny, create_run, deployment, ok
+from tests.control_plane.test_cp_provisioning import create_run, deployment, new_session, ok
 from tests.trainer.trainer_helpers import Trainer, datum
 
 CAP = 3
@@ -46,17 +46,9 @@ class Shared:
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory,
        tiny_model_dir: Path) -> Iterator[ControlPlaneProcess]:
-    home = tmp_path_factory.mktemp("cp_place_home")
-    copy_tiny(tiny_model_dir, home)
-    process = start_control_plane(home, extra=["--runs-per-trainer", str(CAP)])
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def api(cp: ControlPlaneProcess) -> Iterator[httpx.Client]:
-    with cp.client(timeout=300.0) as client:
-        yield client
+    with tiny_control_plane(tmp_path_factory, tiny_model_dir, "cp_place_home",
+                            extra=["--runs-per-trainer", str(CAP)]) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +77,7 @@ def train(trainer: Trainer, tokens: list[int], steps: int) -> None:
 
 def test_runs_created_at_once_share_one_trainer(cp: ControlPlaneProcess, api: httpx.Client,
                                                 shared: Shared) -> None:
-    shared.session_id = ok(api.post("/v1/loops/sessions"))["session"]["id"]
+    shared.session_id = new_session(api)
     with ThreadPoolExecutor(CAP) as pool:
         runs = list(pool.map(lambda _: create_run(api, shared.session_id), range(CAP)))
     shared.runs = runs

@@ -9,7 +9,6 @@ then killing that trainer, and last a restart of the control plane itself.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -30,6 +29,7 @@ from tests.control_plane.helpers import (
     child_server_pids,
     pid_alive,
     start_control_plane,
+    tiny_control_plane,
     wait_for,
 )
 
@@ -38,27 +38,12 @@ PROMPT = [11, 42, 7, 99, 23, 5, 64, 18]
 TARGETS = [42, 7, 99, 23, 5, 64, 18, 31]
 
 
-def copy_tiny(source: Path, home: Path) -> None:
-    """Give a fresh data home the already built tiny model (building it takes ~8 s)."""
-    target = home / "models" / source.name
-    if not target.exists():
-        shutil.copytree(source, target)
-
-
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory,
        tiny_model_dir: Path) -> Iterator[ControlPlaneProcess]:
-    home = tmp_path_factory.mktemp("cp_prov_home")
-    copy_tiny(tiny_model_dir, home)
-    process = start_control_plane(home, api_key=API_KEY)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def api(cp: ControlPlaneProcess) -> Iterator[httpx.Client]:
-    with cp.client(timeout=300.0) as client:
-        yield client
+    with tiny_control_plane(tmp_path_factory, tiny_model_dir, "cp_prov_home",
+                            api_key=API_KEY) as process:
+        yield process
 
 
 def ok(response: httpx.Response) -> dict[str, Any]:
@@ -128,13 +113,17 @@ def create_run(api: httpx.Client, session_id: str, **extra: Any) -> dict[str, An
     return ok(api.post("/v1/loops/trainers", json=body))["run"]
 
 
+def new_session(api: httpx.Client) -> str:
+    return ok(api.post("/v1/loops/sessions"))["session"]["id"]
+
+
 def deployment(api: httpx.Client, deployment_id: str) -> dict[str, Any]:
     return ok(api.get(f"/v1/loops/deployments/{deployment_id}"))["deployment"]
 
 
 @pytest.fixture(scope="module")
 def trained(api: httpx.Client, tiny_model_dir: Path) -> TrainedRun:
-    session_id = ok(api.post("/v1/loops/sessions"))["session"]["id"]
+    session_id = new_session(api)
     run = create_run(api, session_id)
     trainer = Trainer(run["base_url"], run["id"])
     trainer.op("init_trainer_server", {"lora_rank": 8, "base_model": run["base_model"]})
@@ -287,7 +276,7 @@ def test_standalone_sampler_from_checkpoint(api: httpx.Client, trained: TrainedR
     response = sample(sampler["base_url"], {"X-Checkpoint-Path": path})
     assert response.status_code == 200, response.text
     # Another session reusing this one gets the same sampler process for the same model.
-    other_session = ok(api.post("/v1/loops/sessions"))["session"]["id"]
+    other_session = new_session(api)
     reused = ok(api.post("/v1/loops/samplers", json={
         "session_id": other_session, "base_model": "tiny",
         "reuse_from_session_id": trained.session_id}))["sampler"]
@@ -304,7 +293,7 @@ def test_reuse_then_kill_recovers(cp: ControlPlaneProcess, api: httpx.Client,
                                   trained: TrainedRun) -> None:
     original = deployment(api, trained.run["deployment_id"])
     pid = original["pid"]
-    second_session = ok(api.post("/v1/loops/sessions"))["session"]["id"]
+    second_session = new_session(api)
     started = time.monotonic()
     reused = create_run(api, second_session, reuse_from_session_id=trained.session_id)
     assert time.monotonic() - started < 10
@@ -396,63 +385,55 @@ def test_control_plane_stop_and_restart(cp: ControlPlaneProcess, api: httpx.Clie
 
 def test_idle_servers_stop(tmp_path_factory: pytest.TempPathFactory,
                            tiny_model_dir: Path) -> None:
-    home = tmp_path_factory.mktemp("cp_idle_home")
-    copy_tiny(tiny_model_dir, home)
-    cp = start_control_plane(home, extra=["--idle-timeout", "3"])
-    try:
-        with cp.client() as client:
-            session_id = ok(client.post("/v1/loops/sessions"))["session"]["id"]
-            run = ok(client.post("/v1/loops/runs", json={
-                "session_id": session_id, "base_model": "tiny", "lora_rank": 8}))["run"]
-            sampler = run["sampler"]
-            assert sampler is not None
-            pid = deployment(client, run["deployment_id"])["pid"]
-            sampler_pid = deployment(client, sampler["deployment_id"])["pid"]
-            # Heartbeats (the SDK's GET /health every 60 s, here faster) keep the trainer
-            # alive, and with it its paired sampler, which sees no request meanwhile.
-            until = time.monotonic() + 7
-            while time.monotonic() < until:
-                assert httpx.get(f"{run['base_url']}/health", timeout=10).status_code == 200
-                time.sleep(0.5)
-            assert deployment(client, run["deployment_id"])["status"]["name"] == "RUNNING"
-            assert deployment(client, sampler["deployment_id"])["status"]["name"] == "ACTIVE"
-            for deployment_id in (run["deployment_id"], sampler["deployment_id"]):
-                stopped = wait_for(
-                    lambda deployment_id=deployment_id: (
-                        d := deployment(client, deployment_id))["status"]["name"] == "STOPPED"
-                    and d, 15.0, message="idle stop")
-                assert "idle" in stopped["status"]["reason"]
-            wait_for(lambda: not pid_alive(pid) and not pid_alive(sampler_pid), 10.0,
-                     message="children exit")
-            assert ok(client.get(f"/v1/loops/runs/{run['id']}"))["run"]["status"] == "STOPPED"
-            assert ok(client.get(f"/v1/models/{sampler['model_id']}/deployments/"
-                                 f"{sampler['deployment_id']}"))["status"] == "INACTIVE"
-            gone = httpx.get(f"{run['base_url']}/health", timeout=10)
-            assert gone.status_code == 503 and "idle" in gone.json()["detail"]
-            gone = httpx.post(f"{sampler['base_url']}/sample", json={"prompt": [1]}, timeout=10)
-            assert gone.status_code == 400
-            assert gone.json()["error"]["type"] == "BadRequestError"
-    finally:
-        cp.stop()
+    with (tiny_control_plane(tmp_path_factory, tiny_model_dir, "cp_idle_home",
+                             extra=["--idle-timeout", "3"]) as cp,
+          cp.client() as client):
+        session_id = new_session(client)
+        run = ok(client.post("/v1/loops/runs", json={
+            "session_id": session_id, "base_model": "tiny", "lora_rank": 8}))["run"]
+        sampler = run["sampler"]
+        assert sampler is not None
+        pid = deployment(client, run["deployment_id"])["pid"]
+        sampler_pid = deployment(client, sampler["deployment_id"])["pid"]
+        # Heartbeats (the SDK's GET /health every 60 s, here faster) keep the trainer
+        # alive, and with it its paired sampler, which sees no request meanwhile.
+        until = time.monotonic() + 7
+        while time.monotonic() < until:
+            assert httpx.get(f"{run['base_url']}/health", timeout=10).status_code == 200
+            time.sleep(0.5)
+        assert deployment(client, run["deployment_id"])["status"]["name"] == "RUNNING"
+        assert deployment(client, sampler["deployment_id"])["status"]["name"] == "ACTIVE"
+        for deployment_id in (run["deployment_id"], sampler["deployment_id"]):
+            stopped = wait_for(
+                lambda deployment_id=deployment_id: (
+                    d := deployment(client, deployment_id))["status"]["name"] == "STOPPED"
+                and d, 15.0, message="idle stop")
+            assert "idle" in stopped["status"]["reason"]
+        wait_for(lambda: not pid_alive(pid) and not pid_alive(sampler_pid), 10.0,
+                 message="children exit")
+        assert ok(client.get(f"/v1/loops/runs/{run['id']}"))["run"]["status"] == "STOPPED"
+        assert ok(client.get(f"/v1/models/{sampler['model_id']}/deployments/"
+                             f"{sampler['deployment_id']}"))["status"] == "INACTIVE"
+        gone = httpx.get(f"{run['base_url']}/health", timeout=10)
+        assert gone.status_code == 503 and "idle" in gone.json()["detail"]
+        gone = httpx.post(f"{sampler['base_url']}/sample", json={"prompt": [1]}, timeout=10)
+        assert gone.status_code == 400
+        assert gone.json()["error"]["type"] == "BadRequestError"
 
 
 def test_deploy_timeout_fails_with_reason(tmp_path_factory: pytest.TempPathFactory,
                                           tiny_model_dir: Path) -> None:
     """A server that is not healthy within the deploy timeout is stopped and FAILED."""
-    home = tmp_path_factory.mktemp("cp_timeout_home")
-    copy_tiny(tiny_model_dir, home)
-    cp = start_control_plane(home, env={"LOOPS_CP_DEPLOY_TIMEOUT": "1"})
-    try:
-        with cp.client() as client:
-            session_id = ok(client.post("/v1/loops/sessions"))["session"]["id"]
-            response = client.post("/v1/loops/trainers", json={
-                "session_id": session_id, "base_model": "tiny", "lora_rank": 8})
-            assert response.status_code == 503, response.text
-            assert "did not become healthy within 1s" in response.json()["detail"]
-            [failed] = ok(client.get("/v1/loops/deployments"))["deployments"]
-            assert failed["status"]["name"] == "FAILED" and failed["pid"] is None
-            [run] = ok(client.get("/v1/loops/runs"))["runs"]
-            assert run["status"] == "FAILED"
-            assert child_server_pids(home) == []
-    finally:
-        cp.stop()
+    with (tiny_control_plane(tmp_path_factory, tiny_model_dir, "cp_timeout_home",
+                             env={"LOOPS_CP_DEPLOY_TIMEOUT": "1"}) as cp,
+          cp.client() as client):
+        session_id = new_session(client)
+        response = client.post("/v1/loops/trainers", json={
+            "session_id": session_id, "base_model": "tiny", "lora_rank": 8})
+        assert response.status_code == 503, response.text
+        assert "did not become healthy within 1s" in response.json()["detail"]
+        [failed] = ok(client.get("/v1/loops/deployments"))["deployments"]
+        assert failed["status"]["name"] == "FAILED" and failed["pid"] is None
+        [run] = ok(client.get("/v1/loops/runs"))["runs"]
+        assert run["status"] == "FAILED"
+        assert child_server_pids(cp.home) == []

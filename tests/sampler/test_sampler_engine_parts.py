@@ -14,7 +14,7 @@ import torch
 from loops_runner.servers.sampler import sampling
 from loops_runner.servers.sampler.constraints import ConstraintError, compile_pattern
 from loops_runner.servers.sampler.detokenize import IncrementalText, StopStrings
-from loops_runner.servers.sampler.lora import AdapterError, load_peft_adapter
+from loops_runner.servers.sampler.lora import AdapterError, LoraAdapter, load_peft_adapter
 from tests.sampler import helpers
 
 
@@ -99,28 +99,31 @@ def test_structured_output_patterns() -> None:
 
 def test_adapter_loading_refuses_what_it_cannot_serve(tmp_path: Path, tiny_model_dir,
                                                       adapter_factory, reference_model) -> None:
+    def load(directory: Path) -> LoraAdapter:
+        return load_peft_adapter(directory, reference_model, key="k",
+                                 device=torch.device("cpu"), dtype=torch.float32)
+
+    def refused(directory: Path, reason: str) -> None:
+        with pytest.raises(AdapterError, match=reason):
+            load(directory)
+
     adapter = adapter_factory(1)
     good = tmp_path / "good"
     adapter.model.save_pretrained(str(good))
-    loaded = load_peft_adapter(good, reference_model, key="k", device=torch.device("cpu"),
-                               dtype=torch.float32)
+    loaded = load(good)
     assert loaded.rank == 4 and len(loaded.modules) == 28
 
     dora = tmp_path / "dora"
     adapter.model.save_pretrained(str(dora))
     config = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(AdapterError, match="DoRA"):
-        load_peft_adapter(dora, reference_model, key="k", device=torch.device("cpu"),
-                          dtype=torch.float32)
+    refused(dora, "DoRA")
 
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_config.json").write_text(json.dumps(config))
     (pickled / "adapter_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(AdapterError, match="safetensors"):
-        load_peft_adapter(pickled, reference_model, key="k", device=torch.device("cpu"),
-                          dtype=torch.float32)
+    refused(pickled, "safetensors")
 
     from safetensors.torch import save_file
 
@@ -131,9 +134,7 @@ def test_adapter_loading_refuses_what_it_cannot_serve(tmp_path: Path, tiny_model
                torch.zeros(4, 99),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
                torch.zeros(128, 4)}, str(wrong / "adapter_model.safetensors"))
-    with pytest.raises(AdapterError, match="do not fit"):
-        load_peft_adapter(wrong, reference_model, key="k", device=torch.device("cpu"),
-                          dtype=torch.float32)
+    refused(wrong, "do not fit")
 
 
 def test_one_batch_serves_base_and_two_adapters(tmp_path: Path, tiny_model_dir,

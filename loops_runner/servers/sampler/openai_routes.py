@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
 
 from loops_runner.servers.common import InvalidRequest
 from loops_runner.servers.openapi import answers
@@ -58,8 +57,7 @@ from loops_runner.servers.sampler.protocol import (
 from loops_runner.servers.sampler.routes import (
     POLICY_VERSION_HEADER,
     RUN_HEADER,
-    json_body,
-    validation_failure,
+    parse_body,
 )
 from loops_runner.servers.sampler.state import (
     ClientGoneError,
@@ -71,7 +69,7 @@ from loops_runner.wire.errors import OpenAIErrorBody
 
 router = APIRouter()
 
-_Body = TypeVar("_Body", bound=BaseModel)
+_Body = TypeVar("_Body", bound=OpenAIRequest)
 
 OPENAI_ERRORS = answers({"4XX": OpenAIErrorBody}) | {
     499: {"description": "the client went away before the answer"}}
@@ -148,14 +146,17 @@ async def _run_all(request: Request, state: SamplerState,
                                        for job in jobs)))
 
 
-async def _parse_body(request: Request, model: type[_Body]) -> _Body:
-    payload = await json_body(request)
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise validation_failure(exc) from exc
+async def _admit(request: Request,
+                 model: type[_Body]) -> tuple[SamplerState, _Body, tuple[tuple[int, float], ...]]:
+    """What both endpoints check first: the sampler, the parsed body and its logit_bias as ids."""
+    state = sampler_state(request)
+    body = await parse_body(request, model)
+    return state, body, check_common(body, state.limits.vocab_size)
+
+
+def _stream_plan(id_prefix: str, body: OpenAIRequest, state: SamplerState) -> StreamPlan:
+    return StreamPlan(f"{id_prefix}-{uuid.uuid4().hex}", body.model, body.n,
+                      tuple(body.stop_strings()), body.include_usage, state.engine.tokenizer)
 
 
 def _best(output: GenerationOutput, n: int) -> GenerationOutput:
@@ -254,10 +255,8 @@ class _CompletionChunks:
 @router.post("/v1/completions", openapi_extra=json_body_doc(CompletionsRequest),
              responses=OPENAI_ERRORS)
 async def completions(request: Request) -> Response:
-    state = sampler_state(request)
     try:
-        body = await _parse_body(request, CompletionsRequest)
-        bias = check_common(body, state.limits.vocab_size)
+        state, body, bias = await _admit(request, CompletionsRequest)
         samples = check_completions(body)
         _check_n(samples, state)
         if body.stream and body.echo and body.logprobs is not None:
@@ -281,9 +280,7 @@ async def completions(request: Request) -> Response:
     except InvalidRequest as exc:
         return openai_error(400, str(exc), exc.param)
     if body.stream:
-        plan = StreamPlan(f"cmpl-{uuid.uuid4().hex}", body.model, body.n,
-                          tuple(body.stop_strings()), body.include_usage,
-                          state.engine.tokenizer)
+        plan = _stream_plan("cmpl", body, state)
         return _event_stream(state, jobs, plan, _CompletionChunks(state, body, prompts), weights)
     try:
         outputs = await _run_all(request, state, jobs)
@@ -390,10 +387,8 @@ class _ChatChunks:
 @router.post("/v1/chat/completions", openapi_extra=json_body_doc(ChatCompletionsRequest),
              responses=OPENAI_ERRORS)
 async def chat_completions(request: Request) -> Response:
-    state = sampler_state(request)
     try:
-        body = await _parse_body(request, ChatCompletionsRequest)
-        bias = check_common(body, state.limits.vocab_size)
+        state, body, bias = await _admit(request, ChatCompletionsRequest)
         check_chat(body)
         _check_n(body.n, state)
         weights = await _weights(state, request, body.model)
@@ -411,9 +406,7 @@ async def chat_completions(request: Request) -> Response:
     except InvalidRequest as exc:
         return openai_error(400, str(exc), exc.param)
     if body.stream:
-        plan = StreamPlan(f"chatcmpl-{uuid.uuid4().hex}", body.model, body.n,
-                          tuple(body.stop_strings()), body.include_usage,
-                          state.engine.tokenizer)
+        plan = _stream_plan("chatcmpl", body, state)
         return _event_stream(state, [job], plan, _ChatChunks(state, bool(body.logprobs), k),
                              weights)
     try:

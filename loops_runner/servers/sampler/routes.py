@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from loops_runner.servers.common import (
     InvalidRequest,
@@ -84,6 +84,20 @@ def validation_failure(exc: ValidationError) -> InvalidRequest:
                           ".".join(location) if location else None)
 
 
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[_Body]) -> _Body:
+    """The request's JSON object read as ``model``; anything else is an ``InvalidRequest``."""
+    payload = await json_body(request)
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_failure(exc) from exc
+
+
 @router.post("/sample", openapi_extra=json_body_doc(SampleRequest) | {"parameters": [
     RUN_HEADER_DOC,
     header(CHECKPOINT_HEADER, "sample from this published checkpoint (bt:// path)"),
@@ -93,13 +107,7 @@ def validation_failure(exc: ValidationError) -> InvalidRequest:
 async def sample(request: Request) -> Response:
     state = sampler_state(request)
     try:
-        payload = await json_body(request)
-        if not isinstance(payload, dict):
-            raise InvalidRequest("request body must be a JSON object")
-        try:
-            body = SampleRequest.model_validate(payload)
-        except ValidationError as exc:
-            raise validation_failure(exc) from exc
+        body = await parse_body(request, SampleRequest)
         prompt = prompt_tokens(body)
         spec = sample_spec(body, prompt, state.limits)
         floor = parse_floor(request.headers.get(FLOOR_HEADER))

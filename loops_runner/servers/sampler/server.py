@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loops_runner.home import loops_home
 from loops_runner.servers.common import serve_app
-from loops_runner.servers.openapi import allowed_methods, install_openapi
+from loops_runner.servers.openapi import add_catch_all, install_openapi
 from loops_runner.servers.sampler import openai_routes, routes
 from loops_runner.servers.sampler.adapters import WeightStore
 from loops_runner.servers.sampler.engine import Engine
@@ -161,19 +161,15 @@ def create_app(settings: SamplerSettings, engine: Engine | None = None) -> FastA
     app.include_router(routes.router)
     app.include_router(openai_routes.router)
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                   include_in_schema=False)
-    async def not_offered(path: str, request: Request) -> JSONResponse:
-        # 404/405 at once, in OpenAI's shape, so OpenAI clients do not retry (they
-        # retry 5xx). Safe for the Loops SDK: it retries 404 only on /sample and
-        # /v1/models, which always exist here (docs/sampler.md, "Status codes").
-        allowed = allowed_methods(app, request)
-        if allowed:
-            return openai_error(405, f"{request.method} is not allowed on /{path} (allowed: "
-                                     f"{', '.join(allowed)})", None, "method_not_allowed",
-                                headers={"Allow": ", ".join(allowed)})
-        return openai_error(404, not_offered_message(request.method, path), None,
-                            "unknown_url")
+    # 404/405 at once, in OpenAI's shape, so OpenAI clients do not retry (they
+    # retry 5xx). Safe for the Loops SDK: it retries 404 only on /sample and
+    # /v1/models, which always exist here (docs/sampler.md, "Status codes").
+    add_catch_all(
+        app,
+        wrong_method=lambda message, headers: openai_error(
+            405, message, None, "method_not_allowed", headers=headers),
+        unknown_path=lambda method, path: openai_error(
+            404, not_offered_message(method, path), None, "unknown_url"))
 
     @app.exception_handler(StarletteHTTPException)
     async def routing_refusal(request: Request, exc: StarletteHTTPException) -> JSONResponse:

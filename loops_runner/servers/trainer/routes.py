@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from loops_runner.servers.common import Refusal, error_response, gateway_rejection
 from loops_runner.servers.openapi import (
-    allowed_methods,
+    add_catch_all,
     answers,
     header,
     install_openapi,
@@ -149,18 +149,14 @@ def create_app(service: TrainerService) -> FastAPI:
     # Anything else is a feature this trainer lacks: 501, never 404, which the
     # SDK would take for "still starting" and retry for an hour (spec 2.3); a
     # known path with the wrong method is 405, as HTTP says.
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                   include_in_schema=False)
-    async def not_implemented(path: str, request: Request) -> Response:
-        allowed = allowed_methods(app, request)
-        if allowed:
-            return error_response(405, f"{request.method} is not allowed on /{path} (allowed: "
-                                  f"{', '.join(allowed)})", "METHOD_NOT_ALLOWED",
-                                  headers={"Allow": ", ".join(allowed)})
-        return error_response(501, f"{request.method} /{path} is not implemented by this "
-                              "trainer", "NOT_IMPLEMENTED")
+    add_catch_all(
+        app,
+        wrong_method=lambda message, headers: error_response(
+            405, message, "METHOD_NOT_ALLOWED", headers=headers),
+        unknown_path=lambda method, path: error_response(
+            501, f"{method} /{path} is not implemented by this trainer", "NOT_IMPLEMENTED"))
 
-    _ = (health, policy_version, debug_gradients, debug_adapter, not_implemented)
+    _ = (health, policy_version, debug_gradients, debug_adapter)
     return app
 
 
