@@ -149,7 +149,7 @@ def pair_datums(batch_P: list[RenderedPair], reference: ReferenceLogprobs) -> li
     datums_D = []
     for rendered in batch_P:
         for example in (rendered.chosen, rendered.rejected):
-            datum = example.to_datum()
+            datum = example.to_trained_datum()  # only the answer's logits are needed
             ref_T = reference.targets(example.tokens)
             datum.loss_fn_inputs["ref_logprobs"] = TensorData(data=ref_T, dtype="float32",
                                                               shape=[len(ref_T)])

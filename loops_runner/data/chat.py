@@ -40,6 +40,23 @@ class RenderedExample:
     def to_datum(self) -> Datum:
         return next_token_datum(self.tokens, {"weights": self.weights})
 
+    def to_trained_datum(self) -> Datum:
+        """``to_datum`` with every untrained target masked (id -1).
+
+        The trainer computes the LM head and log-softmax only where a target
+        exists, so a loss that reads weighted positions alone (DPO's per-sequence
+        sums) gets the same value for less work: on these chats the prompt is
+        most of each row. The trainer then returns no logprob for the masked
+        positions, so use ``to_datum`` where those are read.
+        """
+        datum = self.to_datum()
+        targets = datum.loss_fn_inputs["target_tokens"]
+        masked = [token if weight else -1
+                  for token, weight in zip(targets.data, self.weights[1:], strict=True)]
+        datum.loss_fn_inputs["target_tokens"] = TensorData(data=masked, dtype="int64",
+                                                           shape=[len(masked)])
+        return datum
+
 
 def _template_tokens(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)

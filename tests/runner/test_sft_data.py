@@ -64,6 +64,19 @@ def test_datum_layout_is_next_token(tokenizer) -> None:
     assert datum.loss_fn_inputs["weights"].tolist() == example.weights[1:]
 
 
+def test_trained_datum_masks_exactly_the_untrained_targets(tokenizer) -> None:
+    # DPO sends these: the trainer computes no LM head where the target is -1.
+    example = render(tokenizer, CHAT[:2])
+    full, trained = example.to_datum(), example.to_trained_datum()
+    assert trained.model_input.to_ints() == full.model_input.to_ints()
+    assert trained.loss_fn_inputs["weights"].tolist() == example.weights[1:]
+    targets = trained.loss_fn_inputs["target_tokens"].tolist()
+    assert targets == [token if weight else -1
+                       for token, weight in zip(example.tokens[1:], example.weights[1:],
+                                                strict=True)]
+    assert 0 < sum(t >= 0 for t in targets) < len(targets)
+
+
 def test_truncation(tokenizer) -> None:
     assert len(render(tokenizer, CHAT, max_length=8).tokens) == 8
 
