@@ -111,9 +111,13 @@ def kill_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str
 
 def signal_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: str, step: int,
                             signum: int, env: dict[str, str] | None = None,
-                            timeout: float = 240) -> tuple[Path, subprocess.Popen[str]]:
+                            timeout: float = 240, runs_glob: str | None = None,
+                            ) -> tuple[Path, subprocess.Popen[str]]:
     """Start the CLI, send it ``signum`` once a checkpoint at ``step`` or later is recorded;
-    the run's ``run.json`` and the finished process (its output in ``process.output``)."""
+    the run's ``run.json`` and the finished process (its output in ``process.output``).
+
+    ``runs_glob`` (under ``cwd``) finds the run records; a sweep's live in its sweep dir.
+    """
     import json
 
     process = subprocess.Popen(runner_command(*args), cwd=cwd, env=env or runner_env(home),
@@ -125,7 +129,7 @@ def signal_after_checkpoint(args: list[str], *, cwd: Path, home: Path, recipe: s
     run_json = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        found = list((cwd / "outputs" / recipe).glob("*/run.json"))
+        found = sorted(cwd.glob(runs_glob or f"outputs/{recipe}/*/run.json"))
         if found:
             run_json = found[0]
             checkpoints = json.loads(run_json.read_text()).get("checkpoints", [])

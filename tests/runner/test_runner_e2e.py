@@ -119,6 +119,27 @@ def test_interrupted_run_says_how_to_resume_and_resumes_to_the_same_result(
     assert (run_json.parent / "metrics.jsonl.attempt-1").is_file()  # the killed attempt's log
 
 
+def test_ctrl_c_in_a_sweep_ends_it_with_one_line_and_exit_130(tmp_path: Path,
+                                                              runner_home: Path) -> None:
+    # Two jobs one after another (the basic launcher); Ctrl-C in the first.
+    args = ["-m", "+recipe=sft", "recipe.learning_rate=1e-3,3e-3", "recipe.max_steps=40",
+            "recipe.save_every=2", *(a for a in QUICK if not a.startswith("recipe.eval_every")),
+            "recipe.eval_every=0", "report=false",
+            "hydra.sweep.dir=sweep"]
+    run_json, process = signal_after_checkpoint(args, cwd=tmp_path, home=runner_home,
+                                                recipe="sft", step=2, signum=signal.SIGINT,
+                                                runs_glob="sweep/*/run.json")
+    output = process.output  # type: ignore[attr-defined]
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert re.search(r"interrupted at step \d+; re-run the same command to resume from "
+                     r"step \d+", output), output[-3000:]
+    assert json.loads(run_json.read_text())["stop_reason"] == "interrupted"
+    # The sweep stopped there: the second job never started.
+    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/run.json")) == \
+        [run_json.parent.name]
+
+
 def test_changed_config_refuses_to_resume(tmp_path: Path, runner_home: Path) -> None:
     run_dir = tmp_path / "pinned"
     args = ["+recipe=sft", "recipe.max_steps=2", "recipe.save_every=1", *QUICK,
