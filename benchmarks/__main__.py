@@ -45,8 +45,9 @@ PREFERRED_ORDER = (
 )
 # Names that select another module with --only (rows that share a module's run).
 ALIASES = {"mfu": "training_throughput", "learning": "anchors"}
-# Measures too long for --quick's ~3 minutes: they run there only when --only names them.
-FULL_ONLY = {"anchors", "soak", "sweep_parallel"}
+# Measures too long for --quick's ~3 minutes (report_build: three fresh report processes,
+# 8-12 s a quick run has no room for): they run there only when --only names them.
+FULL_ONLY = {"anchors", "soak", "sweep_parallel", "report_build"}
 QUICK_ROUNDS = 3
 FULL_ROUNDS = 7
 
@@ -73,7 +74,7 @@ def run_measure(name: str, ctx: BenchContext, *, named: bool = False) -> list[Ro
     """One module's rows; an exception (or a wrong return) becomes an error row,
     ``Skipped`` a skip row with its one line."""
     if ctx.quick and name in FULL_ONLY and not named:
-        return [Skip(name, f"left out of --quick (minutes of load); "
+        return [Skip(name, f"left out of --quick (no room in its 3 minutes); "
                            f"--quick --only {name} runs a short version")]
     try:
         module = importlib.import_module(f"{measures.__name__}.{name}")
