@@ -6,7 +6,8 @@ underscore keeps ``python -m benchmarks`` from running it).
 * ``paired``: a ``Result`` from per-round pairs, value = median of the per-round
   ratios (each round's two figures were taken back to back; the ratio of the
   medians would pair figures from different moments).
-* ``start_sampler``: a real ``loops-runner serve sampler``, ready to sample;
+* ``start_server``: a real ``loops-runner serve ...`` on the context's home, once it
+  answers; ``start_sampler``: the tiny sampler that way, ready to sample;
   ``shared_sampler``: one of them for every measure of the process that only
   drives it over HTTP (a start costs ~10 s of imports).
 * ``standalone``: ``python -m benchmarks.measures.<name> [--quick]`` builds its
@@ -69,22 +70,29 @@ def thread_env(threads: int | None) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None,
-                  env: dict[str, str] | None = None):  # -> ServerProcess
-    """``loops-runner serve sampler`` for tiny on the context's home, once it answers."""
+def start_server(ctx: BenchContext, args: list[str], log_path: Path, *,
+                 health_path: str = "/health", env: dict[str, str] | None = None
+                 ):  # -> ServerProcess
+    """``loops-runner serve <args>`` on the context's home, once ``health_path`` answers."""
     from loops_runner.servers.launch import spawn_server
 
-    args = ["sampler", "--base-model", "tiny", "--home", str(ctx.home)]
-    if run_id is not None:
-        args += ["--run-id", run_id]
-    server = spawn_server(args, ctx.home / "logs" / log_name,
+    server = spawn_server([*args, "--home", str(ctx.home)], log_path,
                           env={**thread_env(ctx.threads), **(env or {})})
     try:
-        server.wait_healthy(timeout=SERVER_READY_S)
+        server.wait_healthy(health_path, timeout=SERVER_READY_S)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def start_sampler(ctx: BenchContext, log_name: str, *, run_id: str | None = None,
+                  env: dict[str, str] | None = None):  # -> ServerProcess
+    """``loops-runner serve sampler`` for tiny on the context's home, once it answers."""
+    args = ["sampler", "--base-model", "tiny"]
+    if run_id is not None:
+        args += ["--run-id", run_id]
+    return start_server(ctx, args, ctx.home / "logs" / log_name, env=env)
 
 
 _SHARED_SERVERS: dict[tuple[Any, ...], Any] = {}

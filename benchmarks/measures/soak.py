@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.measures._support import SERVER_READY_S, thread_env
+from benchmarks.measures._support import start_server
 from benchmarks.suite import BenchContext, Result
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,28 +97,16 @@ def sampler_phase(url: str, pid: int, concurrency: int, seconds: float) -> list[
 
 def run(ctx: BenchContext) -> list[Result]:
     sys.path.insert(0, str(REPO_ROOT))  # tests/ is not a package of the wheel
-    from loops_runner.servers.launch import spawn_server
-
     clients, ops, seconds = (2, 20, 10.0) if ctx.quick else (8, 200, 120.0)
     logs = ctx.scratch("soak")
 
-    def start(args: list[str], log: str, health: str = "/health"):
-        server = spawn_server([*args, "--home", str(ctx.home)], logs / log,
-                              env=thread_env(ctx.threads))
-        try:
-            server.wait_healthy(health, timeout=SERVER_READY_S)
-        except BaseException:
-            server.stop()
-            raise
-        return server
-
-    trainer = start(["trainer", "--base-model", "tiny"], "trainer.log",
-                    "/health?base_model=tiny")
+    trainer = start_server(ctx, ["trainer", "--base-model", "tiny"], logs / "trainer.log",
+                           health_path="/health?base_model=tiny")
     try:
         results = trainer_phase(trainer.url, trainer.pid, clients, ops, replays=2)
     finally:
         trainer.stop()
-    sampler = start(["sampler", "--base-model", "tiny"], "sampler.log")
+    sampler = start_server(ctx, ["sampler", "--base-model", "tiny"], logs / "sampler.log")
     try:
         results += sampler_phase(sampler.url, sampler.pid, 64, seconds)
     finally:

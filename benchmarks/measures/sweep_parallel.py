@@ -21,6 +21,7 @@ it (then 2 jobs of 5 steps, 1 round; full: 4 jobs of 20 steps, up to 3 rounds).
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def run(ctx: BenchContext) -> list[Result]:
     from loops_runner.models import tiny
 
     tiny.prepare(home)
-    counter = iter(range(10**6))
+    counter = itertools.count()
     joblib = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     try:
         run_sweep(work, home, [], 1, 1, "warmup")

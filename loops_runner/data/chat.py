@@ -50,9 +50,8 @@ class RenderedExample:
         positions, so use ``to_datum`` where those are read.
         """
         datum = self.to_datum()
-        targets = datum.loss_fn_inputs["target_tokens"]
         masked = [token if weight else -1
-                  for token, weight in zip(targets.data, self.weights[1:], strict=True)]
+                  for token, weight in zip(self.tokens[1:], self.weights[1:], strict=True)]
         datum.loss_fn_inputs["target_tokens"] = TensorData(data=masked, dtype="int64",
                                                            shape=[len(masked)])
         return datum
