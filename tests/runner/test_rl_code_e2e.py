@@ -39,7 +39,11 @@ def test_hostile_tests_are_contained_and_the_run_carries_on(tmp_path: Path,
     scratch.mkdir()
     result = subprocess.run(
         runner_command("+recipe=rl_code", "recipe.env_args.problems=problems.jsonl",
-                       "recipe.env_args.wall_s=1.0", "recipe.groups_per_batch=8",
+                       # The CPU limit sits above the wall clock so that the busy loop, one
+                       # thread that cannot use more CPU than wall time, always meets the
+                       # wall clock first: at 1 s each it was a race between the two.
+                       "recipe.env_args.wall_s=1.0", "recipe.env_args.cpu_s=2",
+                       "recipe.groups_per_batch=8",
                        "recipe.group_size=2", "recipe.max_steps=2",
                        "recipe.num_groups_to_log=8", "recipe.max_rollout_error_frac=1.0"),
         cwd=tmp_path, env={**runner_env(runner_home), "TMPDIR": str(scratch)},
