@@ -39,10 +39,11 @@ def test_hostile_tests_are_contained_and_the_run_carries_on(tmp_path: Path,
     scratch.mkdir()
     result = subprocess.run(
         runner_command("+recipe=rl_code", "recipe.env_args.problems=problems.jsonl",
-                       # The CPU limit sits above the wall clock so that the busy loop, one
-                       # thread that cannot use more CPU than wall time, always meets the
-                       # wall clock first: at 1 s each it was a race between the two.
-                       "recipe.env_args.wall_s=1.0", "recipe.env_args.cpu_s=2",
+                       # The CPU limit sits far above the wall clock so that the busy loop
+                       # always meets the wall clock: at 1 s each, a runner whose wait woke
+                       # late on a busy machine found the child already killed by the CPU
+                       # limit (a single thread uses no more CPU than wall time).
+                       "recipe.env_args.wall_s=1.0", "recipe.env_args.cpu_s=10",
                        "recipe.groups_per_batch=8",
                        "recipe.group_size=2", "recipe.max_steps=2",
                        "recipe.num_groups_to_log=8", "recipe.max_rollout_error_frac=1.0"),
