@@ -7,6 +7,7 @@ are session-scoped; tests keep their own state apart with fresh run ids.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tests press Ctrl-C (send SIGINT) on the CLIs they start. A shell without job control
+# that runs the suite in the background (`bash .ci/run &` in a script) starts it with
+# SIGINT ignored, and an ignored signal stays ignored in every child it execs, so those
+# CLIs would never see the Ctrl-C. A handled signal is reset to the default on exec, so
+# handling it here gives every child a terminal's Ctrl-C whoever started the suite.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
