@@ -1,9 +1,10 @@
 """Running a recipe through the real CLI from a benchmark and reading what it wrote.
 
 The one helper the learning checks (``benchmarks/learning/``) and the CLI-driven
-measures (``rl_step``, ``anchors``, ``sweep_parallel``) share: a run in a run dir
-of its own, its ``metrics.jsonl``, a scratch reward any model can learn, and
-stopping the home's daemon when the benchmark is done with it.
+measures (``rl_step``, ``anchors``, ``sweep_parallel``) share: a CLI command (a
+run in a run dir of its own, or a sweep), a run's ``metrics.jsonl``, a scratch
+reward any model can learn, and stopping the home's daemon when the benchmark is
+done with it.
 """
 
 from __future__ import annotations
@@ -44,18 +45,25 @@ def cli_env(home: Path | str | None, threads: int | None = None) -> dict[str, st
     return env
 
 
-def run_cli(args: list[str], run_dir: Path, *, cwd: Path, home: Path | str | None,
-            threads: int | None = None, timeout: float = 900) -> float:
-    """``python -m loops_runner *args`` writing into ``run_dir``; its wall seconds."""
+def run_command(args: list[str], *, cwd: Path, home: Path | str | None,
+                threads: int | None = None, timeout: float | None = 900) -> float:
+    """``python -m loops_runner *args``; its wall seconds, or ``RunFailed``."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "loops_runner", *args,
-                             f"hydra.run.dir={run_dir}"], cwd=cwd, env=cli_env(home, threads),
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([sys.executable, "-m", "loops_runner", *args], cwd=cwd,
+                            env=cli_env(home, threads), capture_output=True, text=True,
+                            timeout=timeout)
     wall = time.monotonic() - started
     if result.returncode != 0:
         raise RunFailed(f"{' '.join(args)} failed ({result.returncode}):\n"
                         f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return wall
+
+
+def run_cli(args: list[str], run_dir: Path, *, cwd: Path, home: Path | str | None,
+            threads: int | None = None, timeout: float = 900) -> float:
+    """One run of ``python -m loops_runner *args`` writing into ``run_dir``; its wall seconds."""
+    return run_command([*args, f"hydra.run.dir={run_dir}"], cwd=cwd, home=home,
+                       threads=threads, timeout=timeout)
 
 
 def run_recipe(work: Path, home: Path, recipe: str, overrides: list[str], name: str,

@@ -46,7 +46,6 @@ def build(path: Path) -> tuple[float, float, int]:
 
 
 def inputs(scratch: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(REPO_ROOT))  # tests/ is not a package of the wheel
     from tests.report.synthetic import write_rl_run, write_sft_run, write_sweep
 
     return {

@@ -20,16 +20,13 @@ Minutes of load: left out of ``--quick`` unless ``--only soak`` names it (then
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from benchmarks.measures._support import start_server
 from benchmarks.suite import BenchContext, Result
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GOAL_RSS_GROWTH = 0.10
 REPLAY_EVERY = 10  # tests/reliability/load.py drive_client's default
 
@@ -46,7 +43,8 @@ def _growth(measure: str, warm: int, end: int, note: str) -> Result:
                   rounds=[round(growth, 4)], note=f"{note}; value = end / after warm-up - 1")
 
 
-def trainer_phase(url: str, pid: int, clients: int, ops: int, replays: int) -> list[Result]:
+def trainer_phase(url: str, pid: int, clients: int, ops: int,
+                  runs_checked: int) -> list[Result]:
     from tests.reliability.load import rss_bytes, sequential_replay, trainer_load
 
     asyncio.run(trainer_load(url, clients, 9, seed=5000))  # warm-up
@@ -57,18 +55,18 @@ def trainer_phase(url: str, pid: int, clients: int, ops: int, replays: int) -> l
     rss_end = rss_bytes(pid)
     ids = [op for result in results for op in result.operation_ids]
     failed = sum(o["status"] != "done" for result in results for o in result.outcomes)
-    checked = min(replays, clients)
+    checked = min(runs_checked, clients)
     equal = sum(asyncio.run(sequential_replay(url, c, ops, 0)).losses() == results[c].losses()
                 for c in range(checked))
     store = httpx.get(f"{url}/health", timeout=30).json()["operations"]
-    replays = clients * len(range(0, ops, REPLAY_EVERY))  # drive_client's replay cadence
+    resent = clients * len(range(0, ops, REPLAY_EVERY))  # drive_client's replay cadence
     matched = sum(r.replays_matched for r in results)
     load = (f"{clients} clients x {ops} ops = {len(ids)} ops in {elapsed:.1f} s "
             f"({len(ids) / elapsed:.1f} ops/s); operation store {store}")
     return [
         _count("soak: trainer ops lost or duplicated", clients * ops - len(set(ids)), load),
-        _count("soak: idempotent replays naming another operation", replays - matched,
-               f"{replays} submits sent twice with the same Idempotency-Key"),
+        _count("soak: idempotent replays naming another operation", resent - matched,
+               f"{resent} submits sent twice with the same Idempotency-Key"),
         _count("soak: trainer ops failed", failed, load),
         Result(measure="soak: runs in order (vs one-at-a-time replay)", ours=equal,
                anchor=checked, unit="runs", value=equal / checked, goal=1.0,
@@ -96,14 +94,13 @@ def sampler_phase(url: str, pid: int, concurrency: int, seconds: float) -> list[
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    sys.path.insert(0, str(REPO_ROOT))  # tests/ is not a package of the wheel
     clients, ops, seconds = (2, 20, 10.0) if ctx.quick else (8, 200, 120.0)
     logs = ctx.scratch("soak")
 
     trainer = start_server(ctx, ["trainer", "--base-model", "tiny"], logs / "trainer.log",
                            health_path="/health?base_model=tiny")
     try:
-        results = trainer_phase(trainer.url, trainer.pid, clients, ops, replays=2)
+        results = trainer_phase(trainer.url, trainer.pid, clients, ops, runs_checked=2)
     finally:
         trainer.stop()
     sampler = start_server(ctx, ["sampler", "--base-model", "tiny"], logs / "sampler.log")

@@ -22,13 +22,10 @@ it (then 2 jobs of 5 steps, 1 round; full: 4 jobs of 20 steps, up to 3 rounds).
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from benchmarks.measures._support import interleave, paired
-from benchmarks.recipe_runs import cli_env, stop_daemon
+from benchmarks.recipe_runs import run_command, stop_daemon
 from benchmarks.suite import BenchContext, Result
 
 SFT = ["+recipe=sft", "recipe.eval_every=0", "recipe.save_every=0",
@@ -40,16 +37,9 @@ def run_sweep(work: Path, home: Path, launcher: list[str], jobs: int, steps: int
               tag: str) -> float:
     """Wall seconds of one sweep command; checks every job finished."""
     rates = ",".join(f"{(i + 1) * 1e-3:g}" for i in range(jobs))
-    command = [sys.executable, "-m", "loops_runner", "-m", *launcher, *SFT,
-               f"recipe.max_steps={steps}", f"recipe.learning_rate={rates}",
-               f"hydra.sweep.dir=sweeps/{tag}"]
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=work, env=cli_env(home), capture_output=True,
-                            text=True)
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"sweep {tag} failed:\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-3000:]}")
+    elapsed = run_command(["-m", *launcher, *SFT, f"recipe.max_steps={steps}",
+                           f"recipe.learning_rate={rates}", f"hydra.sweep.dir=sweeps/{tag}"],
+                          cwd=work, home=home, timeout=None)
     lines = (work / "sweeps" / tag / "sweep.jsonl").read_text().splitlines()
     if len(lines) != jobs:
         raise RuntimeError(f"sweep {tag} left {len(lines)} lines in sweep.jsonl, not {jobs}")
